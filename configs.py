@@ -1,0 +1,274 @@
+"""Typed settings: built-in presets, then an optional YAML file, then environment variables.
+
+API keys never live in the file: a provider names the environment variable that holds its key.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from llm.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("local", "openai", "gemini", "zhipuai", "echo")
+DEFAULT_CONFIG_FILE = "configs.yaml"
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty")
+
+# The upstream Linly-AI (Chinese-LLaMA-2) prompt format; {history} holds earlier "User: ... Bot: ..." turns.
+LINLY_TEMPLATE = "{system}{history} ### Instruction:{prompt}  ### Response:"
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    kind: str
+    model: str = ""
+    label: str = ""                       # shown in the dropdown; defaults to the name
+    base_url: str | None = None
+    api_key_env: tuple[str, ...] = ()     # env vars tried in order; the first that is set wins
+    timeout: float | None = None          # seconds; None = the backend's default
+    fallback: tuple[str, ...] = ()
+    trust_remote_code: bool = False
+    prompt_template: str | None = None    # for base models without a chat template
+    device: str = "auto"                  # auto | cuda | cpu | cuda:N
+    dtype: str = "auto"                   # auto | bfloat16 | float16 | float32
+    generation: Mapping[str, Any] = field(default_factory=dict)   # default sampling params
+    context_window: int | None = None     # tokens; None = the model's own (local) or 8192
+    style_mode: str | None = None         # how the speech style is given: system | prefix
+    max_concurrency: int | None = None    # parallel generations; local defaults to 1
+    download: str | None = None           # hub id for `python -m llm download`, when model is a path
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class StyleConfig:
+    short_answer: bool = True
+    max_chars: int = 25
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 7860             # the Gradio UI
+    api_port: int = 7871         # the FastAPI server
+    max_body_bytes: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    default: str = "direct"
+    style: StyleConfig = field(default_factory=StyleConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
+    source: str = "built-in presets"   # where these settings came from, for error messages
+
+    def provider(self, name: str) -> ProviderConfig:
+        return self.providers[name]
+
+
+PRESETS: dict[str, ProviderConfig] = {p.name: p for p in (
+    ProviderConfig("direct", "echo", label="Direct Reply"),
+    ProviderConfig(
+        "linly", "local", "Linly-AI/Chinese-LLaMA-2-7B-hf", label="Linly Chinese-LLaMA-2-7B",
+        prompt_template=LINLY_TEMPLATE, style_mode="prefix",
+        generation={"top_k": 20, "top_p": 0.84, "temperature": 1.0, "repetition_penalty": 1.15},
+    ),
+    ProviderConfig("qwen", "local", "Qwen/Qwen1.5-1.8B-Chat", label="Qwen1.5 1.8B Chat"),
+    ProviderConfig("chatglm", "local", "THUDM/glm-4-9b-chat-hf", label="GLM-4 9B Chat"),
+    ProviderConfig("chatgpt", "openai", "gpt-4.1-mini", label="OpenAI ChatGPT",
+                   api_key_env=("OPENAI_API_KEY",), timeout=60),
+    ProviderConfig("gemini", "gemini", "gemini-2.5-flash", label="Google Gemini",
+                   api_key_env=("GEMINI_API_KEY", "GOOGLE_API_KEY"), timeout=60),
+    ProviderConfig("glm", "zhipuai", "glm-4-flash", label="ZhipuAI GLM",
+                   api_key_env=("ZHIPUAI_API_KEY",), timeout=60),
+)}
+
+
+def load_settings(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Presets, then the YAML file (`path`, $LLM_CONFIG, or ./configs.yaml if present), then env vars."""
+    env = os.environ if env is None else env
+    settings = Settings(providers=dict(PRESETS))
+    path = path or env.get("LLM_CONFIG")
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        path = DEFAULT_CONFIG_FILE
+    if path is not None:
+        settings = _apply_file(settings, Path(path))
+    settings = _apply_env(settings, env)
+    _check_references(settings)
+    return settings
+
+
+def _apply_file(settings: Settings, path: Path) -> Settings:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist", fix="pass an existing file to --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}", fix="fix the syntax at the line shown") from e
+    if data is None:
+        return replace(settings, source=str(path))
+    where = _Where(str(path))
+    _expect(data, dict, where, "the top level")
+    where.unknown_keys(data, ("default", "style", "providers", "server"), "")
+    out = replace(settings, source=str(path))
+    if "default" in data:
+        out = replace(out, default=_expect(data["default"], str, where, "default"))
+    if "style" in data:
+        out = replace(out, style=_dataclass_from(StyleConfig, data["style"], where, "style"))
+    if "server" in data:
+        out = replace(out, server=_dataclass_from(ServerConfig, data["server"], where, "server"))
+    providers = dict(out.providers)
+    for name, entry in (_expect(data.get("providers") or {}, dict, where, "providers")).items():
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            where.fail(f"providers.{name}", "a provider name must be a non-empty string without '/'")
+        providers[name] = _provider_from(name, entry, providers.get(name), where)
+    return replace(out, providers=providers)
+
+
+def _provider_from(name: str, entry: Any, base: ProviderConfig | None, where: _Where) -> ProviderConfig:
+    key = f"providers.{name}"
+    entry = _expect(entry, dict, where, key)
+    allowed = [f.name for f in fields(ProviderConfig) if f.name != "name"]
+    where.unknown_keys(entry, allowed, key + ".")
+    if "api_key" in entry:
+        where.fail(f"{key}.api_key",
+                   "keys never live in the file: name the environment variable with api_key_env")
+    kind = entry.get("kind", base.kind if base else None)
+    if kind not in KINDS:
+        where.fail(f"{key}.kind", f"must be one of {', '.join(KINDS)} (got {kind!r})")
+    values: dict[str, Any] = {}
+    for f in fields(ProviderConfig):
+        if f.name in entry:
+            values[f.name] = _convert_provider_field(f.name, entry[f.name], where, f"{key}.{f.name}")
+    if base is not None and base.kind == kind:
+        cfg = replace(base, **values)
+    else:
+        cfg = ProviderConfig(name=name, **values)
+    if cfg.kind != "echo" and not cfg.model:
+        where.fail(f"{key}.model", "a model id or path is required for this kind")
+    return cfg
+
+
+def _convert_provider_field(name: str, value: Any, where: _Where, key: str) -> Any:
+    if name in ("api_key_env", "fallback"):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+            where.fail(key, "must be a name or a list of names")
+        return tuple(items)
+    if name == "trust_remote_code":
+        return _expect(value, bool, where, key)
+    if name == "generation":
+        value = _expect(value, dict, where, key)
+        where.unknown_keys(value, GENERATION_KEYS, key + ".")
+        from llm.errors import InvalidRequestError
+        from llm.types import GenerationParams
+        try:
+            GenerationParams(**value)
+        except InvalidRequestError as e:
+            where.fail(key, e.message)
+        return dict(value)
+    if name == "timeout":
+        if value is None:
+            return None
+        if not _is_number(value) or value <= 0:
+            where.fail(key, "must be a positive number of seconds")
+        return float(value)
+    if name in ("context_window", "max_concurrency"):
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            where.fail(key, "must be a positive integer")
+        return value
+    if name == "style_mode" and value not in (None, "system", "prefix"):
+        where.fail(key, "must be system or prefix")
+    if name == "dtype" and value not in ("auto", "bfloat16", "float16", "float32"):
+        where.fail(key, "must be auto, bfloat16, float16 or float32")
+    if name in ("prompt_template", "style_mode", "base_url", "download") and value is None:
+        return None
+    return _expect(value, str, where, key)
+
+
+def _dataclass_from(cls, data: Any, where: _Where, key: str):
+    data = _expect(data, dict, where, key)
+    names = {f.name: f for f in fields(cls)}
+    where.unknown_keys(data, list(names), key + ".")
+    values = {}
+    for k, v in data.items():
+        default = getattr(cls(), k)
+        if isinstance(default, bool):
+            values[k] = _expect(v, bool, where, f"{key}.{k}")
+        elif isinstance(default, int):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                where.fail(f"{key}.{k}", "must be a positive integer")
+            values[k] = v
+        else:
+            values[k] = _expect(v, str, where, f"{key}.{k}")
+    return cls(**values)
+
+
+def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
+    where = _Where("environment")
+    out = settings
+    if env.get("LLM_DEFAULT_PROVIDER"):
+        out = replace(out, default=env["LLM_DEFAULT_PROVIDER"])
+    if "LLM_SHORT_ANSWER" in env:
+        raw = env["LLM_SHORT_ANSWER"].strip().lower()
+        if raw not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+            where.fail("LLM_SHORT_ANSWER", "must be 1/0, true/false, yes/no or on/off")
+        out = replace(out, style=replace(out.style, short_answer=raw in ("1", "true", "yes", "on")))
+    if "LLM_MAX_CHARS" in env:
+        raw = env["LLM_MAX_CHARS"].strip()
+        if not raw.isdigit() or int(raw) < 1:
+            where.fail("LLM_MAX_CHARS", "must be a positive integer")
+        out = replace(out, style=replace(out.style, max_chars=int(raw)))
+    return out
+
+
+def _check_references(settings: Settings) -> None:
+    where = _Where(settings.source)
+    if settings.default not in settings.providers:
+        known = ", ".join(settings.providers)
+        where.fail("default", f"names no provider: {settings.default!r} (known: {known})")
+    for cfg in settings.providers.values():
+        for other in cfg.fallback:
+            if other not in settings.providers:
+                where.fail(f"providers.{cfg.name}.fallback", f"names no provider: {other!r}")
+            if other == cfg.name:
+                where.fail(f"providers.{cfg.name}.fallback", "a provider cannot fall back to itself")
+
+
+class _Where:
+    """Builds ConfigErrors that name the file, the key and the fix."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, key: str, problem: str):
+        raise ConfigError(f"{self.source}: {key}: {problem}", fix=f"edit {key} in {self.source}"
+                          if self.source != "environment" else f"fix the environment variable {key}")
+
+    def unknown_keys(self, data: dict, allowed, prefix: str) -> None:
+        for k in data:
+            if k not in allowed:
+                self.fail(f"{prefix}{k}", f"unknown key (allowed: {', '.join(allowed)})")
+
+
+def _expect(value: Any, typ: type, where: _Where, key: str):
+    if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
+        where.fail(key, f"must be a {typ.__name__}, got {type(value).__name__} {value!r:.40}")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

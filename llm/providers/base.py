@@ -1,0 +1,92 @@
+"""The provider contract: stream text for a message list; report readiness; close."""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar, Iterator, Mapping
+
+from ..errors import MissingKeyError
+from ..types import CancelToken, GenerationParams, Message, ProviderStatus
+
+if TYPE_CHECKING:
+    from configs import ProviderConfig
+
+DEFAULT_CONTEXT_WINDOW = 8192
+_CJK = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uff00-\uffef]")
+
+
+class Provider(ABC):
+    """A backend. Subclasses implement `stream`; everything else has a sensible default.
+
+    `stream` is a generator of text deltas. When the caller closes it early (budget reached,
+    cancel, client gone) the generator's `finally` must stop the upstream work: stop generating
+    tokens or close the HTTP stream. Providers also check `cancel` between deltas.
+    """
+
+    kind: ClassVar[str]
+    style_mode: ClassVar[str] = "system"        # how the speech style is given: system | prefix
+    default_concurrency: ClassVar[int | None] = None   # None: no limit
+    styled: ClassVar[bool] = True               # False: the speech style never applies
+
+    def __init__(self, config: ProviderConfig, env: Mapping[str, str] | None = None):
+        self.config = config
+        self.name = config.name
+        self.env = os.environ if env is None else env
+
+    @abstractmethod
+    def stream(self, messages: list[Message], params: GenerationParams,
+               cancel: CancelToken) -> Iterator[str]:
+        """Yield the reply as text deltas."""
+
+    def status(self) -> ProviderStatus:
+        """Ready, or not ready with the reason and the fix. Must be cheap and never load a model."""
+        if self.config.api_key_env and not self.config.base_url:
+            try:
+                self.api_key()
+            except MissingKeyError as e:
+                return ProviderStatus(False, e.message, e.fix)
+        return ProviderStatus(True)
+
+    def api_key(self, required: bool = True) -> str | None:
+        """The key from the first set env var of `api_key_env`; MissingKeyError naming them otherwise."""
+        for var in self.config.api_key_env:
+            value = self.env.get(var, "").strip()
+            if value:
+                return value
+        if not required or not self.config.api_key_env:
+            return None
+        names = " or ".join(self.config.api_key_env)
+        raise MissingKeyError(f"{names} is not set",
+                              fix=f"export {self.config.api_key_env[0]}=... "
+                                  "or set api_key_env in configs.yaml")
+
+    @property
+    def style(self) -> str:
+        return self.config.style_mode or self.style_mode
+
+    @property
+    def context_window(self) -> int:
+        return self.config.context_window or DEFAULT_CONTEXT_WINDOW
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """An estimate for backends without a local tokenizer: a CJK char ~ 1 token, else 4 chars ~ 1."""
+        total = 0
+        for m in messages:
+            cjk = len(_CJK.findall(m.content))
+            total += 4 + cjk + (len(m.content) - cjk + 3) // 4
+        return total
+
+    def fit(self, messages: list[Message], reserve: int) -> list[Message]:
+        """Drop the oldest non-system turns until the messages plus `reserve` new tokens fit."""
+        budget = self.context_window - reserve
+        system = [m for m in messages if m.role == "system"]
+        rest = [m for m in messages if m.role != "system"]
+        while len(rest) > 1 and self.count_tokens(system + rest) > budget:
+            whole_turn = len(rest) > 2 and rest[0].role == "user" and rest[1].role == "assistant"
+            rest = rest[2:] if whole_turn else rest[1:]
+        return system + rest
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients or weights."""

@@ -1,0 +1,17 @@
+"""Direct Reply: the avatar says the user's text exactly as typed."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from ..types import CancelToken, GenerationParams, Message
+from .base import Provider
+
+
+class EchoProvider(Provider):
+    kind = "echo"
+    styled = False      # Direct Reply is never styled
+
+    def stream(self, messages: list[Message], params: GenerationParams,
+               cancel: CancelToken) -> Iterator[str]:
+        yield messages[-1].content

@@ -1,0 +1,259 @@
+"""Name -> provider, speech style, history fitting, fallback; sync and async entry points.
+
+Every call carries its own history and cancel token: the router keeps no per-caller state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Iterator, Mapping
+
+from configs import Settings, load_settings
+
+from . import speech
+from .errors import CancelledError, InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
+from .providers import Provider, provider_class
+from .types import CancelToken, Chunk, GenerationParams, Message, ProviderStatus, Reply, normalize_history
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_NEW_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything one call needs; built by `Router.request` from loose arguments."""
+
+    prompt: str
+    provider: str
+    history: tuple[Message, ...] = ()
+    system: str | None = None
+    params: GenerationParams = GenerationParams()
+    style: bool = True
+    max_chars: int = 25
+
+
+class Router:
+    def __init__(self, settings: Settings | None = None, env: Mapping[str, str] | None = None):
+        self.settings = settings or load_settings()
+        self.env = env
+        self._providers: dict[str, Provider] = {}
+        self._slots: dict[str, threading.BoundedSemaphore | None] = {}
+        self._lock = threading.Lock()
+
+    # ---- providers -------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return list(self.settings.providers)
+
+    def provider(self, name: str | None = None) -> Provider:
+        """The (lazily created, then shared) provider for a name; the config default when None."""
+        name = name or self.settings.default
+        if name not in self.settings.providers:
+            raise UnknownProviderError(f"unknown provider {name!r}",
+                                       fix=f"use one of: {', '.join(self.settings.providers)}")
+        with self._lock:
+            if name not in self._providers:
+                cfg = self.settings.providers[name]
+                p = provider_class(cfg.kind)(cfg, self.env)
+                limit = cfg.max_concurrency or p.default_concurrency
+                self._slots[name] = threading.BoundedSemaphore(limit) if limit else None
+                self._providers[name] = p
+            return self._providers[name]
+
+    def status(self, name: str) -> ProviderStatus:
+        try:
+            return self.provider(name).status()
+        except NotReadyError as e:
+            return ProviderStatus(False, e.message, e.fix)
+
+    def statuses(self) -> dict[str, ProviderStatus]:
+        return {name: self.status(name) for name in self.names()}
+
+    def close(self) -> None:
+        with self._lock:
+            for p in self._providers.values():
+                p.close()
+            self._providers.clear()
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def request(self, prompt: str, *, provider: str | None = None, history: Any = None,
+                system: str | None = None, params: GenerationParams | dict | None = None,
+                style: bool | None = None, max_chars: int | None = None) -> Request:
+        """Validate loose arguments into a Request (InvalidRequestError on bad input)."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequestError("prompt must be a non-empty string")
+        if system is not None and not isinstance(system, str):
+            raise InvalidRequestError("system must be a string")
+        if isinstance(params, dict):
+            params = GenerationParams(**params)
+        max_chars = self.settings.style.max_chars if max_chars is None else max_chars
+        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+            raise InvalidRequestError("max_chars must be a positive integer")
+        name = provider or self.settings.default
+        self.provider(name)     # unknown names fail here, before any work
+        return Request(prompt=prompt, provider=name, history=tuple(normalize_history(history)),
+                       system=system or None, params=params or GenerationParams(),
+                       style=self.settings.style.short_answer if style is None else bool(style),
+                       max_chars=max_chars)
+
+    def stream(self, prompt: str | Request, *, cancel: CancelToken | None = None,
+               **kw) -> Iterator[Chunk]:
+        """Stream the reply as Chunks, falling back along the provider's `fallback` list
+        when a provider fails before producing any text."""
+        req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
+        cancel = cancel or CancelToken()
+        chain = [req.provider] + [n for n in self.settings.providers[req.provider].fallback
+                                  if n != req.provider]
+        first_error: LLMError | None = None
+        for name in chain:
+            produced = False
+            try:
+                for chunk in self._stream_one(name, req, cancel):
+                    produced = True
+                    yield chunk
+                return
+            except CancelledError:
+                raise
+            except LLMError as e:
+                if produced or cancel.cancelled:
+                    raise
+                log.warning("provider %s failed before any text: %s", name, e)
+                first_error = first_error or e
+        assert first_error is not None
+        raise first_error
+
+    def chat(self, prompt: str | Request, *, cancel: CancelToken | None = None, **kw) -> Reply:
+        """The whole reply, with the provider that answered and timings in ms."""
+        start = time.perf_counter()
+        parts: list[str] = []
+        provider, ttft = "", None
+        for chunk in self.stream(prompt, cancel=cancel, **kw):
+            if ttft is None:
+                ttft = (time.perf_counter() - start) * 1000
+            parts.append(chunk.text)
+            provider = chunk.provider
+        total = (time.perf_counter() - start) * 1000
+        req_provider = provider or (prompt.provider if isinstance(prompt, Request) else kw.get("provider"))
+        return Reply("".join(parts), req_provider or self.settings.default,
+                     {"ttft_ms": round(ttft if ttft is not None else total, 1), "total_ms": round(total, 1)})
+
+    async def astream(self, prompt: str | Request, *, cancel: CancelToken | None = None,
+                      **kw) -> AsyncIterator[Chunk]:
+        """`stream` run in a worker thread; the event loop never blocks. Leaving the loop early
+        (or the task being cancelled) cancels the generation."""
+        req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
+        cancel = cancel or CancelToken()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for chunk in self.stream(req, cancel=cancel):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                    if cancel.cancelled:
+                        break
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting side
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+
+        worker = threading.Thread(target=produce, name=f"llm-{req.provider}", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.cancel()
+
+    async def achat(self, prompt: str | Request, *, cancel: CancelToken | None = None, **kw) -> Reply:
+        return await asyncio.to_thread(self.chat, prompt, cancel=cancel, **kw)
+
+    # ---- one provider ----------------------------------------------------------------------
+
+    def _stream_one(self, name: str, req: Request, cancel: CancelToken) -> Iterator[Chunk]:
+        provider = self.provider(name)
+        status = provider.status()
+        if not status.ready:
+            raise NotReadyError(f"{name} is not ready: {status.reason}", fix=status.fix)
+        styled = req.style and provider.styled
+        cfg = provider.config
+        params = req.params.merged_over(dict(cfg.generation))
+        if params.max_new_tokens is None:
+            params = params.merged_over(GenerationParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS))
+        messages = self._messages(provider, req, styled)
+        messages = provider.fit(messages, reserve=params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+        with self._slot(name, cancel):
+            upstream = provider.stream(messages, params, cancel)
+            try:
+                if styled:
+                    yield from self._styled(upstream, name, req.max_chars, cancel)
+                else:
+                    for text in upstream:
+                        self._check(cancel)
+                        if text:
+                            yield Chunk(text, name)
+            finally:
+                upstream.close()   # stops generation upstream when we stop early
+
+    @staticmethod
+    def _styled(upstream: Iterator[str], name: str, max_chars: int,
+                cancel: CancelToken) -> Iterator[Chunk]:
+        speaker = speech.SpeechFilter(max_chars)
+        for text in upstream:
+            Router._check(cancel)
+            out = speaker.feed(text)
+            if out:
+                yield Chunk(out, name)
+            if speaker.done:
+                break
+        rest = speaker.finish()
+        if rest:
+            yield Chunk(rest, name)
+
+    def _messages(self, provider: Provider, req: Request, styled: bool) -> list[Message]:
+        prompt, system = req.prompt, req.system
+        if styled:
+            rule = speech.instruction(req.prompt, req.max_chars)
+            if provider.style == "prefix":
+                prompt = f"{rule} {prompt}" if speech.is_chinese(prompt) else f"{rule}\n{prompt}"
+            else:
+                system = f"{system}\n{rule}" if system else rule
+        messages = [Message("system", system)] if system else []
+        messages += [m for m in req.history if m.role != "system"]
+        messages.append(Message("user", prompt))
+        return messages
+
+    def _slot(self, name: str, cancel: CancelToken):
+        return _Slot(self._slots.get(name), cancel)
+
+    @staticmethod
+    def _check(cancel: CancelToken) -> None:
+        if cancel.cancelled:
+            raise CancelledError("generation cancelled")
+
+
+class _Slot:
+    """Waits for a free generation slot of a provider, giving up if the call is cancelled."""
+
+    def __init__(self, sem: threading.BoundedSemaphore | None, cancel: CancelToken):
+        self.sem, self.cancel = sem, cancel
+
+    def __enter__(self):
+        while self.sem is not None and not self.sem.acquire(timeout=0.05):
+            if self.cancel.cancelled:
+                raise CancelledError("generation cancelled while waiting for the model")
+        return self
+
+    def __exit__(self, *exc):
+        if self.sem is not None:
+            self.sem.release()
