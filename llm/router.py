@@ -37,12 +37,16 @@ class Request:
 
 
 class Router:
-    def __init__(self, settings: Settings | None = None, env: Mapping[str, str] | None = None):
+    def __init__(self, settings: Settings | None = None, env: Mapping[str, str] | None = None,
+                 providers: Mapping[str, Provider] | None = None):
+        """`providers` injects ready-made instances (embedding, tests); the rest are built lazily."""
         self.settings = settings or load_settings()
         self.env = env
         self._providers: dict[str, Provider] = {}
         self._slots: dict[str, threading.BoundedSemaphore | None] = {}
         self._lock = threading.Lock()
+        for name, p in (providers or {}).items():
+            self._add(name, p)
 
     # ---- providers -------------------------------------------------------------------------
 
@@ -58,11 +62,13 @@ class Router:
         with self._lock:
             if name not in self._providers:
                 cfg = self.settings.providers[name]
-                p = provider_class(cfg.kind)(cfg, self.env)
-                limit = cfg.max_concurrency or p.default_concurrency
-                self._slots[name] = threading.BoundedSemaphore(limit) if limit else None
-                self._providers[name] = p
+                self._add(name, provider_class(cfg.kind)(cfg, self.env))
             return self._providers[name]
+
+    def _add(self, name: str, p: Provider) -> None:
+        limit = p.config.max_concurrency or p.default_concurrency
+        self._slots[name] = threading.BoundedSemaphore(limit) if limit else None
+        self._providers[name] = p
 
     def status(self, name: str) -> ProviderStatus:
         try:
@@ -152,15 +158,21 @@ class Router:
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
 
+        def post(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:    # the loop closed: the consumer is gone, nobody to tell
+                cancel.cancel()
+
         def produce() -> None:
             try:
                 for chunk in self.stream(req, cancel=cancel):
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                    post(chunk)
                     if cancel.cancelled:
                         break
-                loop.call_soon_threadsafe(queue.put_nowait, done)
+                post(done)
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting side
-                loop.call_soon_threadsafe(queue.put_nowait, e)
+                post(e)
 
         worker = threading.Thread(target=produce, name=f"llm-{req.provider}", daemon=True)
         worker.start()
@@ -202,6 +214,7 @@ class Router:
                         self._check(cancel)
                         if text:
                             yield Chunk(text, name)
+                self._check(cancel)     # a provider that ended because of the cancel
             finally:
                 upstream.close()   # stops generation upstream when we stop early
 

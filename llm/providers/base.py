@@ -79,8 +79,9 @@ class Provider(ABC):
         return total
 
     def fit(self, messages: list[Message], reserve: int) -> list[Message]:
-        """Drop the oldest non-system turns until the messages plus `reserve` new tokens fit."""
-        budget = self.context_window - reserve
+        """Drop the oldest non-system turns until the messages plus `reserve` new tokens fit
+        (at most half the window is reserved for the reply, so history is not starved)."""
+        budget = self.context_window - min(reserve, self.context_window // 2)
         system = [m for m in messages if m.role == "system"]
         rest = [m for m in messages if m.role != "system"]
         while len(rest) > 1 and self.count_tokens(system + rest) > budget:
