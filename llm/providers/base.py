@@ -7,7 +7,7 @@ import re
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar, Iterator, Mapping
 
-from ..errors import MissingKeyError
+from ..errors import LLMError, MissingKeyError, RateLimitError, UpstreamError, UpstreamTimeoutError
 from ..types import CancelToken, GenerationParams, Message, ProviderStatus
 
 if TYPE_CHECKING:
@@ -61,6 +61,43 @@ class Provider(ABC):
         raise MissingKeyError(f"{names} is not set",
                               fix=f"export {self.config.api_key_env[0]}=... "
                                   "or set api_key_env in configs.yaml")
+
+    # ---- the shared vocabulary of upstream failures; each backend maps its SDK onto these ----
+
+    @property
+    def base_url(self) -> str:
+        return self.config.base_url or ""
+
+    def timeout_error(self) -> LLMError:
+        return UpstreamTimeoutError(f"{self.name}: no answer from {self.base_url} in time",
+                                    fix="raise timeout in configs.yaml or retry later")
+
+    def unreachable_error(self) -> LLMError:
+        return UpstreamError(f"{self.name}: cannot reach {self.base_url}",
+                             fix="check base_url, the network and that the server is running")
+
+    def status_error(self, status: int, detail: str, key_rejected: bool = False) -> LLMError:
+        """The typed error for an HTTP error status from the backend, keeping that status."""
+        detail = self.scrub(detail)
+        if status in (401, 403) or key_rejected:
+            if not self.config.api_key_env:     # e.g. a vLLM server started with --api-key
+                return UpstreamError(f"{self.name}: {self.base_url} wants an API key ({status})",
+                                     upstream_status=status, fix="name the key's env var in api_key_env")
+            env = self.config.api_key_env[0]
+            return UpstreamError(f"{self.name}: the API key was rejected ({status}); check {env}",
+                                 upstream_status=status, fix=f"export {env}=<a valid key>")
+        if status == 429:
+            return RateLimitError(f"{self.name}: rate limited: {detail}", upstream_status=429,
+                                  fix="wait and retry, or raise the account's quota")
+        if status == 404:
+            return UpstreamError(f"{self.name}: model {self.config.model!r} not found at {self.base_url}",
+                                 upstream_status=404, fix="check model in configs.yaml")
+        return UpstreamError(f"{self.name}: the server answered {status}: {detail}", upstream_status=status)
+
+    def scrub(self, text: str) -> str:
+        """`text` with this provider's API key masked: keys never reach logs or callers."""
+        key = self.api_key(required=False)
+        return text.replace(key, "***") if key else text
 
     @property
     def style(self) -> str:

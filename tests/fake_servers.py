@@ -1,0 +1,322 @@
+"""Loopback HTTP servers that speak the real wire formats of OpenAI, Gemini and ZhipuAI.
+
+The providers talk to them through the real SDKs (only `base_url` changes), so a test exercises
+the same bytes a cloud backend would send: JSON replies, SSE streams, error bodies, disconnects.
+
+    with FakeOpenAIServer(["你好"], chunk_delay=0.01) as fake:   # or FakeGeminiServer, FakeZhipuAIServer
+        ...  # point ProviderConfig.base_url at fake.base_url; then inspect fake.requests, fake.chunks_sent
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+DEFAULT_REPLY = "你好，我是数字人。"
+_MESSAGES = {
+    400: "Invalid request: a parameter is out of range.",
+    401: "Incorrect API key provided: {key}.",   # OpenAI echoes the key: providers must never repeat it
+    403: "Permission denied for this project.",
+    404: "The model `{model}` does not exist or you do not have access to it.",
+    429: "Rate limit reached for requests.",
+    500: "The server had an error while processing your request.",
+    503: "The model is overloaded. Please try again later.",
+}
+Event = tuple[Any, bool]    # (SSE data payload, whether it carries reply text)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"   # keep-alive and chunked streams, like the real backends
+    timeout = 30                    # idle keep-alive connections end on their own
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.fake._connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.server.fake._connections.discard(self.connection)
+        super().finish()
+
+    def do_POST(self) -> None:
+        self.server.fake._serve(self)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: test output stays readable."""
+
+
+class _FakeServer:
+    """The shared HTTP machinery; subclasses supply routes and JSON shapes.
+
+    `requests` holds every JSON body received, plus "_path" (with the query) and "_headers" (lower-cased
+    names). `chunks_sent` counts the text-carrying stream events written, so a test can prove that a
+    client which stopped reading also closed the stream.
+    """
+
+    prefix = ""             # path part of base_url
+    sse_end = "\n\n"        # event terminator
+
+    def __init__(self, replies: list[str] | None = None, *, chunk_delay: float = 0.0,
+                 chunks: int | None = None, fail_status: int | None = None, fail_body: dict | None = None):
+        self._replies = list(replies) if replies else [DEFAULT_REPLY]
+        self.chunk_delay, self.chunks = chunk_delay, chunks
+        self.fail_status, self.fail_body = fail_status, fail_body
+        self.requests: list[dict] = []
+        self.chunks_sent = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError(f"{type(self).__name__} is not started: use it as a context manager")
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}{self.prefix}"
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.fake = self
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                        name=type(self).__name__, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        self._stopping.set()        # streaming handlers stop at their next chunk
+        self._httpd.shutdown()
+        for conn in list(self._connections):   # wake handlers parked on idle keep-alive sockets
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+        self._httpd = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---- one request -------------------------------------------------------------------------
+
+    def _serve(self, handler: _Handler) -> None:
+        raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = {"_raw": raw.decode("utf-8", "replace")}
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        with self._lock:
+            self.requests.append({**body, "_path": handler.path, "_headers": headers})
+        route = self._route(urlsplit(handler.path).path, body)
+        if route is None:
+            return self._send_json(handler, 404, self.error_body(404, f"no such endpoint: {handler.path}"))
+        model, stream = route
+        if self.fail_status:
+            bearer = headers.get("authorization", "").removeprefix("Bearer ")
+            key = bearer or headers.get("x-goog-api-key", "")
+            message = _MESSAGES.get(self.fail_status, "Upstream failure.").format(key=key, model=model)
+            body = self.fail_body or self.error_body(self.fail_status, message)
+            return self._send_json(handler, self.fail_status, body)
+        text = self._next_reply()
+        pieces = _split(text, self.chunks)
+        if stream:
+            return self._send_stream(handler, self._events(model, pieces))
+        self._stopping.wait(self.chunk_delay * len(pieces))   # a non-streamed reply takes as long
+        self._send_json(handler, 200, self._completion(model, text))
+
+    def _next_reply(self) -> str:
+        with self._lock:
+            return self._replies.pop(0) if len(self._replies) > 1 else self._replies[0]
+
+    def _send_json(self, handler: _Handler, status: int, body: dict) -> None:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json; charset=utf-8")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def _send_stream(self, handler: _Handler, events: Iterator[Event]) -> None:
+        """SSE over chunked encoding; stops as soon as the client has gone."""
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Cache-Control", "no-cache")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        try:
+            for payload, is_text in events:
+                if is_text and self.chunk_delay:
+                    self._stopping.wait(self.chunk_delay)
+                if self._stopping.is_set() or _client_gone(handler.connection):
+                    handler.close_connection = True
+                    return
+                data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+                _write_chunk(handler, f"data: {data}{self.sse_end}".encode())
+                if is_text:
+                    with self._lock:
+                        self.chunks_sent += 1
+            handler.wfile.write(b"0\r\n\r\n")
+        except OSError:     # the client closed between our check and the write
+            handler.close_connection = True
+
+    # ---- per backend -------------------------------------------------------------------------
+
+    def _route(self, path: str, body: dict) -> tuple[str, bool] | None:
+        """(model, streamed) for a known endpoint, None for an unknown one."""
+        raise NotImplementedError
+
+    def _completion(self, model: str, text: str) -> dict:
+        raise NotImplementedError
+
+    def _events(self, model: str, pieces: list[str]) -> Iterator[Event]:
+        raise NotImplementedError
+
+    def error_body(self, status: int, message: str) -> dict:
+        """The backend's own error JSON (also handy for building a `fail_body`)."""
+        raise NotImplementedError
+
+
+class FakeOpenAIServer(_FakeServer):
+    """POST /v1/chat/completions, as api.openai.com, vLLM and Ollama answer it."""
+
+    prefix = "/v1"
+
+    def _route(self, path: str, body: dict) -> tuple[str, bool] | None:
+        if path != f"{self.prefix}/chat/completions":
+            return None
+        return body.get("model", ""), bool(body.get("stream"))
+
+    def _completion(self, model: str, text: str) -> dict:
+        return {**_openai_head(model, "chat.completion"), "usage": _usage(text),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop"}]}
+
+    def _events(self, model: str, pieces: list[str]) -> Iterator[Event]:
+        head = _openai_head(model, "chat.completion.chunk")
+        yield {**head, "choices": []}, False     # Azure-style filter results: a chunk with no choices
+        yield {**head, "choices": [_delta({"role": "assistant", "content": ""})]}, False
+        for piece in pieces:
+            yield {**head, "choices": [_delta({"content": piece})]}, True
+        yield {**head, "choices": [_delta({}, "stop")]}, False
+        yield "[DONE]", False
+
+    def error_body(self, status: int, message: str) -> dict:
+        kind = "server_error" if status >= 500 else {429: "requests"}.get(status, "invalid_request_error")
+        code = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}.get(status)
+        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+class FakeZhipuAIServer(FakeOpenAIServer):
+    """POST /api/paas/v4/chat/completions: OpenAI-shaped JSON and SSE, ZhipuAI-shaped errors."""
+
+    prefix = "/api/paas/v4"
+    _codes = {400: "1214", 401: "1000", 403: "1220", 404: "1211", 429: "1302", 500: "500"}
+
+    def _events(self, model: str, pieces: list[str]) -> Iterator[Event]:
+        head = {"id": "fake-zhipu", "created": int(time.time()), "model": model}
+        for piece in pieces:
+            yield {**head, "choices": [_delta({"role": "assistant", "content": piece})]}, True
+        yield {**head, "choices": [_delta({"role": "assistant", "content": ""}, "stop")],
+               "usage": _usage("".join(pieces))}, False
+        yield "[DONE]", False
+
+    def error_body(self, status: int, message: str) -> dict:
+        return {"error": {"code": self._codes.get(status, str(status)), "message": message}}
+
+
+class FakeGeminiServer(_FakeServer):
+    """POST /{version}/models/{model}:generateContent and :streamGenerateContent?alt=sse."""
+
+    sse_end = "\r\n\r\n"
+    _path = re.compile(r"^/(v1[a-z0-9]*)/models/([^/:]+):(generateContent|streamGenerateContent)$")
+    _statuses = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+    def _route(self, path: str, body: dict) -> tuple[str, bool] | None:
+        match = self._path.match(path)
+        return (match[2], match[3] == "streamGenerateContent") if match else None
+
+    def _completion(self, model: str, text: str) -> dict:
+        return _gemini_chunk(model, text, "STOP")
+
+    def _events(self, model: str, pieces: list[str]) -> Iterator[Event]:
+        for piece in pieces:
+            yield _gemini_chunk(model, piece), True
+        yield _gemini_chunk(model, "", "STOP"), False
+
+    def error_body(self, status: int, message: str) -> dict:
+        status_name = self._statuses.get(status, "UNKNOWN")
+        return {"error": {"code": status, "message": message, "status": status_name}}
+
+
+FAKES = {"openai": FakeOpenAIServer, "gemini": FakeGeminiServer, "zhipuai": FakeZhipuAIServer}
+
+
+def refused_url(prefix: str = "") -> str:
+    """A loopback URL where nothing listens: connecting to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{prefix}"
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+def _split(text: str, n: int | None) -> list[str]:
+    """One piece per character, or `n` nearly equal pieces."""
+    if n is None or n >= len(text):
+        return list(text) or [""]
+    bounds = [round(i * len(text) / n) for i in range(n + 1)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def _client_gone(sock: socket.socket) -> bool:
+    """True when the peer closed: the socket reads as EOF (a client never pipelines mid-stream)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def _write_chunk(handler: _Handler, data: bytes) -> None:
+    handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+
+def _usage(text: str) -> dict:
+    return {"prompt_tokens": 8, "completion_tokens": len(text), "total_tokens": 8 + len(text)}
+
+
+def _openai_head(model: str, obj: str) -> dict:
+    return {"id": "chatcmpl-fake", "object": obj, "created": int(time.time()), "model": model,
+            "system_fingerprint": "fp_fake"}
+
+
+def _delta(delta: dict, finish: str | None = None) -> dict:
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+def _gemini_chunk(model: str, text: str, finish: str | None = None) -> dict:
+    candidate: dict = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+    if finish:
+        candidate["finishReason"] = finish
+    return {"candidates": [candidate], "modelVersion": model, "responseId": "fake-gemini",
+            "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": len(text),
+                              "totalTokenCount": 8 + len(text)}}
