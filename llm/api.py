@@ -1,0 +1,501 @@
+"""The HTTP API: the seed `POST /`, an OpenAI-compatible `/v1`, and `/health`.
+
+Every generation runs through `Router.astream` (a worker thread per call), so the event loop
+never blocks and requests to cloud providers overlap. Bodies are read and parsed here, strictly,
+so every bad input gets a 4xx in the route's error shape instead of a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import datetime
+from typing import AsyncIterator
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from . import speech
+from .api_schemas import ApiError, ChatCompletionRequest, SeedRequest, openapi_with_bodies, read_body
+from .errors import LLMError
+from .router import Request as LLMRequest
+from .router import Router
+from .types import CancelToken, Chunk, GenerationParams, history_pairs
+
+log = logging.getLogger(__name__)
+OPEN_PATHS = ("/health",)       # the only route that needs no API key
+LOG_PROMPT_CHARS = 50
+
+
+def check_bind_security(host: str, api_key: str | None, insecure: bool) -> str | None:
+    """Why binding `host` is unsafe (a non-loopback address with no API key), or None when it is fine."""
+    if api_key or insecure or _is_loopback(host):
+        return None
+    return (f"refusing to serve the API on {host} without an API key: anyone who can reach this machine "
+            "could use the models. Set LLM_API_KEY (or pass --api-key), or pass --insecure to allow it.")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False    # a hostname: it may resolve anywhere
+
+
+# ---- app -------------------------------------------------------------------------------------
+
+@dataclass
+class _Context:
+    """What the routes share: the router, the limits, and the secrets that must never leak."""
+
+    router: Router
+    api_key: str | None
+    max_body_bytes: int
+
+    def authorized(self, scope: dict) -> bool:
+        if not self.api_key or scope["path"] in OPEN_PATHS:
+            return True
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(),
+                                                                           self.api_key.encode())
+        return False
+
+    def redact(self, text: str) -> str:
+        """`text` with the server's key and every provider key replaced by ***."""
+        env = os.environ if self.router.env is None else self.router.env
+        secrets = [self.api_key] + [env.get(var) for cfg in self.router.settings.providers.values()
+                                    for var in cfg.api_key_env]
+        for secret in secrets:
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
+
+def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: int = 1_000_000) -> FastAPI:
+    """The FastAPI app for `router`; with `api_key`, every route but /health needs `Bearer <key>`."""
+    app = FastAPI(title="Linly-Talker LLM API", version="2",
+                  description="Seed API (`POST /`), OpenAI-compatible `/v1`, and `/health`.")
+    app.state.ctx = ctx = _Context(router, api_key or None, max_body_bytes)
+    for exc_type in (ApiError, LLMError, HTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(exc_type, _handle_error)
+    app.add_middleware(_Gate, ctx=ctx)
+    app.add_api_route("/", seed, methods=["POST"], summary="Seed API: prompt in, reply out")
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"],
+                      summary="OpenAI chat completions")
+    app.add_api_route("/v1/models", list_models, methods=["GET"], summary="Providers, OpenAI list shape")
+    app.add_api_route("/health", health, methods=["GET"], summary="Liveness and provider readiness")
+    app.openapi = lambda: openapi_with_bodies(app)
+    return app
+
+
+class _Gate:
+    """Before every route: a request id (logged and sent back as X-Request-ID), then the API key."""
+
+    def __init__(self, app, ctx: _Context):
+        self.app, self.ctx = app, ctx
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = uuid.uuid4().hex[:12]
+        scope.setdefault("state", {})["request_id"] = rid
+        status, start = [0], time.perf_counter()
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self.ctx.authorized(scope):
+                await self.app(scope, receive, send_with_id)
+            else:
+                err = ApiError(401, "unauthorized",
+                               "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+                await _error_response(self.ctx, scope["path"], err, {"WWW-Authenticate": "Bearer"})(
+                    scope, receive, send_with_id)
+        finally:
+            log.info("%s %s %s -> %s in %.0f ms", rid, scope["method"], scope["path"], status[0] or "-",
+                     (time.perf_counter() - start) * 1000)
+
+
+# ---- errors: the one place that turns any failure into each route's error shape ----------------
+
+def _as_api_error(exc: Exception, route: str = "") -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, LLMError):
+        return ApiError(exc.status, exc.type, str(exc))     # str() carries the fix
+    if isinstance(exc, HTTPException):
+        kind, message = {404: ("not_found", f"no route {route}: see /docs for the routes"),
+                         405: ("method_not_allowed", f"method not allowed: {route}")
+                         }.get(exc.status_code, ("http_error", str(exc.detail)))
+        return ApiError(exc.status_code, kind, message)
+    if isinstance(exc, RequestValidationError):
+        return ApiError(422, "invalid_request_error", "; ".join(str(e.get("msg")) for e in exc.errors()[:3]))
+    return ApiError(500, "internal_error", "internal server error: see the server log")
+
+
+def _error_response(ctx: _Context, path: str, err: ApiError, headers: dict | None = None) -> JSONResponse:
+    message = ctx.redact(err.message)
+    if path.startswith("/v1/"):
+        body: dict = {"error": {"message": message, "type": err.type, "param": err.param, "code": err.type}}
+    else:
+        body = {"status": err.status, "error": {"type": err.type, "message": message}}
+    return JSONResponse(body, status_code=err.status, headers=headers)
+
+
+def _error_event(request: Request, exc: Exception) -> dict:
+    """An error that happened after the stream began, as the body of one SSE event."""
+    ctx: _Context = request.app.state.ctx
+    err = _log_error(ctx, exc, _rid(request))
+    return {"error": json.loads(_error_response(ctx, request.url.path, err).body)["error"]}
+
+
+def _log_error(ctx: _Context, exc: Exception, rid: str = "-", route: str = "") -> ApiError:
+    err = _as_api_error(exc, route)
+    if err.status == 500:   # a bug: keep the traceback, without secrets
+        trace = "".join(traceback.format_exception(exc))
+        log.error("%s internal error: %s", rid, ctx.redact(trace))
+    else:
+        log.log(logging.WARNING if err.status >= 500 else logging.INFO, "%s %s %s: %s", rid, err.status,
+                err.type, ctx.redact(err.message))
+    return err
+
+
+async def _handle_error(request: Request, exc: Exception) -> JSONResponse:
+    ctx: _Context = request.app.state.ctx
+    err = _log_error(ctx, exc, _rid(request), f"{request.method} {request.url.path}")
+    headers = getattr(exc, "headers", None) if isinstance(exc, HTTPException) else None
+    return _error_response(ctx, request.url.path, err, headers)
+
+
+def _rid(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id", "-")
+
+
+def _clip(text: str) -> str:
+    """A prompt as one short log-safe line."""
+    text = " ".join(text.split())
+    return text if len(text) <= LOG_PROMPT_CHARS else text[:LOG_PROMPT_CHARS - 1] + "…"
+
+
+# ---- one generation --------------------------------------------------------------------------
+
+class _Turn:
+    """One reply in progress: its text, the provider that answered, and timings."""
+
+    def __init__(self, req: LLMRequest):
+        self.req, self.cancel, self.start = req, CancelToken(), time.perf_counter()
+        self.parts: list[str] = []
+        self.provider = req.provider
+        self.ttft_ms: float | None = None
+        self.first_sentence_ms: float | None = None
+        self.total_ms: float | None = None
+
+    def mark(self, timing: str) -> None:
+        """Record the time since the start under `timing`, the first time only."""
+        if getattr(self, timing) is None:
+            setattr(self, timing, round((time.perf_counter() - self.start) * 1000, 1))
+
+    async def deltas(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
+        """The reply's text pieces; leaving early cancels the generation."""
+        try:
+            async for chunk in chunks:
+                self.mark("ttft_ms")
+                self.parts.append(chunk.text)
+                self.provider = chunk.provider
+                yield chunk.text
+        finally:
+            self.cancel.cancel()
+
+    async def sentences(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
+        """Speakable sentences, each yielded as soon as it is complete."""
+        splitter = speech.SentenceSplitter()
+        async with aclosing(self.deltas(chunks)) as texts:
+            async for text in texts:
+                for sentence in splitter.feed(text):
+                    self.mark("first_sentence_ms")
+                    yield sentence
+        for sentence in splitter.flush():
+            self.mark("first_sentence_ms")
+            yield sentence
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def timings(self) -> dict[str, float]:
+        self.mark("total_ms")
+        return {"ttft_ms": self.ttft_ms if self.ttft_ms is not None else self.total_ms,
+                "first_sentence_ms": self.first_sentence_ms if self.first_sentence_ms is not None
+                else self.total_ms,
+                "total_ms": self.total_ms}
+
+    def log_done(self, rid: str) -> None:
+        t = self.timings()
+        log.info("%s done provider=%s chars=%d ttft=%.0fms first_sentence=%.0fms total=%.0fms", rid,
+                 self.provider, len(self.text), t["ttft_ms"], t["first_sentence_ms"], t["total_ms"])
+
+
+async def _begin(request: Request, **kw) -> tuple[_Turn, AsyncIterator[Chunk]]:
+    """Validate the call and wait for its first chunk, so a failure before any text (unknown or
+    unready provider, upstream down) is a real HTTP status rather than an error inside a 200 stream."""
+    router: Router = request.app.state.ctx.router
+    req = await asyncio.to_thread(router.request, **kw)    # may create the provider: not on the loop
+    log.info("%s %s provider=%s prompt=%r", _rid(request), request.url.path, req.provider, _clip(req.prompt))
+    turn = _Turn(req)
+    chunks = router.astream(req, cancel=turn.cancel)
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        return turn, _replay([], chunks)
+    turn.mark("ttft_ms")     # when it arrived, not when the response began to send it
+    return turn, _replay([first], chunks)
+
+
+async def _replay(head: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    async with aclosing(rest):
+        for chunk in head:
+            yield chunk
+        async for chunk in rest:
+            yield chunk
+
+
+async def _drain(request: Request, turn: _Turn, items: AsyncIterator) -> None:
+    """Consume a whole reply; a client that hangs up meanwhile cancels it, so a model slot is not
+    held for nobody (uvicorn reports the hang-up as an http.disconnect message)."""
+    async def consume() -> None:
+        async with aclosing(items):
+            async for _ in items:
+                pass
+
+    async def hang_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work, watch = asyncio.ensure_future(consume()), asyncio.ensure_future(hang_up())
+    try:
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+            turn.cancel.cancel()    # even if `consume` never got to run
+    if work not in done:
+        raise ApiError(499, "client_closed", "the client closed the connection before the reply")
+    work.result()
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events for one turn; however the response ends (a gone client included),
+    the turn's generation is cancelled, even if the stream never started."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, turn: _Turn, events: AsyncIterator[dict | str]):
+        self.turn = turn
+        # X-Accel-Buffering: a reverse proxy (nginx) must pass each event on at once
+        super().__init__(_encode_events(events),
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.turn.cancel.cancel()
+            await self.body_iterator.aclose()
+
+
+async def _encode_events(events: AsyncIterator[dict | str]) -> AsyncIterator[bytes]:
+    async with aclosing(events):
+        async for event in events:
+            data = event if isinstance(event, str) else json.dumps(event, ensure_ascii=False)
+            yield f"data: {data}\n\n".encode()
+
+
+# ---- the seed API ----------------------------------------------------------------------------
+
+async def seed(request: Request):
+    """Linly-Talker's API: `{"prompt": ...}` in, `{"response": ..., "history": ...}` out.
+
+    Optional: history, max_length, top_p, temperature, provider, system, style ("short"/"none"),
+    stream (server-sent events: `{"sentence"}` per speakable sentence, then `{"done": true, ...}`).
+    """
+    body = await read_body(request, SeedRequest, request.app.state.ctx.max_body_bytes)
+    params = GenerationParams(max_new_tokens=body.max_length, temperature=body.temperature, top_p=body.top_p)
+    style = None if body.style is None else body.style == "short"
+    turn, chunks = await _begin(request, prompt=body.prompt, provider=body.provider,
+                                history=body.history_data(), system=body.system, params=params, style=style)
+    if body.stream:
+        return _EventStream(turn, _seed_events(request, turn, chunks))
+    await _drain(request, turn, turn.sentences(chunks))
+    turn.log_done(_rid(request))
+    return _seed_reply(turn)
+
+
+def _seed_reply(turn: _Turn) -> dict:
+    history = history_pairs(turn.req.history) + [[turn.req.prompt, turn.text]]
+    return {"response": turn.text, "history": history, "status": 200,
+            "time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+            "provider": turn.provider, "timings": turn.timings()}
+
+
+async def _seed_events(request: Request, turn: _Turn, chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict]:
+    try:
+        async with aclosing(turn.sentences(chunks)) as sentences:
+            async for sentence in sentences:
+                yield {"sentence": sentence}
+        turn.log_done(_rid(request))
+        yield {"done": True, **_seed_reply(turn)}
+    except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
+        yield _error_event(request, e)
+
+
+# ---- the OpenAI-compatible API ---------------------------------------------------------------
+
+async def chat_completions(request: Request):
+    """OpenAI chat completions. `model` is a provider name or "default".
+
+    The speech style (short, speakable answers) follows the server config; turn it off for one
+    request with the extra body field `"style": "none"` (openai SDK: `extra_body={"style": "none"}`).
+    """
+    body = await read_body(request, ChatCompletionRequest, request.app.state.ctx.max_body_bytes)
+    system = "\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
+    history = [{"role": m.role, "content": m.text()} for m in body.messages[:-1]
+               if m.role in ("user", "assistant")]
+    params = GenerationParams(max_new_tokens=body.max_completion_tokens or body.max_tokens,
+                              temperature=body.temperature, top_p=body.top_p)
+    style = None if body.style is None else body.style == "short"
+    provider = None if body.model == "default" else body.model
+    turn, chunks = await _begin(request, prompt=body.messages[-1].text(), provider=provider, history=history,
+                                system=system, params=params, style=style)
+    meta = {"id": f"chatcmpl-{_rid(request)}", "created": int(time.time())}
+    if body.stream:
+        return _EventStream(turn, _openai_events(request, turn, chunks, meta))
+    await _drain(request, turn, turn.deltas(chunks))
+    turn.log_done(_rid(request))
+    return {**meta, "object": "chat.completion", "model": turn.provider, "timings": turn.timings(),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": turn.text},
+                         "finish_reason": "stop"}]}
+
+
+async def _openai_events(request: Request, turn: _Turn, chunks: AsyncIterator[Chunk],
+                         meta: dict) -> AsyncIterator[dict | str]:
+    def chunk(delta: dict, finish: str | None = None) -> dict:
+        return {**meta, "object": "chat.completion.chunk", "model": turn.provider,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    try:
+        async with aclosing(turn.deltas(chunks)) as texts:
+            async for text in texts:
+                first = len(turn.parts) == 1
+                yield chunk({"role": "assistant", "content": text} if first else {"content": text})
+        turn.log_done(_rid(request))
+        yield chunk({}, "stop")
+        yield "[DONE]"
+    except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
+        yield _error_event(request, e)
+
+
+async def list_models(request: Request) -> dict:
+    """Provider names in OpenAI's list shape, with readiness."""
+    statuses = await _statuses(request.app.state.ctx)
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                        "owned_by": "linly-talker", **status}
+                                       for name, status in statuses.items()]}
+
+
+async def health(request: Request) -> dict:
+    """Always open (no API key): liveness, and whether each provider could answer now."""
+    return {"status": "ok", "providers": await _statuses(request.app.state.ctx)}
+
+
+async def _statuses(ctx: _Context) -> dict[str, dict]:
+    def collect() -> dict[str, dict]:
+        out = {}
+        for name in ctx.router.names():
+            try:
+                s = ctx.router.status(name)
+                out[name] = {"ready": s.ready, "reason": ctx.redact(s.reason), "fix": s.fix}
+            except LLMError as e:
+                out[name] = {"ready": False, "reason": ctx.redact(e.message), "fix": e.fix}
+        return out
+
+    return await asyncio.to_thread(collect)     # creating a provider may import a heavy SDK
+
+
+# ---- serving ---------------------------------------------------------------------------------
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket, so a busy port fails here with a clear error (uvicorn would exit)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"cannot serve the API on {host}:{port}: {e.strerror} "
+                               "(is another server using the port? choose another with --api-port)") from e
+    return sock
+
+
+def _server(app: FastAPI, host: str, port: int) -> tuple[uvicorn.Server, socket.socket]:
+    sock = _bind(host, port)
+    config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], log_level="warning",
+                            timeout_graceful_shutdown=3)
+    return uvicorn.Server(config), sock
+
+
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Serve until interrupted (Ctrl-C)."""
+    server, sock = _server(app, host, port)
+    log.info("API on http://%s:%d (docs at /docs)", host, sock.getsockname()[1])
+    server.run(sockets=[sock])
+
+
+class ServerThread:
+    """A server running in a daemon thread; `port` is the bound port (useful with port 0)."""
+
+    def __init__(self, server: uvicorn.Server, sock: socket.socket):
+        self.server, self.port = server, sock.getsockname()[1]
+        self.thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="llm-api",
+                                       daemon=True)
+
+    def stop(self, timeout: float = 10) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+
+def start_in_thread(app: FastAPI, host: str, port: int, timeout: float = 10) -> ServerThread:
+    """Start serving in the background; returns once it accepts connections (OSError if it cannot)."""
+    handle = ServerThread(*_server(app, host, port))
+    handle.thread.start()
+    deadline = time.monotonic() + timeout
+    while not handle.server.started:
+        if not handle.thread.is_alive() or time.monotonic() > deadline:
+            handle.stop(1)
+            raise RuntimeError(f"the API server on {host}:{port} did not start within {timeout:.0f} s")
+        time.sleep(0.01)
+    log.info("API on http://%s:%d (docs at /docs)", host, handle.port)
+    return handle

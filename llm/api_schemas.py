@@ -1,0 +1,226 @@
+"""Request bodies of the HTTP API: read with a size cap, parsed strictly (exact JSON types, bounds,
+no unknown fields), and shown in /docs."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from starlette.requests import ClientDisconnect
+
+MAX_NEW_TOKENS = 1_000_000    # GenerationParams' own upper bound
+
+
+class ApiError(Exception):
+    """A problem with the HTTP request itself; `param` names the offending field when there is one."""
+
+    def __init__(self, status: int, type: str, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.type, self.message, self.param = status, type, message, param
+
+
+# ---- raw body -> JSON value ----------------------------------------------------------------
+
+async def read_body(request: Request, model: type[BaseModel], limit: int) -> Any:
+    """The body as `model`: JSON content type, at most `limit` bytes (checked before parsing), strictly
+    validated."""
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type", f"Content-Type {ctype!r} is not supported: "
+                                                      "send JSON with Content-Type: application/json")
+    data = parse_json_body(await _capped_body(request, limit))
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(e) from e
+
+
+async def _capped_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it is known (or counted) to exceed `limit`."""
+    too_big = ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_big
+    body = bytearray()
+    try:
+        async for part in request.stream():    # counts chunked bodies, which have no length
+            body += part
+            if len(body) > limit:
+                raise too_big
+    except ClientDisconnect as e:
+        raise ApiError(400, "client_disconnected", "the client went away while sending the body") from e
+    return bytes(body)
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """Strict UTF-8 JSON object; NaN, Infinity, overflowing numbers and lone surrogates rejected."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(400, "invalid_encoding", f"the body is not valid UTF-8 (byte {e.start})") from e
+    try:
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as e:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e.msg} at line {e.lineno} "
+                                            f"column {e.colno}") from e
+    except (RecursionError, ValueError) as e:   # nesting too deep; an integer with too many digits
+        raise ApiError(400, "invalid_json", f"the body is not usable JSON: {e}") from e
+    _reject_surrogates(data)
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_request_error", "the body must be a JSON object")
+    return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ApiError(422, "invalid_request_error", f"{name} is not a valid number: use a finite number")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):    # 1e999 overflows to inf
+        raise ApiError(422, "invalid_request_error", f"{literal[:20]} is out of range: use a finite number")
+    return value
+
+
+def _reject_surrogates(data: Any) -> None:
+    """Lone surrogates ("\\ud800") decode in Python but cannot be encoded: refuse them up front.
+
+    Iterative, because json.loads accepts nesting deeper than a recursive walk could follow."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ApiError(400, "invalid_encoding",
+                               "a string holds a lone surrogate (an invalid \\ud800-\\udfff escape)") from e
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def validation_error(e: ValidationError) -> ApiError:
+    """A pydantic error as one readable 422 (the input values are left out: they may be huge)."""
+    errors = e.errors(include_url=False, include_input=False)
+    problems = []
+    for err in errors[:3]:
+        where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "list[")))
+        message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        problems.append(f"{where or 'body'}: {message}")
+    param = ".".join(map(str, errors[0]["loc"])) if errors and errors[0]["loc"] else None
+    return ApiError(422, "invalid_request_error", "; ".join(problems), param=param)
+
+
+# ---- shared pieces ---------------------------------------------------------------------------
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class TextPart(BaseModel):
+    """One `{"type": "text", "text": ...}` block of a message's content."""
+
+    model_config = _STRICT
+    type: Literal["text"]
+    text: str
+
+
+class HistoryMessage(BaseModel):
+    # Chat UIs attach extra keys (metadata, options) to history messages: ignore rather than refuse.
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+
+HistoryPair = Annotated[list[str | None], Field(min_length=2, max_length=2)]
+Style = Literal["short", "none"]
+
+
+# ---- the seed API: POST / ------------------------------------------------------------------
+
+class SeedRequest(BaseModel):
+    """The Linly-Talker API body, with the optional fields this server adds."""
+
+    model_config = _STRICT
+    prompt: str = Field(min_length=1)
+    history: list[HistoryPair | HistoryMessage] | None = None
+    max_length: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    provider: str | None = Field(None, min_length=1)
+    system: str | None = None
+    style: Style | None = None
+    stream: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must contain non-whitespace text")
+        return value
+
+    def history_data(self) -> list[Any]:
+        """The history as plain lists and dicts, the shapes `normalize_history` takes."""
+        return [h.model_dump() if isinstance(h, BaseModel) else h for h in self.history or []]
+
+
+# ---- the OpenAI-compatible API: POST /v1/chat/completions ----------------------------------
+
+class ChatMessage(BaseModel):
+    # OpenAI clients may send `name` and similar keys we have no use for: ignore them.
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(BaseModel):
+    """The subset of OpenAI's chat completion body this server honours; other fields are refused."""
+
+    model_config = _STRICT
+    model: str = Field("default", min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None    # accepted; usage is not reported
+    n: int | None = Field(None, ge=1, le=1)     # one choice only
+    user: str | None = None
+    style: Style | None = None      # not OpenAI's: send it with the SDK's extra_body
+
+    @model_validator(mode="after")
+    def _last_is_user(self) -> ChatCompletionRequest:
+        if self.messages[-1].role != "user":
+            raise ValueError("the last message must have role 'user'")
+        if not self.messages[-1].text().strip():
+            raise ValueError("the last user message must contain text")
+        return self
+
+
+def openapi_with_bodies(app: FastAPI) -> dict:
+    """The generated schema plus the request bodies, which the routes parse themselves."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for path, model in (("/", SeedRequest), ("/v1/chat/completions", ChatCompletionRequest)):
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
+            ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+            schema["paths"][path]["post"]["requestBody"] = {"required": True,
+                                                            "content": {"application/json": {"schema": ref}}}
+        app.openapi_schema = schema
+    return app.openapi_schema
