@@ -10,12 +10,72 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from configs import load_settings
 from llm.errors import ConfigError
 from llm.router import Router
 
+if TYPE_CHECKING:
+    import gradio as gr
+
 log = logging.getLogger("webui")
+TITLE = "Digital Human Assistant 数字人助手"
+AVATAR = Path(__file__).resolve().parent / "assets" / "avatar.png"
+# Cloud streams mostly wait on the network, so many overlap; the router itself queues local
+# generations per model (its slot), so a busy local model never holds up these.
+CHAT_CONCURRENCY = 16
+DEFAULT_CONCURRENCY = 8
+CSS = """
+#avatar img { border-radius: 50%; }
+#answered-by { min-height: 1.5em; font-size: 0.9em; opacity: 0.8; }
+"""
+# "Speak replies": the browser's Web Speech API reads each sentence of the newest bot message
+# as soon as it is complete, while the text still streams. Runs once per page load.
+SPEECH_JS = r"""() => {
+  if (window.dhSpeech) return;
+  const synth = window.speechSynthesis;
+  const ENDS = /[。！？!?；;\n]|\.(?=\s)/g;
+  const st = {on: false, muted: false, count: 0, said: ""};
+  const bots = () => document.querySelectorAll('#chatbot [data-testid="bot"] .message-content');
+  const say = (text) => {
+    text = text.trim();
+    if (!text || !synth) return;
+    const u = new SpeechSynthesisUtterance(text);
+    u.lang = /[\u3400-\u9fff]/.test(text) ? "zh-CN" : "en-US";
+    synth.speak(u);
+  };
+  const latest = () => {
+    const all = bots();
+    return [all.length, all.length ? all[all.length - 1].innerText : ""];
+  };
+  const check = (final) => {
+    const [count, text] = latest();
+    if (count !== st.count) Object.assign(st, {count: count, said: "", muted: false});   // a new reply
+    // Markdown may re-render what was already said: keep our place by length, not by content.
+    st.said = text.slice(0, st.said.length);
+    if (!st.on || st.muted) { st.said = text; return; }
+    const rest = text.slice(st.said.length);
+    let cut = 0, m;
+    ENDS.lastIndex = 0;
+    while ((m = ENDS.exec(rest)) !== null) { say(rest.slice(cut, m.index + 1)); cut = m.index + 1; }
+    if (final) { say(rest.slice(cut)); cut = rest.length; }
+    st.said += rest.slice(0, cut);
+  };
+  let queued = false;
+  new MutationObserver(() => {
+    if (!queued) { queued = true; setTimeout(() => { queued = false; check(false); }, 30); }
+  }).observe(document.body, {childList: true, subtree: true, characterData: true});
+  window.dhSpeech = {
+    enable(on) { st.on = on; const [count, text] = latest(); Object.assign(st, {count: count, said: text});
+                 if (!on && synth) synth.cancel(); },
+    flush() { check(true); },
+    stop() { if (synth) synth.cancel(); st.muted = true; },
+  };
+}"""
+STOP_SPEAKING_JS = "(...args) => { window.dhSpeech && window.dhSpeech.stop(); return args; }"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,7 +125,135 @@ def main(argv: list[str] | None = None) -> int:
 
 def launch_ui(router: Router, host: str, port: int, api_port: int, api_key: str | None) -> None:
     """Build and serve the Gradio page (blocking)."""
-    raise NotImplementedError("the UI is being built")
+    demo = build_demo(router, api_port, api_key, api_host=host)
+    demo.launch(server_name=host, server_port=port, **launch_options())
+
+
+def launch_options() -> dict:
+    """Theme, CSS and favicon: Gradio 6 takes these at launch(), not in Blocks()."""
+    import gradio as gr
+
+    # The system's monospace font: the bundled one lacks glyphs (braces) in some browsers.
+    theme = gr.themes.Soft(font_mono=("ui-monospace", "Menlo", "Consolas", "monospace"))
+    return {"theme": theme, "css": CSS, "favicon_path": str(AVATAR)}
+
+
+def build_demo(router: Router, api_port: int = 7871, api_key: str | None = None, *,
+               api_host: str = "127.0.0.1") -> gr.Blocks:
+    """The page. Everything a user changes lives in that browser session's component values."""
+    import gradio as gr  # here, not at the top: `--api-only` never pays for it
+
+    with gr.Blocks(title=TITLE) as demo:
+        with gr.Row(equal_height=True):
+            gr.Image(str(AVATAR), show_label=False, container=False, interactive=False, buttons=[],
+                     height=88, width=88, scale=0, min_width=88, elem_id="avatar")
+            gr.Markdown(f"# {TITLE}\n"
+                        "Short spoken answers from local models or cloud APIs, streamed as they are written.")
+        with gr.Row():
+            with gr.Column(scale=3):
+                page = _chat_panel()
+            with gr.Column(scale=2):
+                page.update(_settings_panel(router, api_port, api_key, api_host))
+        page["turn"] = gr.State(None)   # this session's running Turn (a CancelToken)
+        _wire_chat(demo, router, SimpleNamespace(**page))
+        _wire_settings(demo, router, SimpleNamespace(**page), api_port, api_key, api_host)
+    demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
+    return demo
+
+
+def _chat_panel() -> dict:
+    """The chat, its status line, the input row and the examples."""
+    import gradio as gr
+
+    from llm import ui_handlers as ui
+
+    chatbot = gr.Chatbot(label="Chat", height=460, avatar_images=(None, str(AVATAR)), elem_id="chatbot",
+                         buttons=["copy"], feedback_options=None,
+                         placeholder="Ask me anything — 中文或英文都可以。")
+    answered = gr.Markdown("", elem_id="answered-by")
+    with gr.Row():
+        msg = gr.Textbox(placeholder="Ask something… 输入问题，按回车发送", show_label=False, scale=5,
+                         lines=1, max_lines=6, autofocus=True, elem_id="message")
+        send = gr.Button("Send", variant="primary", scale=0, min_width=90, elem_id="send")
+        stop = gr.Button("Stop", variant="stop", scale=0, min_width=90, elem_id="stop")
+        clear = gr.Button("Clear", scale=0, min_width=90, elem_id="clear")
+    gr.Examples(list(ui.EXAMPLES), inputs=[msg], label="Examples 示例")
+    return dict(chatbot=chatbot, answered=answered, msg=msg, send=send, stop=stop, clear=clear)
+
+
+def _settings_panel(router: Router, api_port: int, api_key: str | None, api_host: str) -> dict:
+    """Provider, persona, speech style, sampling and the API panel."""
+    import gradio as gr
+
+    from llm import ui_handlers as ui
+
+    names, style = router.names(), router.settings.style
+    default = router.settings.default if router.settings.default in names else names[0]
+    provider = gr.Dropdown(ui.provider_choices(router), value=default, label="Provider", elem_id="provider")
+    note = gr.Markdown(ui.provider_note(router, default), elem_id="provider-note")
+    persona = gr.Dropdown([label for label, _ in ui.PERSONAS], value=ui.PERSONAS[0][0], label="Persona")
+    system = gr.Textbox(ui.PERSONAS[0][1], label="System prompt", lines=3, elem_id="system")
+    with gr.Row():
+        styled = gr.Checkbox(style.short_answer, label="Short spoken answers")
+        speak = gr.Checkbox(False, label="Speak replies", elem_id="speak")
+    max_chars = gr.Slider(5, 200, value=style.max_chars, step=1, label="Answer budget (chars)")
+    temperature0, top_p0, tokens0 = ui.sampling_defaults(router, default)
+    with gr.Accordion("Sampling", open=False):
+        temperature = gr.Slider(0, 2, value=temperature0, step=0.05, label="Temperature (0 = greedy)")
+        top_p = gr.Slider(0.05, 1, value=top_p0, step=0.01, label="top_p")
+        max_new = gr.Slider(16, 4096, value=tokens0, step=16, label="Max new tokens")
+    with gr.Accordion("API", open=False, elem_id="api-panel"):
+        curl = gr.Code(ui.api_curl(api_port, api_key, default, api_host), language="shell",
+                       label=f"POST :{api_port}/ (the same models as this page)", interactive=False,
+                       wrap_lines=True, elem_id="api-curl")
+    return dict(provider=provider, note=note, persona=persona, system=system, styled=styled, speak=speak,
+                max_chars=max_chars, temperature=temperature, top_p=top_p, max_new=max_new, curl=curl)
+
+
+def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
+    """Send/Enter, streaming, Stop, Clear and the error toast after a failed turn."""
+    import gradio as gr
+
+    from llm import ui_handlers as ui
+
+    async def respond(history, name, system, short, budget, temperature, top_p, max_new, turn,
+                      progress=gr.Progress()):
+        opts = ui.TurnOptions(name, system, short, budget, temperature, top_p, max_new)
+        async for update in ui.respond(router, history, opts, turn, progress):
+            yield update
+
+    inputs = [c.chatbot, c.provider, c.system, c.styled, c.max_chars, c.temperature, c.top_p, c.max_new,
+              c.turn]
+    started = gr.on([c.send.click, c.msg.submit], ui.start_turn, [c.msg, c.chatbot],
+                    [c.msg, c.chatbot, c.turn], concurrency_limit=None, show_progress="hidden")
+    streaming = started.then(respond, inputs, [c.chatbot, c.answered, c.msg],
+                             concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat")
+    streaming.then(ui.report, [c.turn], None, concurrency_limit=None,
+                   js="(t) => { window.dhSpeech && window.dhSpeech.flush(); return [t]; }")
+    c.stop.click(ui.stop, [c.turn], [c.answered], cancels=[streaming], concurrency_limit=None,
+                 js=STOP_SPEAKING_JS)
+    # Our Clear button and the chat's own trash icon both stop the turn and the speech.
+    gr.on([c.clear.click, c.chatbot.clear], ui.clear, [c.turn], [c.chatbot, c.answered, c.turn],
+          cancels=[streaming], concurrency_limit=None, js=STOP_SPEAKING_JS)
+    c.speak.change(None, [c.speak], None, js="(on) => { window.dhSpeech && window.dhSpeech.enable(on); }")
+    demo.load(None, js=SPEECH_JS)
+
+
+def _wire_settings(demo: gr.Blocks, router: Router, c: SimpleNamespace, api_port: int,
+                   api_key: str | None, api_host: str) -> None:
+    """Provider choice (readiness note, sampling defaults, curl) and persona presets."""
+    import gradio as gr
+
+    from llm import ui_handlers as ui
+
+    c.provider.select(lambda name: ui.choose_provider(router, name), [c.provider],
+                      [c.note, c.temperature, c.top_p, c.max_new], concurrency_limit=None)
+    c.provider.change(lambda name: ui.api_curl(api_port, api_key, name, api_host), [c.provider], [c.curl],
+                      concurrency_limit=None)
+    c.persona.select(lambda label: dict(ui.PERSONAS)[label], [c.persona], [c.system], concurrency_limit=None)
+    # Readiness can change while the server runs (a model downloaded): read it again per page load.
+    demo.load(lambda name: (gr.update(choices=ui.provider_choices(router)), ui.provider_note(router, name)),
+              [c.provider], [c.provider, c.note], concurrency_limit=None)
 
 
 if __name__ == "__main__":

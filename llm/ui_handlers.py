@@ -1,0 +1,257 @@
+"""The web page's handler logic, kept free of layout so tests can drive it without a browser.
+
+Every handler takes the session's values (history, provider choice, cancel token) as arguments
+and returns new ones: nothing here is shared between browser sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import shlex
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+import gradio as gr
+
+from .errors import CancelledError, LLMError
+from .router import Router
+from .types import CancelToken, GenerationParams, normalize_history
+
+log = logging.getLogger(__name__)
+
+# (label, system prompt); a tuple so the presets cannot be changed at run time by anyone.
+PERSONAS: tuple[tuple[str, str], ...] = (
+    ("Friendly assistant", "You are a friendly digital human assistant. Answer warmly and clearly."),
+    ("数字人讲解员 (Chinese guide)", "你是一名亲切的数字人讲解员，用简洁、口语化的中文回答问题。"),
+    ("Patient tutor", "You are a patient tutor. Explain step by step with one simple example."),
+    ("Customer service", "You are a polite customer-service agent. Be brief and offer the next step."),
+    ("No system prompt", ""),
+)
+EXAMPLES = ("你好，请介绍一下你自己。", "北京有哪些好玩的地方？", "What can a digital human do?",
+            "Tell me a fun fact about the moon.")
+DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512}
+Progress = Callable[..., Any]
+History = list[dict[str, str]]
+
+
+class Turn(CancelToken):
+    """One chat turn of one session: its cancel token (it is one), whether the user pressed Stop
+    (the router also cancels the token when a stream ends, to stop leftover work), and the error
+    to show once the turn has ended."""
+
+    stopped = False
+    done = False
+    error: gr.Error | None = None
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.cancel()
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """The sidebar's values for one turn."""
+
+    provider: str
+    system: str = ""
+    style: bool = True
+    max_chars: int = 25
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+
+    def params(self) -> GenerationParams:
+        top_p = self.top_p if self.top_p else None   # a slider at 0 means "no nucleus cut"
+        tokens = int(self.max_new_tokens) if self.max_new_tokens else None
+        return GenerationParams(temperature=self.temperature, top_p=top_p, max_new_tokens=tokens)
+
+
+# ---- providers ---------------------------------------------------------------------------
+
+def provider_choices(router: Router) -> list[tuple[str, str]]:
+    """(label with readiness, name) for every configured provider, for the dropdown."""
+    out = []
+    for name, status in router.statuses().items():
+        label = router.settings.providers[name].display_name
+        out.append((f"{label} — {'ready' if status.ready else 'not ready'}", name))
+    return out
+
+
+def provider_note(router: Router, name: str) -> str:
+    """Markdown saying whether a provider can answer, and if not, why and how to fix it."""
+    label = router.settings.providers[name].display_name
+    status = router.status(name)
+    if not status.ready:
+        fix = f"\n\n**Fix:** `{status.fix}`" if status.fix else ""
+        return f"**{label}** is not ready: {status.reason}{fix}"
+    if _needs_loading(router, name):
+        return f"**{label}** is ready; the model loads on the first message (progress is shown)."
+    return f"**{label}** is ready."
+
+
+def choose_provider(router: Router, name: str) -> tuple[str, float, float, int]:
+    """Dropdown change: the readiness note (plus a warning toast when not ready) and the
+    provider's default sampling values for the sliders."""
+    status = router.status(name)
+    if not status.ready:
+        gr.Warning(_error_html(status.reason, status.fix), title="Provider not ready")
+    return (provider_note(router, name), *sampling_defaults(router, name))
+
+
+def sampling_defaults(router: Router, name: str) -> tuple[float, float, int]:
+    """The slider values for a provider: its configured generation defaults, else ours."""
+    merged = {**DEFAULT_SAMPLING, **router.settings.providers[name].generation}
+    return (float(merged["temperature"]), float(merged["top_p"]), int(merged["max_new_tokens"]))
+
+
+def _needs_loading(router: Router, name: str) -> bool:
+    provider = router.provider(name)
+    return hasattr(provider, "load") and not getattr(provider, "loaded", True)
+
+
+async def _load_with_progress(router: Router, name: str, progress: Progress | None) -> None:
+    """Load a local model before its first turn, reporting to gr.Progress; no-op otherwise."""
+    if not router.status(name).ready or not _needs_loading(router, name):
+        return
+    label = router.settings.providers[name].display_name
+
+    def report(fraction: float, message: str = "") -> None:
+        if progress is not None:
+            progress(fraction, desc=message or f"Loading {label}")
+
+    report(0.0)
+    # to_thread copies the context, so gr.Progress still finds this event from the worker.
+    await asyncio.to_thread(router.provider(name).load, progress=report)
+
+
+# ---- the API panel -----------------------------------------------------------------------
+
+def api_curl(api_port: int, api_key: str | None, provider: str | None = None,
+             host: str = "127.0.0.1") -> str:
+    """The curl command for the seed API on the real port; a key placeholder, never the key."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    body = {"prompt": "你好，请介绍一下你自己。", **({"provider": provider} if provider else {})}
+    lines = [f"curl -N http://{host}:{api_port}/", "  -H 'Content-Type: application/json'"]
+    if api_key:
+        lines.append('  -H "Authorization: Bearer $LLM_API_KEY"')
+    lines.append(f"  -d {shlex.quote(json.dumps(body, ensure_ascii=False))}")
+    return " \\\n".join(lines)
+
+
+# ---- a chat turn -------------------------------------------------------------------------
+
+def start_turn(message: str, history: Any) -> tuple[Any, History, Turn | None]:
+    """Send: move the typed text into the chat and give the turn a fresh cancel token.
+    Empty input changes nothing (and `respond` then has no pending question)."""
+    history = to_messages(history)
+    if not (message or "").strip():
+        return gr.skip(), history, None
+    return "", history + [{"role": "user", "content": message}], Turn()
+
+
+def stop(turn: Turn | None) -> Any:
+    """Stop: a local model stops at its next token and a cloud stream is closed. Returns the
+    status line (unchanged when no turn is running)."""
+    if turn is None or turn.done:
+        return gr.skip()
+    turn.stop()
+    return "Stopped."
+
+
+def to_messages(history: Any) -> History:
+    """The Chatbot's value as plain role/content dicts (Gradio may send content blocks)."""
+    return [m.as_dict() for m in normalize_history(history or [])]
+
+
+def _pending_question(history: History) -> str | None:
+    if history and history[-1]["role"] == "user":
+        return history[-1]["content"]
+    return None
+
+
+async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | None,
+                  progress: Progress | None = None) -> AsyncIterator[tuple[History, str, Any]]:
+    """Stream the answer to the pending question as (history, status line, input box) updates.
+
+    On an error the chat goes back to how it was before the turn, the question goes back into the
+    input box, and `turn.error` holds a gr.Error with the message and its fix for `report` to raise:
+    the avatar never says an error, and Gradio does not paint "Error" over the chat.
+    """
+    history = to_messages(history)
+    question = _pending_question(history)
+    if question is None:
+        return
+    before, turn = history[:-1], turn or Turn()
+    try:
+        async for reply, status in _stream(router, before, question, opts, turn, progress):
+            yield history + [{"role": "assistant", "content": reply}], status, gr.skip()
+    except CancelledError:
+        # Stopped before any text: nothing to keep, so hand the question back.
+        yield before, "Stopped.", question
+    except LLMError as e:
+        turn.error = gr.Error(_error_html(e.message, e.fix), title="The assistant could not answer")
+        yield before, f"Not answered: {e.message}", question
+    except Exception as e:
+        log.exception("unexpected failure in a chat turn")
+        turn.error = gr.Error(html.escape(f"Unexpected error: {type(e).__name__}: {e}"))
+        yield before, "Not answered: unexpected error", question
+    finally:
+        turn.done = True
+
+
+def report(turn: Turn | None) -> None:
+    """After a turn: raise its error, so Gradio shows it as an error toast."""
+    if turn is not None and turn.error is not None:
+        raise turn.error
+
+
+async def _stream(router: Router, before: History, question: str, opts: TurnOptions,
+                  turn: Turn, progress: Progress | None) -> AsyncIterator[tuple[str, str]]:
+    """(growing reply, status line) pairs; a stop after some text ends quietly with the partial."""
+    req = router.request(question, provider=opts.provider, history=before, system=opts.system or None,
+                         params=opts.params(), style=opts.style, max_chars=int(opts.max_chars))
+    await _load_with_progress(router, opts.provider, progress)
+    reply, answered = "", ""
+    try:
+        async with aclosing(router.astream(req, cancel=turn)) as chunks:
+            async for chunk in chunks:
+                reply, answered = reply + chunk.text, chunk.provider
+                yield reply, f"{answered_by(router, opts.provider, answered)} …"
+    except CancelledError:
+        if not reply:
+            raise
+    if turn.stopped:   # a provider may also end quietly when cancelled
+        if not reply:
+            raise CancelledError("generation cancelled")
+        yield reply, f"Stopped. {answered_by(router, opts.provider, answered)}"
+    elif not reply:
+        raise LLMError(f"{opts.provider} returned an empty reply", fix="try again or choose another provider")
+    else:
+        yield reply, answered_by(router, opts.provider, answered)
+
+
+def answered_by(router: Router, chosen: str, answered: str) -> str:
+    """The status line naming the provider that actually answered, and the fallback if any."""
+    names = router.settings.providers
+    label = names[answered].display_name if answered in names else answered
+    if answered and answered != chosen:
+        return f"Answered by **{label}** (fallback: {names[chosen].display_name} was unavailable)"
+    return f"Answered by **{label}**"
+
+
+def clear(turn: Turn | None) -> tuple[History, str, None]:
+    """Clear: stop any running turn and empty this session's chat."""
+    stop(turn)
+    return [], "", None
+
+
+def _error_html(message: str, fix: str = "") -> str:
+    """gr.Error/gr.Warning render HTML: escape the text, put the fix on its own line."""
+    text = html.escape(message)
+    return f"{text}<br><b>Fix:</b> <code>{html.escape(fix)}</code>" if fix else text

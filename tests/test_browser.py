@@ -1,0 +1,198 @@
+"""The real page in a real browser: Debian's chromium driven by playwright, the page served in-process.
+
+CI setup: `apt-get install -y chromium fonts-wqy-microhei` and `pip install playwright`
+(never `playwright install`: the test uses the system chromium).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from configs import PRESETS, ProviderConfig, Settings
+from llm.router import Router
+from tests.fake_servers import FakeOpenAIServer, refused_url
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+SCREENSHOT = Path(__file__).resolve().parent.parent / "assets" / "screenshot.png"
+SHORT_REPLY = "你好！我是数字人助手。很高兴认识你，有什么可以帮你？"
+LONG_REPLY = "从前有一座山，山里有一座庙，庙里有个老和尚在给小和尚讲故事。" * 8
+BOT = '#chatbot [data-testid="bot"] .message-content'
+USER = '#chatbot [data-testid="user"] .message-content'
+# Replaces the Web Speech API with a recorder: what the page would say, and in which language.
+SPEECH_RECORDER = """
+window.__spoken = []; window.__cancels = 0;
+window.speechSynthesis.speak = (u) => window.__spoken.push({text: u.text, lang: u.lang});
+window.speechSynthesis.cancel = () => { window.__cancels += 1; };
+"""
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
+if not shutil.which(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium fonts-wqy-microhei",
+                allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def site():
+    """The page on a free port: direct, a slow fake cloud provider, and one that is down."""
+    import webui
+
+    with pytest.MonkeyPatch.context() as mp, \
+            FakeOpenAIServer(replies=[SHORT_REPLY, LONG_REPLY], chunk_delay=0.05) as slow:
+        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        providers = {"direct": PRESETS["direct"], "chatgpt": PRESETS["chatgpt"],
+                     "slow": ProviderConfig("slow", "openai", "fake", label="Slow Cloud", base_url=slow.base_url),
+                     "down": ProviderConfig("down", "openai", "fake", label="Down Cloud",
+                                            base_url=refused_url("/v1"))}
+        router = Router(Settings(providers=providers, default="direct"), env={})
+        port = free_port()
+        demo = webui.build_demo(router, api_port=7999, api_key="do-not-show-me")
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    **webui.launch_options())
+        try:
+            yield f"http://127.0.0.1:{port}/", slow
+        finally:
+            demo.close()
+            router.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def open_page(browser, url: str):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    context.add_init_script(SPEECH_RECORDER)
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#message textarea")
+    page.wait_for_function("() => window.dhSpeech !== undefined")
+    return context, page
+
+
+def choose(page, label: str) -> None:
+    page.click("#provider input")
+    page.get_by_role("option", name=label).click()
+
+
+def send(page, text: str) -> None:
+    page.fill("#message textarea", text)
+    page.click("#send")
+
+
+def bot_texts(page) -> list[str]:
+    return [e.inner_text().strip() for e in page.query_selector_all(BOT)]
+
+
+def watch_reply(page, index: int, until: str, timeout: float = 15) -> list[str]:
+    """Every distinct text bot message `index` shows until it equals `until`."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        texts = bot_texts(page)
+        text = texts[index] if len(texts) > index else ""
+        if text and (not seen or seen[-1] != text):
+            seen.append(text)
+        if text == until:
+            return seen
+        time.sleep(0.02)
+    raise AssertionError(f"the reply never became {until!r}; saw {seen[-3:]}")
+
+
+def test_the_page_streams_stops_and_keeps_sessions_apart(site, browser):
+    url, slow = site
+    context_a, a = open_page(browser, url)
+    context_b = None
+    try:
+        # A: a slow cloud provider, full answers, speech on, a Chinese question; the reply streams in.
+        choose(a, "Slow Cloud — ready")
+        a.get_by_label("Short spoken answers").uncheck()
+        a.get_by_label("Speak replies").check()
+        send(a, "你好，请介绍一下你自己。")
+        seen = watch_reply(a, 0, until=SHORT_REPLY)
+        assert any(0 < len(t) < len(SHORT_REPLY) and SHORT_REPLY.startswith(t) for t in seen), seen
+        a.wait_for_function("() => document.querySelector('#answered-by').innerText.includes('Slow Cloud')")
+        assert a.input_value("#provider input") == "Slow Cloud — ready"
+        spoken = a.evaluate("window.__spoken")
+        assert [s["text"] for s in spoken] == ["你好！", "我是数字人助手。", "很高兴认识你，有什么可以帮你？"]
+        assert {s["lang"] for s in spoken} == {"zh-CN"}
+        a.click("#api-panel > button")
+        curl = a.inner_text("#api-curl .cm-content")
+        assert ":7999/" in curl and "Bearer $LLM_API_KEY" in curl and "do-not-show-me" not in curl
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        a.screenshot(path=str(SCREENSHOT))
+
+        # A: Stop a long reply mid-stream: it stops growing and the server stops sending.
+        send(a, "讲一个很长的故事。")
+        a.wait_for_function(f"() => (document.querySelectorAll('{BOT}')[1]?.innerText || '').length >= 5")
+        a.click("#stop")
+        time.sleep(0.5)
+        stopped, sent = bot_texts(a)[1], slow.chunks_sent
+        time.sleep(1.0)     # 20 more chunks would arrive in this time if the stream were still open
+        assert bot_texts(a)[1] == stopped, "the reply kept growing after Stop"
+        assert slow.chunks_sent == sent, "the server kept sending after Stop"
+        assert LONG_REPLY.startswith(stopped) and len(stopped) < len(LONG_REPLY) // 3
+        assert sent - len(SHORT_REPLY) < len(LONG_REPLY) // 3, sent
+        assert a.inner_text("#answered-by").startswith("Stopped.")
+        assert a.evaluate("window.__cancels") >= 1, "Stop should silence the speech"
+
+        # B: a second browser session has its own provider and history.
+        context_b, b = open_page(browser, url)
+        assert b.input_value("#provider input") == "Direct Reply — ready"
+        assert bot_texts(b) == []
+        send(b, "第二个会话：你好")
+        watch_reply(b, 0, until="第二个会话：你好")
+        assert [e.inner_text().strip() for e in b.query_selector_all(USER)] == ["第二个会话：你好"]
+        assert len(bot_texts(a)) == 2 and a.input_value("#provider input") == "Slow Cloud — ready"
+
+        # B: a failing provider shows an error toast, not an avatar message; the question comes back.
+        choose(b, "Down Cloud — ready")
+        send(b, "这条会失败")
+        b.get_by_text("check base_url").first.wait_for()
+        b.wait_for_function("() => document.querySelector('#message textarea').value === '这条会失败'")
+        assert bot_texts(b) == ["第二个会话：你好"]
+        assert [e.inner_text().strip() for e in b.query_selector_all(USER)] == ["第二个会话：你好"]
+
+        # B: a provider that is not ready says why and how to fix it as soon as it is chosen.
+        choose(b, "OpenAI ChatGPT — not ready")
+        b.wait_for_function("() => document.querySelector('#provider-note').innerText.includes('OPENAI_API_KEY')")
+        assert "export OPENAI_API_KEY=" in b.inner_text("#provider-note")
+    finally:
+        for context in (context_a, context_b):
+            if context is not None:
+                context.close()
+
+
+def test_clear_empties_the_chat_and_silences_speech(site, browser):
+    url, _ = site
+    context, page = open_page(browser, url)
+    try:
+        page.get_by_label("Speak replies").check()
+        send(page, "清空前的消息")
+        watch_reply(page, 0, until="清空前的消息")
+        # No sentence end in this reply: the end of the stream flushes it to the speaker.
+        page.wait_for_function("() => window.__spoken.length === 1")
+        assert page.evaluate("window.__spoken") == [{"text": "清空前的消息", "lang": "zh-CN"}]
+        page.click("#clear")
+        page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 0")
+        assert page.evaluate("window.__cancels") >= 1
+    finally:
+        context.close()

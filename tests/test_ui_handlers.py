@@ -1,0 +1,257 @@
+"""The web page's handlers, driven directly: real Router, loopback OpenAI-compatible servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from itertools import pairwise
+
+import gradio as gr
+import pytest
+
+from configs import PRESETS, ProviderConfig, Settings
+from llm import ui_handlers as ui
+from llm.router import Router
+from tests.fake_servers import FakeOpenAIServer, refused_url
+
+LONG_REPLY = "这是一个很长的回答，用来测试停止按钮。" * 10     # 190 one-character chunks
+
+
+def make_router(base_url: str, **extra: ProviderConfig) -> Router:
+    """direct + 'fast' (the fake server) + 'down' (nothing listening) + the cloud presets, no keys."""
+    providers = dict(PRESETS)
+    providers["fast"] = ProviderConfig("fast", "openai", "fake-model", label="Fake Cloud", base_url=base_url)
+    providers["down"] = ProviderConfig("down", "openai", "fake-model", label="Down", base_url=refused_url("/v1"))
+    providers.update(extra)
+    return Router(Settings(providers=providers), env={})
+
+
+def run_turn(router: Router, message: str, provider: str, history=None, *, style: bool = False,
+             progress=None, on_update=None) -> tuple[list, list]:
+    """Send `message` as the page does; returns (every update yielded, the turn's final history)."""
+    _, history, turn = ui.start_turn(message, history or [])
+    opts = ui.TurnOptions(provider, style=style, max_chars=25, temperature=0.7, top_p=0.9, max_new_tokens=64)
+
+    async def collect():
+        updates = []
+        async for update in ui.respond(router, history, opts, turn, progress):
+            updates.append(update)
+            if on_update:
+                on_update(len(updates), turn)
+        return updates
+
+    updates = asyncio.run(collect())
+    return updates, (updates[-1][0] if updates else history)
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAIServer(replies=["Hello there. 你好！"], chunk_delay=0.01) as s:
+        yield s
+
+
+@pytest.fixture
+def router(server):
+    r = Router(make_router(server.base_url).settings, env={})
+    yield r
+    r.close()
+
+
+def test_streaming_yields_growing_partial_replies(router):
+    updates, history = run_turn(router, "hi", "fast")
+    replies = [u[0][-1]["content"] for u in updates]
+    assert len(replies) > 3, "the reply should arrive in pieces, not as one finished text"
+    assert all(b.startswith(a) and len(b) >= len(a) for a, b in pairwise(replies))
+    assert history[-1] == {"role": "assistant", "content": "Hello there. 你好！"}
+    assert "Answered by **Fake Cloud**" in updates[-1][1]
+    assert all(u[2] == gr.skip() for u in updates), "the input box stays as the user left it"
+
+
+def test_chinese_message_through_direct_comes_back_unchanged(router):
+    message = "你好，数字人！今天天气怎么样？"
+    _, history = run_turn(router, message, "direct", style=True)
+    assert history == [{"role": "user", "content": message}, {"role": "assistant", "content": message}]
+
+
+def test_stop_cancels_generation_and_keeps_the_partial_reply():
+    with FakeOpenAIServer(replies=[LONG_REPLY], chunk_delay=0.02) as slow:
+        router = make_router(slow.base_url)
+
+        def stop_early(count, turn):
+            if count == 5:
+                ui.stop(turn)
+
+        updates, history = run_turn(router, "讲个故事", "fast", on_update=stop_early)
+        time.sleep(0.3)     # give the server time to notice the closed stream
+        partial = history[-1]["content"]
+        assert 0 < len(partial) < len(LONG_REPLY) and LONG_REPLY.startswith(partial)
+        assert slow.chunks_sent < len(LONG_REPLY) // 3, slow.chunks_sent
+        assert updates[-1][1].startswith("Stopped.")
+        router.close()
+
+
+def test_upstream_error_raises_gr_error_and_keeps_history_without_a_fake_reply(router):
+    before = [{"role": "user", "content": "早上好"}, {"role": "assistant", "content": "早上好！"}]
+    _, history, turn = ui.start_turn("still there?", before)
+    opts = ui.TurnOptions("down", style=False)
+    updates = []
+
+    async def collect():
+        async for update in ui.respond(router, history, opts, turn):
+            updates.append(update)
+
+    asyncio.run(collect())
+    with pytest.raises(gr.Error) as err:
+        ui.report(turn)
+    assert "cannot reach" in err.value.message and "check base_url" in err.value.message
+    chat, status, textbox = updates[-1]
+    assert chat == before, "the failed turn leaves no assistant message and loses no history"
+    assert textbox == "still there?", "the question goes back into the input box for a retry"
+    assert status.startswith("Not answered")
+
+
+def test_fallback_names_the_provider_that_answered(server):
+    settings = make_router(server.base_url).settings
+    providers = dict(settings.providers)
+    providers["down"] = ProviderConfig("down", "openai", "m", label="Down", base_url=refused_url("/v1"),
+                                       fallback=("fast",))
+    router = Router(Settings(providers=providers), env={})
+    updates, history = run_turn(router, "hi", "down")
+    assert history[-1]["content"] == "Hello there. 你好！"
+    assert "Answered by **Fake Cloud** (fallback: Down was unavailable)" == updates[-1][1]
+
+
+def test_sessions_are_independent(server):
+    """Two sessions' states run side by side; stopping one leaves the other's turn and history alone."""
+    with FakeOpenAIServer(replies=[LONG_REPLY], chunk_delay=0.01) as slow:
+        router = make_router(server.base_url, slow=ProviderConfig("slow", "openai", "m", base_url=slow.base_url))
+        _, hist_a, turn_a = ui.start_turn("A 的问题", [])
+        _, hist_b, turn_b = ui.start_turn("B's question", [{"role": "user", "content": "earlier"},
+                                                          {"role": "assistant", "content": "reply"}])
+        assert turn_a is not turn_b
+
+        async def session(history, provider, turn, stop_after=None):
+            last = None
+            async for i, update in _enumerate(ui.respond(router, history, ui.TurnOptions(provider, style=False),
+                                                         turn)):
+                last = update
+                if i == stop_after:
+                    ui.stop(turn)
+            return last[0]
+
+        async def both():
+            return await asyncio.gather(session(hist_a, "slow", turn_a, stop_after=3),
+                                        session(hist_b, "slow", turn_b))
+
+        final_a, final_b = asyncio.run(both())
+        assert turn_a.stopped and not turn_b.stopped
+        assert len(final_a[-1]["content"]) < len(LONG_REPLY)
+        assert final_b[-1]["content"] == LONG_REPLY
+        assert [m["content"] for m in final_b[:3]] == ["earlier", "reply", "B's question"]
+        assert all("A 的问题" != m["content"] for m in final_b)
+        router.close()
+
+
+def test_a_busy_single_slot_model_does_not_hold_up_other_providers(server):
+    """Like a local model (one generation at a time): a second user waits for it, a cloud user does not."""
+    with FakeOpenAIServer(replies=["一次只能回答一个人的问题。" * 4], chunk_delay=0.01) as single:
+        router = make_router(server.base_url, single=ProviderConfig("single", "openai", "m", max_concurrency=1,
+                                                                    base_url=single.base_url))
+        events: list[tuple[str, str, float]] = []
+
+        async def session(name, provider, delay=0.0):
+            await asyncio.sleep(delay)
+            _, history, turn = ui.start_turn(f"{name} 的问题", [])
+            async for _ in ui.respond(router, history, ui.TurnOptions(provider, style=False), turn):
+                events.append((name, "update", time.monotonic()))
+            events.append((name, "done", time.monotonic()))
+
+        async def all_three():
+            await asyncio.gather(session("A", "single"), session("B", "single", 0.1),
+                                 session("C", "fast", 0.1))
+
+        asyncio.run(all_three())
+        at = {(n, kind): t for n, kind, t in events if kind == "done"}
+        first = {n: min(t for m, kind, t in events if m == n) for n in "ABC"}
+        assert at[("C", "done")] < at[("A", "done")], "the cloud turn finished while the model was busy"
+        assert first["B"] >= at[("A", "done")] - 0.05, "the second turn on the model waited for its slot"
+        router.close()
+
+
+async def _enumerate(agen):
+    i = 0
+    async for item in agen:
+        i += 1
+        yield i, item
+
+
+def test_not_ready_provider_says_why_and_how_to_fix(router):
+    with pytest.warns(UserWarning, match="OPENAI_API_KEY"):     # gr.Warning outside a running page
+        note, *_ = ui.choose_provider(router, "chatgpt")
+    assert "not ready" in note and "OPENAI_API_KEY is not set" in note and "export OPENAI_API_KEY=" in note
+    labels = dict((name, label) for label, name in ui.provider_choices(router))
+    assert labels["chatgpt"] == "OpenAI ChatGPT — not ready"
+    assert labels["direct"] == "Direct Reply — ready"
+
+
+def test_not_ready_provider_fails_the_turn_with_the_fix(router):
+    turns = []
+    updates, history = run_turn(router, "hello", "chatgpt", on_update=lambda _, turn: turns.append(turn))
+    assert history == [] and updates[-1][2] == "hello"
+    ui.report(None)     # an empty Send has no turn, hence nothing to report
+    with pytest.raises(gr.Error, match="export OPENAI_API_KEY"):
+        ui.report(turns[-1])
+
+
+def test_choosing_a_provider_sets_its_sampling_defaults(router):
+    with pytest.warns(UserWarning):      # linly's weights are not downloaded here
+        _, temperature, top_p, tokens = ui.choose_provider(router, "linly")
+    assert (temperature, top_p) == (1.0, 0.84) and tokens == ui.DEFAULT_SAMPLING["max_new_tokens"]
+
+
+def test_empty_message_starts_no_turn(router):
+    textbox, history, turn = ui.start_turn("   ", [{"role": "user", "content": [{"type": "text", "text": "x"}]},
+                                                   {"role": "assistant", "content": "y"}])
+    assert turn is None and history == [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    updates, _ = run_turn(router, "", "direct")
+    assert updates == []
+
+
+def test_clear_stops_the_turn_and_empties_the_chat():
+    turn = ui.Turn()
+    assert ui.clear(turn) == ([], "", None)
+    assert turn.cancelled and turn.stopped
+
+
+def test_api_curl_uses_the_real_port_and_never_the_key():
+    curl = ui.api_curl(7999, "s3cret-key", "qwen", host="0.0.0.0")
+    assert "http://127.0.0.1:7999/" in curl and '"provider": "qwen"' in curl
+    assert "Authorization: Bearer $LLM_API_KEY" in curl and "s3cret-key" not in curl
+    assert "Authorization" not in ui.api_curl(7871, None)
+
+
+def test_local_model_shows_progress_only_the_first_time(tmp_path, server):
+    pytest.importorskip("transformers")
+    from tests.tiny_models import build_llama
+
+    path = build_llama(tmp_path / "tiny")
+    router = make_router(server.base_url, tiny=ProviderConfig("tiny", "local", str(path), label="Tiny",
+                                                              device="cpu"))
+    assert "loads on the first message" in ui.provider_note(router, "tiny")
+    calls = []
+    updates, history = run_turn(router, "你好", "tiny", progress=lambda f, desc="": calls.append((f, desc)))
+    assert calls and calls[-1][0] == 1.0 and "Tiny" in calls[-1][1]
+    assert history[-1]["role"] == "assistant" and history[-1]["content"]
+    calls.clear()
+    run_turn(router, "again", "tiny", progress=lambda f, desc="": calls.append((f, desc)))
+    assert calls == []
+    router.close()
+
+
+def test_build_demo_wires_the_page(router):
+    import webui
+
+    demo = webui.build_demo(router, api_port=7999, api_key="k")
+    assert isinstance(demo, gr.Blocks)
+    chat = [fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "respond"]
+    assert chat and chat[0].concurrency_limit == webui.CHAT_CONCURRENCY
