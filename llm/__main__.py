@@ -1,0 +1,88 @@
+"""`python -m llm download NAME` fetches a local model's weights; `python -m llm status` shows readiness."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from configs import load_settings
+
+from .download import SOURCES, DownloadError, download, nothing_to_download, plan
+from .errors import ConfigError
+
+USAGE_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 failed, 2 bad usage or config)."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    return args.run(settings, args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m llm", description=__doc__)
+    parser.add_argument("--config", metavar="PATH",
+                        help="settings file (default: $LLM_CONFIG or ./configs.yaml)")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    fetch = commands.add_parser("download", help="download a local provider's model weights")
+    fetch.add_argument("name", help="a provider name, e.g. qwen, linly, chatglm")
+    fetch.add_argument("--source", choices=SOURCES, default="huggingface")
+    fetch.add_argument("--dir", metavar="DIR", help="download into this folder (default: the HF cache, "
+                                                   "or the provider's model folder)")
+    fetch.add_argument("--repo", metavar="ID", help="the repo id to fetch, when it differs on this source")
+    fetch.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    fetch.set_defaults(run=_download)
+    status = commands.add_parser("status", help="show whether each provider is ready, and the fix if not")
+    status.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    status.set_defaults(run=_status)
+    return parser
+
+
+def _download(settings, args) -> int:
+    cfg = settings.providers.get(args.name)
+    if cfg is None:
+        known = ", ".join(settings.providers)
+        print(f"error: unknown provider {args.name!r}; known: {known}", file=sys.stderr)
+        return USAGE_ERROR
+    reason = nothing_to_download(cfg)
+    if reason:
+        print(reason)
+        return 0
+    try:
+        target = plan(cfg, args.source, args.dir, args.repo)
+        print(f"downloading {target.repo_id} from {target.source} for provider {cfg.name} ...",
+              file=sys.stderr)
+        path = download(target)
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"downloaded {target.repo_id} to {path}")
+    if target.local_dir is not None and str(target.local_dir) != cfg.model:
+        print(f"to use it, set in configs.yaml:\n  providers:\n    {cfg.name}:\n      model: {path}")
+    return 0
+
+
+def _status(settings, args) -> int:
+    from .router import Router
+
+    router = Router(settings)
+    width = max(map(len, settings.providers))
+    for name, st in router.statuses().items():
+        line = f"{name:<{width}}  {'ready' if st.ready else 'not ready'}"
+        if not st.ready:
+            line += f": {st.reason}" + (f" -> {st.fix}" if st.fix else "")
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

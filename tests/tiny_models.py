@@ -1,0 +1,106 @@
+"""Offline builders for tiny local models: random weights, a real byte-level BPE, saved like a hub repo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+_ZH = ["你好", "世界", "数字人", "今天天气很好", "如何应对压力", "寻求支持和放松", "并采取积极的措施解决问题",
+       "我们一起学习", "人工智能", "语音合成", "大语言模型", "请用少于二十五个字回答", "深圳大学", "伶荔"]
+_EN = ["hello", "world", "digital human", "the weather is nice", "how to handle stress",
+       "language model", "speech synthesis", "answer briefly", "streaming tokens", "Bot", "User"]
+
+
+def corpus(lines: int = 300) -> list[str]:
+    """A few hundred deterministic lines of mixed Chinese and English text."""
+    out = []
+    for i in range(lines):
+        zh = "，".join(_ZH[(i * k + k) % len(_ZH)] for k in range(1, 4))
+        en = " ".join(_EN[(i * k + 2 * k) % len(_EN)] for k in range(1, 4))
+        out.append(f"{zh}。{en}. User: {_ZH[i % len(_ZH)]} Bot: {_EN[i % len(_EN)]} {i}")
+    return out
+
+
+def build_tokenizer(vocab_size: int = 1000, chat_template: str | None = CHATML_TEMPLATE):
+    """A byte-level BPE trained on `corpus()`, wrapped as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(corpus(), trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>" if chat_template else "<|endoftext|>",
+                                  pad_token="<|endoftext|>", bos_token="<|endoftext|>")
+    if chat_template:
+        tok.chat_template = chat_template
+    return tok
+
+
+def build_sentencepiece_style_tokenizer(vocab_size: int = 800):
+    """A Llama-2-style tokenizer (as Linly's): "▁" word prefixes, byte fallback, one leading space stripped."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    bpe.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  show_progress=False)
+    bpe.train_from_iterator(corpus(), trainer)
+    data = json.loads(bpe.to_str())     # byte tokens are ordinary vocabulary, as in Llama's tokenizer
+    vocab = data["model"]["vocab"]
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)), bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+
+
+def build_llama(directory: str | Path, chat_template: str | None = CHATML_TEMPLATE, seed: int = 0,
+                max_positions: int = 512) -> Path:
+    """Save a 2-layer random Llama (hidden 32) and its tokenizer to `directory`; returns the path."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory = Path(directory)
+    tok = build_tokenizer(chat_template=chat_template)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():   # random weights: a zero EOS logit is rarely the largest, so replies have length
+        model.lm_head.weight[tok.eos_token_id].fill_(0.0)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def build_remote_code_dir(directory: str | Path) -> Path:
+    """A repo whose config.json needs remote code: an `auto_map` and a model_type transformers lacks."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_type": "tiny_remote_lm",
+        "architectures": ["TinyRemoteForCausalLM"],
+        "auto_map": {"AutoConfig": "modeling_tiny_remote.TinyRemoteConfig",
+                     "AutoModelForCausalLM": "modeling_tiny_remote.TinyRemoteForCausalLM"},
+        "hidden_size": 32, "num_hidden_layers": 2, "vocab_size": 300,
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (directory / "modeling_tiny_remote.py").write_text(
+        "from transformers import LlamaConfig, LlamaForCausalLM\n\n\n"
+        "class TinyRemoteConfig(LlamaConfig):\n    model_type = 'tiny_remote_lm'\n\n\n"
+        "class TinyRemoteForCausalLM(LlamaForCausalLM):\n    config_class = TinyRemoteConfig\n",
+        encoding="utf-8")
+    return directory
