@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping
 
-from ..errors import LLMError, MissingKeyError, RateLimitError, UpstreamError, UpstreamTimeoutError
+from ..errors import (
+    CancelledError,
+    LLMError,
+    MissingKeyError,
+    RateLimitError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from ..types import CancelToken, GenerationParams, Message, ProviderStatus
 
 if TYPE_CHECKING:
@@ -128,3 +136,91 @@ class Provider(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients or weights."""
+
+
+class CloudProvider(Provider):
+    """A backend reached through an SDK client: one shared client, one stream loop, one error path.
+
+    Subclasses supply the connection (`make_client`) and the wire format (`open_stream`,
+    `chunk_text`) and map their SDK's exceptions in `translate`.
+    """
+
+    default_base_url: ClassVar[str] = ""
+    key_required: ClassVar[bool] = True     # False: a custom base_url may need no key
+    sdk_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __init__(self, config: ProviderConfig, env: Mapping[str, str] | None = None):
+        super().__init__(config, env)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        # Explicit, so an SDK never picks up a *_BASE_URL env var behind the config's back.
+        return self.config.base_url or self.default_base_url
+
+    def status(self) -> ProviderStatus:
+        if self.key_required:
+            try:
+                self.api_key()
+            except MissingKeyError as e:
+                return ProviderStatus(False, e.message, e.fix)
+        return super().status()
+
+    def client(self) -> Any:
+        """The SDK client, created on first use and shared (the SDK clients are thread-safe)."""
+        with self._lock:
+            if self._client is None:
+                self._client = self.make_client()
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    @abstractmethod
+    def make_client(self) -> Any:
+        """A new SDK client for this config (no SDK retries: the router owns fallback)."""
+
+    @abstractmethod
+    def open_stream(self, messages: list[Message], params: GenerationParams) -> Iterable[Any]:
+        """Start the SDK's streaming call."""
+
+    @abstractmethod
+    def chunk_text(self, chunk: Any) -> str:
+        """The text of one stream chunk ("" for role-only or metadata chunks)."""
+
+    @abstractmethod
+    def translate(self, e: BaseException) -> LLMError:
+        """The typed error for an SDK exception, without the API key in its text."""
+
+    def close_stream(self, response: Any) -> None:
+        response.close()    # closes the HTTP stream, so the server stops generating
+
+    def stream(self, messages: list[Message], params: GenerationParams,
+               cancel: CancelToken) -> Iterator[str]:
+        if cancel.cancelled:
+            raise CancelledError("generation cancelled")
+        response = None
+        try:
+            response = self.open_stream(messages, params)
+            for chunk in response:
+                if cancel.cancelled:
+                    raise CancelledError("generation cancelled")
+                text = self.chunk_text(chunk)
+                if text:
+                    yield text
+        except self.sdk_errors as e:
+            raise self.translate(e) from e
+        finally:
+            if response is not None:
+                self.close_stream(response)
+
+
+def delta_text(chunk: Any) -> str:
+    """The text of an OpenAI-shaped stream chunk; "" for role-only, usage-only or filter-result chunks."""
+    if not chunk.choices or chunk.choices[0].delta is None:
+        return ""
+    return chunk.choices[0].delta.content or ""

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 from google import genai
@@ -11,13 +10,11 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from ..errors import (
-    CancelledError,
     LLMError,
-    MissingKeyError,
     UpstreamError,
 )
-from ..types import CancelToken, GenerationParams, Message, ProviderStatus
-from .base import Provider
+from ..types import GenerationParams, Message
+from .base import CloudProvider
 
 try:    # the SDK prefers httpx2 when installed; its exceptions are a separate family
     import httpx2
@@ -31,71 +28,27 @@ _TRANSPORT = tuple(m.TransportError for m in _HTTPX)
 _ROLES = {"user": "user", "assistant": "model"}
 
 
-class GeminiProvider(Provider):
+class GeminiProvider(CloudProvider):
     kind = "gemini"
     style_mode = "system"   # Gemini follows a system_instruction best
+    default_base_url = DEFAULT_BASE_URL
+    # key required even with a custom base_url: without one the SDK sends no request
+    sdk_errors = (genai_errors.APIError, genai_errors.UnknownApiResponseError, *_TRANSPORT)
 
-    def __init__(self, config, env=None):
-        super().__init__(config, env)
-        self._client: genai.Client | None = None
-        self._lock = threading.Lock()
+    def make_client(self) -> genai.Client:
+        timeout = self.config.timeout
+        # HttpOptions.timeout is in milliseconds; no retry_options means the SDK never retries.
+        options = types.HttpOptions(base_url=self.base_url, timeout=int(timeout * 1000) if timeout else None)
+        # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI in the environment must not reroute calls.
+        return genai.Client(api_key=self.api_key(), vertexai=False, http_options=options)
 
-    # ---- connection ------------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        return self.config.base_url or DEFAULT_BASE_URL
-
-    def status(self) -> ProviderStatus:
-        """Not ready without a key, even with a custom base_url: the SDK sends no request without one."""
-        try:
-            self.api_key()
-        except MissingKeyError as e:
-            return ProviderStatus(False, e.message, e.fix)
-        return ProviderStatus(True)
-
-    def client(self) -> genai.Client:
-        """The SDK client, created on first use and shared (it is thread-safe)."""
-        with self._lock:
-            if self._client is None:
-                timeout = self.config.timeout
-                # HttpOptions.timeout is in milliseconds; no retry_options means the SDK never retries.
-                options = types.HttpOptions(base_url=self.base_url,
-                                            timeout=int(timeout * 1000) if timeout else None)
-                # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI in the environment must not reroute calls.
-                self._client = genai.Client(api_key=self.api_key(), vertexai=False, http_options=options)
-            return self._client
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-    # ---- wire format -----------------------------------------------------------------------
-
-    def stream(self, messages: list[Message], params: GenerationParams,
-               cancel: CancelToken) -> Iterator[str]:
-        if cancel.cancelled:
-            raise CancelledError("generation cancelled")
+    def open_stream(self, messages: list[Message], params: GenerationParams) -> Any:
         system, contents = to_contents(messages)
-        response = None
-        try:
-            response = self.client().models.generate_content_stream(
-                model=self.config.model, contents=contents, config=generation_config(system, params))
-            for chunk in response:
-                if cancel.cancelled:
-                    raise CancelledError("generation cancelled")
-                text = _chunk_text(chunk)
-                if text:
-                    yield text
-        except (genai_errors.APIError, genai_errors.UnknownApiResponseError, *_TRANSPORT) as e:
-            raise self.translate(e) from e
-        finally:
-            if response is not None:
-                response.close()    # unwinds the SDK's generators, which close the HTTP response
+        return self.client().models.generate_content_stream(
+            model=self.config.model, contents=contents, config=generation_config(system, params))
 
-    # ---- errors ----------------------------------------------------------------------------
+    def chunk_text(self, chunk: Any) -> str:
+        return _chunk_text(chunk)
 
     def translate(self, e: Exception) -> LLMError:
         """The typed error for an SDK or transport exception, without the API key in its text."""

@@ -2,74 +2,36 @@
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Iterator
+from typing import Any
 
 import openai
 
-from ..errors import CancelledError, LLMError, UpstreamError
-from ..types import CancelToken, GenerationParams, Message
-from .base import Provider
+from ..errors import LLMError, UpstreamError
+from ..types import GenerationParams, Message
+from .base import CloudProvider, delta_text
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local servers ignore the key, but the SDK refuses to build a client without one.
 PLACEHOLDER_KEY = "sk-no-key-required"
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(CloudProvider):
     kind = "openai"
     style_mode = "system"
+    default_base_url = DEFAULT_BASE_URL
+    key_required = False        # vLLM, Ollama and llama.cpp servers need no key
+    sdk_errors = (openai.OpenAIError,)
 
-    def __init__(self, config, env=None):
-        super().__init__(config, env)
-        self._client: openai.OpenAI | None = None
-        self._lock = threading.Lock()
+    def make_client(self) -> openai.OpenAI:
+        key = self.api_key(required=not self.config.base_url) or PLACEHOLDER_KEY
+        timeout = self.config.timeout if self.config.timeout is not None else openai.NOT_GIVEN
+        return openai.OpenAI(api_key=key, base_url=self.base_url, timeout=timeout, max_retries=0)
 
-    # ---- connection ------------------------------------------------------------------------
+    def open_stream(self, messages: list[Message], params: GenerationParams) -> Any:
+        return self.client().chat.completions.create(**self.request_body(messages, params), stream=True)
 
-    @property
-    def base_url(self) -> str:
-        # Explicit, so the SDK never picks up OPENAI_BASE_URL behind the config's back.
-        return self.config.base_url or DEFAULT_BASE_URL
-
-    def client(self) -> openai.OpenAI:
-        """The SDK client, created on first use and shared (it is thread-safe)."""
-        with self._lock:
-            if self._client is None:
-                key = self.api_key(required=not self.config.base_url) or PLACEHOLDER_KEY
-                timeout = self.config.timeout if self.config.timeout is not None else openai.NOT_GIVEN
-                # max_retries=0: the router owns retries; a silent SDK retry would hide latency.
-                self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=timeout,
-                                             max_retries=0)
-            return self._client
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-    # ---- wire format -----------------------------------------------------------------------
-
-    def stream(self, messages: list[Message], params: GenerationParams,
-               cancel: CancelToken) -> Iterator[str]:
-        if cancel.cancelled:
-            raise CancelledError("generation cancelled")
-        response = None
-        try:
-            response = self.client().chat.completions.create(**self.request_body(messages, params),
-                                                             stream=True)
-            for chunk in response:
-                if cancel.cancelled:
-                    raise CancelledError("generation cancelled")
-                text = _delta_text(chunk)
-                if text:
-                    yield text
-        except openai.OpenAIError as e:
-            raise self.translate(e) from e
-        finally:
-            if response is not None:
-                response.close()    # closes the HTTP stream, so the server stops generating
+    def chunk_text(self, chunk: Any) -> str:
+        return delta_text(chunk)
 
     def request_body(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
         """The chat.completions arguments for these messages and sampling params."""
@@ -96,13 +58,6 @@ class OpenAIProvider(Provider):
         if isinstance(e, openai.APIStatusError):
             return self.status_error(e.status_code, _backend_message(e))
         return UpstreamError(f"{self.name}: {self.scrub(getattr(e, 'message', None) or str(e))}")
-
-
-def _delta_text(chunk: Any) -> str:
-    """The text of one stream chunk; "" for role-only, usage-only or filter-result chunks."""
-    if not chunk.choices or chunk.choices[0].delta is None:
-        return ""
-    return chunk.choices[0].delta.content or ""
 
 
 def _backend_message(e: openai.APIStatusError) -> str:
