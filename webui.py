@@ -230,8 +230,9 @@ def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
                              concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat")
     streaming.then(ui.report, [c.turn], None, concurrency_limit=None,
                    js="(t) => { window.dhSpeech && window.dhSpeech.flush(); return [t]; }")
-    c.stop.click(ui.stop, [c.turn], [c.answered], cancels=[streaming], concurrency_limit=None,
-                 js=STOP_SPEAKING_JS)
+    # No cancels= here: the turn's token ends the stream itself, so its last update (the partial
+    # reply and "Stopped.") is the last word; a cancelled event's late update could overwrite it.
+    c.stop.click(ui.stop, [c.turn], [c.answered], concurrency_limit=None, js=STOP_SPEAKING_JS)
     # Our Clear button and the chat's own trash icon both stop the turn and the speech.
     gr.on([c.clear.click, c.chatbot.clear], ui.clear, [c.turn], [c.chatbot, c.answered, c.turn],
           cancels=[streaming], concurrency_limit=None, js=STOP_SPEAKING_JS)

@@ -176,6 +176,8 @@ class Router:
 
         worker = threading.Thread(target=produce, name=f"llm-{req.provider}", daemon=True)
         worker.start()
+        # A cancel wakes the consumer at once, even while the worker still waits on a slow upstream.
+        cancel.on_cancel(lambda: post(CancelledError("generation cancelled")))
         try:
             while True:
                 item = await queue.get()

@@ -199,6 +199,22 @@ def test_leaving_astream_early_cancels_generation():
     assert p.closed.wait(2) and p.yielded < 100
 
 
+def test_cancel_wakes_an_astream_waiting_on_a_slow_upstream():
+    p = ScriptedProvider("cloud", ["迟到的回答"], delay=3.0)
+    router = make_router(p)
+    cancel = CancelToken()
+
+    async def main():
+        asyncio.get_running_loop().call_later(0.1, cancel.cancel)
+        start = time.perf_counter()
+        with pytest.raises(CancelledError):
+            async for _ in router.astream("你好", style=False, cancel=cancel):
+                pass
+        return time.perf_counter() - start
+
+    assert asyncio.run(main()) < 1.5
+
+
 def test_achat_returns_timings_and_provider():
     reply = asyncio.run(Router(settings_for(), env={}).achat("你好"))
     assert reply.text == "你好" and reply.provider == "direct"
