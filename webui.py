@@ -235,7 +235,7 @@ def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
     c.stop.click(ui.stop, [c.turn], [c.answered], concurrency_limit=None, js=STOP_SPEAKING_JS)
     # Our Clear button and the chat's own trash icon both stop the turn and the speech.
     gr.on([c.clear.click, c.chatbot.clear], ui.clear, [c.turn], [c.chatbot, c.answered, c.turn],
-          cancels=[streaming], concurrency_limit=None, js=STOP_SPEAKING_JS)
+          concurrency_limit=None, js=STOP_SPEAKING_JS)
     c.speak.change(None, [c.speak], None, js="(on) => { window.dhSpeech && window.dhSpeech.enable(on); }")
     demo.load(None, js=SPEECH_JS)
 

@@ -44,6 +44,7 @@ class Turn(CancelToken):
     to show once the turn has ended."""
 
     stopped = False
+    cleared = False     # Clear: the turn must not write to the (now empty) chat again
     done = False
     error: gr.Error | None = None
 
@@ -189,11 +190,15 @@ async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | 
         return
     before, turn = history[:-1], turn or Turn()
     try:
-        async for reply, status in _stream(router, before, question, opts, turn, progress):
-            yield history + [{"role": "assistant", "content": reply}], status, gr.skip()
+        async with aclosing(_stream(router, before, question, opts, turn, progress)) as updates:
+            async for reply, status in updates:
+                if turn.cleared:
+                    return
+                yield history + [{"role": "assistant", "content": reply}], status, gr.skip()
     except CancelledError:
-        # Stopped before any text: nothing to keep, so hand the question back.
-        yield before, "Stopped.", question
+        # Stopped before any text: nothing to keep, so hand the question back (unless cleared).
+        if not turn.cleared:
+            yield before, "Stopped.", question
     except LLMError as e:
         turn.error = gr.Error(_error_html(e.message, e.fix), title="The assistant could not answer")
         yield before, f"Not answered: {e.message}", question
@@ -247,6 +252,8 @@ def answered_by(router: Router, chosen: str, answered: str) -> str:
 
 def clear(turn: Turn | None) -> tuple[History, str, None]:
     """Clear: stop any running turn and empty this session's chat."""
+    if turn is not None:
+        turn.cleared = True
     stop(turn)
     return [], "", None
 

@@ -223,6 +223,23 @@ def test_clear_stops_the_turn_and_empties_the_chat():
     assert turn.cancelled and turn.stopped
 
 
+def test_clear_mid_stream_stops_generation_and_never_writes_to_the_chat_again():
+    with FakeOpenAIServer(replies=[LONG_REPLY], chunk_delay=0.02) as slow:
+        router = make_router(slow.base_url)
+        cleared_at = []
+
+        def clear_early(count, turn):
+            if count == 5:
+                ui.clear(turn)
+                cleared_at.append(count)
+
+        updates, _ = run_turn(router, "讲个故事", "fast", on_update=clear_early)
+        time.sleep(0.3)
+        assert cleared_at == [5] and len(updates) == 5     # nothing after the Clear
+        assert slow.chunks_sent < len(LONG_REPLY) // 3, slow.chunks_sent
+        router.close()
+
+
 def test_api_curl_uses_the_real_port_and_never_the_key():
     curl = ui.api_curl(7999, "s3cret-key", "qwen", host="0.0.0.0")
     assert "http://127.0.0.1:7999/" in curl and '"provider": "qwen"' in curl
