@@ -17,10 +17,18 @@ from configs import Settings, load_settings
 from . import speech
 from .errors import CancelledError, InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
 from .providers import Provider, provider_class
-from .types import CancelToken, Chunk, GenerationParams, Message, ProviderStatus, Reply, normalize_history
+from .types import (
+    DEFAULT_MAX_NEW_TOKENS,
+    CancelToken,
+    Chunk,
+    GenerationParams,
+    Message,
+    ProviderStatus,
+    Reply,
+    normalize_history,
+)
 
 log = logging.getLogger(__name__)
-DEFAULT_MAX_NEW_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -135,17 +143,17 @@ class Router:
 
     def chat(self, prompt: str | Request, *, cancel: CancelToken | None = None, **kw) -> Reply:
         """The whole reply, with the provider that answered and timings in ms."""
+        req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
         start = time.perf_counter()
         parts: list[str] = []
-        provider, ttft = "", None
-        for chunk in self.stream(prompt, cancel=cancel, **kw):
+        provider, ttft = req.provider, None
+        for chunk in self.stream(req, cancel=cancel):
             if ttft is None:
                 ttft = (time.perf_counter() - start) * 1000
             parts.append(chunk.text)
             provider = chunk.provider
         total = (time.perf_counter() - start) * 1000
-        req_provider = provider or (prompt.provider if isinstance(prompt, Request) else kw.get("provider"))
-        return Reply("".join(parts), req_provider or self.settings.default,
+        return Reply("".join(parts), provider,
                      {"ttft_ms": round(ttft if ttft is not None else total, 1), "total_ms": round(total, 1)})
 
     async def astream(self, prompt: str | Request, *, cancel: CancelToken | None = None,
@@ -205,7 +213,7 @@ class Router:
         if params.max_new_tokens is None:
             params = params.merged_over(GenerationParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS))
         messages = self._messages(provider, req, styled)
-        messages = provider.fit(messages, reserve=params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+        messages = provider.fit(messages, reserve=params.max_new_tokens)
         with self._slot(name, cancel):
             upstream = provider.stream(messages, params, cancel)
             try:

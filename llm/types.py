@@ -11,6 +11,7 @@ from .errors import InvalidRequestError
 
 Role = Literal["system", "user", "assistant"]
 ROLES = ("system", "user", "assistant")
+DEFAULT_MAX_NEW_TOKENS = 512    # when neither the call nor the provider's config sets one
 
 
 @dataclass(frozen=True)

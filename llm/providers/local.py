@@ -21,13 +21,19 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from ..download import model_is_path
 from ..errors import CancelledError, ConfigError, InvalidRequestError, NotReadyError, UpstreamError
-from ..types import CancelToken, GenerationParams, Message, ProviderStatus, history_pairs
+from ..types import (
+    DEFAULT_MAX_NEW_TOKENS,
+    CancelToken,
+    GenerationParams,
+    Message,
+    ProviderStatus,
+    history_pairs,
+)
 from .base import Provider
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 MAX_CONTEXT = 32768          # cap on a model's own max_position_embeddings (memory, not the model, limits us)
-DEFAULT_MAX_NEW_TOKENS = 512
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _PLACEHOLDER = re.compile(r"\{(system|history|prompt)\}")
 _END = object()
