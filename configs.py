@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("local", "openai", "gemini", "zhipuai", "echo")
 DEFAULT_CONFIG_FILE = "configs.yaml"
+MAX_RETRIES = 10
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty")
 
 # The upstream Linly-AI (Chinese-LLaMA-2) prompt format; {history} holds earlier "User: ... Bot: ..." turns.
@@ -43,6 +44,12 @@ class ProviderConfig:
     style_mode: str | None = None         # how the speech style is given: system | prefix
     max_concurrency: int | None = None    # parallel generations; local defaults to 1
     download: str | None = None           # hub id for `python -m llm download`, when model is a path
+    # Reliability (llm/policy.py); None = the kind's default, 0 = off. Seconds unless said otherwise.
+    retries: int | None = None            # tries after a transient failure before any text (cloud: 2)
+    cooldown: float | None = None         # skip the provider this long after it fails (30)
+    first_token_timeout: float | None = None  # no text by then: 504, fallback (cloud: 20)
+    stall_timeout: float | None = None    # silence mid-reply longer than this: 504 (cloud: 15)
+    hedge_after: float | None = None      # no text by then: start the first fallback beside it
 
     @property
     def display_name(self) -> str:
@@ -139,11 +146,11 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
 def _provider_from(name: str, entry: Any, base: ProviderConfig | None, where: _Where) -> ProviderConfig:
     key = f"providers.{name}"
     entry = _expect(entry, dict, where, key)
-    allowed = [f.name for f in fields(ProviderConfig) if f.name != "name"]
-    where.unknown_keys(entry, allowed, key + ".")
-    if "api_key" in entry:
+    if "api_key" in entry:      # before the unknown-key check, which would hide the reason
         where.fail(f"{key}.api_key",
                    "keys never live in the file: name the environment variable with api_key_env")
+    allowed = [f.name for f in fields(ProviderConfig) if f.name != "name"]
+    where.unknown_keys(entry, allowed, key + ".")
     kind = entry.get("kind", base.kind if base else None)
     if kind not in KINDS:
         where.fail(f"{key}.kind", f"must be one of {', '.join(KINDS)} (got {kind!r})")
@@ -184,6 +191,18 @@ def _convert_provider_field(name: str, value: Any, where: _Where, key: str) -> A
         if not _is_number(value) or value <= 0:
             where.fail(key, "must be a positive number of seconds")
         return float(value)
+    if name in ("cooldown", "first_token_timeout", "stall_timeout", "hedge_after"):
+        if value is None:
+            return None
+        if not _is_number(value) or value < 0:
+            where.fail(key, "must be a number of seconds, 0 or more (0 turns it off)")
+        return float(value)
+    if name == "retries":
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_RETRIES:
+            where.fail(key, f"must be a whole number from 0 to {MAX_RETRIES}")
+        return value
     if name in ("context_window", "max_concurrency"):
         if value is None:
             return None
@@ -246,6 +265,8 @@ def _check_references(settings: Settings) -> None:
                 where.fail(f"providers.{cfg.name}.fallback", f"names no provider: {other!r}")
             if other == cfg.name:
                 where.fail(f"providers.{cfg.name}.fallback", "a provider cannot fall back to itself")
+        if cfg.hedge_after and not cfg.fallback:
+            where.fail(f"providers.{cfg.name}.hedge_after", "needs a fallback to start beside the provider")
 
 
 class _Where:

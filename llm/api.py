@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -34,7 +35,7 @@ from .api_schemas import ApiError, ChatCompletionRequest, SeedRequest, openapi_w
 from .errors import LLMError
 from .router import Request as LLMRequest
 from .router import Router
-from .types import CancelToken, Chunk, GenerationParams, history_pairs
+from .types import CancelToken, Chunk, GenerationParams, ProviderStatus, history_pairs
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = ("/health",)       # the only route that needs no API key
@@ -104,6 +105,14 @@ def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: in
     app.add_api_route("/health", health, methods=["GET"], summary="Liveness and provider readiness")
     app.openapi = lambda: openapi_with_bodies(app)
     return app
+
+
+def _retry_headers(exc: Exception) -> dict[str, str] | None:
+    """Retry-After for a 429/503 whose cause said when to come back (rounded up to whole seconds)."""
+    wait = getattr(exc, "retry_after", None)
+    if wait is None or getattr(exc, "status", None) not in (429, 503):
+        return None
+    return {"Retry-After": str(max(1, math.ceil(wait)))}
 
 
 class _Gate:
@@ -185,7 +194,7 @@ def _log_error(ctx: _Context, exc: Exception, rid: str = "-", route: str = "") -
 async def _handle_error(request: Request, exc: Exception) -> JSONResponse:
     ctx: _Context = request.app.state.ctx
     err = _log_error(ctx, exc, _rid(request), f"{request.method} {request.url.path}")
-    headers = getattr(exc, "headers", None) if isinstance(exc, HTTPException) else None
+    headers = getattr(exc, "headers", None) if isinstance(exc, HTTPException) else _retry_headers(exc)
     return _error_response(ctx, request.url.path, err, headers)
 
 
@@ -211,17 +220,20 @@ class _Turn:
         self.ttft_ms: float | None = None
         self.first_sentence_ms: float | None = None
         self.total_ms: float | None = None
+        self.last_at: float | None = None     # when the newest chunk was made (buffered replies come late)
 
-    def mark(self, timing: str) -> None:
-        """Record the time since the start under `timing`, the first time only."""
+    def mark(self, timing: str, at: float | None = None) -> None:
+        """Record the time from the start to `at` (perf_counter; default now) under `timing`, once."""
         if getattr(self, timing) is None:
-            setattr(self, timing, round((time.perf_counter() - self.start) * 1000, 1))
+            at = time.perf_counter() if at is None else at
+            setattr(self, timing, round((at - self.start) * 1000, 1))
 
     async def deltas(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
         """The reply's text pieces; leaving early cancels the generation."""
         try:
             async for chunk in chunks:
-                self.mark("ttft_ms")
+                self.last_at = chunk.at
+                self.mark("ttft_ms", chunk.at)
                 self.parts.append(chunk.text)
                 self.provider = chunk.provider
                 yield chunk.text
@@ -234,10 +246,10 @@ class _Turn:
         async with aclosing(self.deltas(chunks)) as texts:
             async for text in texts:
                 for sentence in splitter.feed(text):
-                    self.mark("first_sentence_ms")
+                    self.mark("first_sentence_ms", self.last_at)
                     yield sentence
         for sentence in splitter.flush():
-            self.mark("first_sentence_ms")
+            self.mark("first_sentence_ms", self.last_at)
             yield sentence
 
     @property
@@ -257,20 +269,48 @@ class _Turn:
                  self.provider, len(self.text), t["ttft_ms"], t["first_sentence_ms"], t["total_ms"])
 
 
-async def _begin(request: Request, **kw) -> tuple[_Turn, AsyncIterator[Chunk]]:
+async def _begin(request: Request, *, buffered: bool = False, **kw) -> tuple[_Turn, AsyncIterator[Chunk]]:
     """Validate the call and wait for its first chunk, so a failure before any text (unknown or
-    unready provider, upstream down) is a real HTTP status rather than an error inside a 200 stream."""
+    unready provider, upstream down) is a real HTTP status rather than an error inside a 200 stream.
+
+    A client that hangs up meanwhile cancels the generation at once (and with it the upstream call).
+    `buffered`: the route sends nothing before the end (see `Router.stream`)."""
     router: Router = request.app.state.ctx.router
     req = await asyncio.to_thread(router.request, **kw)    # may create the provider: not on the loop
     log.info("%s %s provider=%s prompt=%r", _rid(request), request.url.path, req.provider, _clip(req.prompt))
     turn = _Turn(req)
-    chunks = router.astream(req, cancel=turn.cancel)
+    chunks = router.astream(req, cancel=turn.cancel, buffered=buffered)
+    first_chunk = asyncio.ensure_future(anext(chunks))
     try:
-        first = await anext(chunks)
+        await _unless_hung_up(request, turn, first_chunk)
+        first = first_chunk.result()
     except StopAsyncIteration:
         return turn, _replay([], chunks)
-    turn.mark("ttft_ms")     # when it arrived, not when the response began to send it
+    except BaseException:
+        await chunks.aclose()
+        raise
+    turn.mark("ttft_ms", first.at)
     return turn, _replay([first], chunks)
+
+
+async def _unless_hung_up(request: Request, turn: _Turn, work: asyncio.Future) -> None:
+    """Wait for `work`; if the client hangs up first (uvicorn reports an http.disconnect message),
+    cancel the turn, so no model slot or upstream socket is held for nobody, and raise 499."""
+    async def hang_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(hang_up())
+    try:
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+            turn.cancel.cancel()    # even if `work` never got to run
+            await asyncio.wait({work})  # let it unwind before anyone closes what it iterates
+    if work not in done:
+        raise ApiError(499, "client_closed", "the client closed the connection before the reply")
 
 
 async def _replay(head: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
@@ -282,27 +322,14 @@ async def _replay(head: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterato
 
 
 async def _drain(request: Request, turn: _Turn, items: AsyncIterator) -> None:
-    """Consume a whole reply; a client that hangs up meanwhile cancels it, so a model slot is not
-    held for nobody (uvicorn reports the hang-up as an http.disconnect message)."""
+    """Consume a whole reply; a client that hangs up meanwhile cancels it."""
     async def consume() -> None:
         async with aclosing(items):
             async for _ in items:
                 pass
 
-    async def hang_up() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    work, watch = asyncio.ensure_future(consume()), asyncio.ensure_future(hang_up())
-    try:
-        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not work.done():
-            work.cancel()
-            turn.cancel.cancel()    # even if `consume` never got to run
-    if work not in done:
-        raise ApiError(499, "client_closed", "the client closed the connection before the reply")
+    work = asyncio.ensure_future(consume())
+    await _unless_hung_up(request, turn, work)
     work.result()
 
 
@@ -344,7 +371,7 @@ async def seed(request: Request):
     body = await read_body(request, SeedRequest, request.app.state.ctx.max_body_bytes)
     params = GenerationParams(max_new_tokens=body.max_length, temperature=body.temperature, top_p=body.top_p)
     style = None if body.style is None else body.style == "short"
-    turn, chunks = await _begin(request, prompt=body.prompt, provider=body.provider,
+    turn, chunks = await _begin(request, prompt=body.prompt, provider=body.provider, buffered=not body.stream,
                                 history=body.history_data(), system=body.system, params=params, style=style)
     if body.stream:
         return _EventStream(turn, _seed_events(request, turn, chunks))
@@ -388,7 +415,7 @@ async def chat_completions(request: Request):
     style = None if body.style is None else body.style == "short"
     provider = None if body.model == "default" else body.model
     turn, chunks = await _begin(request, prompt=body.messages[-1].text(), provider=provider, history=history,
-                                system=system, params=params, style=style)
+                                system=system, params=params, style=style, buffered=not body.stream)
     meta = {"id": f"chatcmpl-{_rid(request)}", "created": int(time.time())}
     if body.stream:
         return _EventStream(turn, _openai_events(request, turn, chunks, meta))
@@ -436,9 +463,10 @@ async def _statuses(ctx: _Context) -> dict[str, dict]:
         for name in ctx.router.names():
             try:
                 s = ctx.router.status(name)
-                out[name] = {"ready": s.ready, "reason": ctx.redact(s.reason), "fix": s.fix}
             except LLMError as e:
-                out[name] = {"ready": False, "reason": ctx.redact(e.message), "fix": e.fix}
+                s = ProviderStatus(False, e.message, e.fix)
+            out[name] = {**s.as_dict(), "reason": ctx.redact(s.reason),
+                         "last_error": ctx.redact(s.last_error)}
         return out
 
     return await asyncio.to_thread(collect)     # creating a provider may import a heavy SDK

@@ -49,15 +49,27 @@ class MissingKeyError(NotReadyError):
     type = "missing_api_key"
 
 
+RETRY_STATUSES = frozenset({408, 409, 429})   # and every 5xx: worth another try after a pause
+
+
 class UpstreamError(LLMError):
-    """The backend failed; `upstream_status` keeps the backend's HTTP status when it had one."""
+    """The backend failed; `upstream_status` keeps the backend's HTTP status when it had one.
+
+    `transient`: another try may succeed (a 408/409/429/5xx answer, a lost connection).
+    `retry_after`: the backend's Retry-After, in seconds, when it sent one."""
 
     status = 502
     type = "upstream_error"
 
-    def __init__(self, message: str, *, upstream_status: int | None = None, **kw):
+    def __init__(self, message: str, *, upstream_status: int | None = None, transient: bool | None = None,
+                 retry_after: float | None = None, **kw):
         super().__init__(message, **kw)
         self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        if transient is None:
+            transient = upstream_status is not None and (upstream_status in RETRY_STATUSES
+                                                         or upstream_status >= 500)
+        self.transient = transient
 
 
 class RateLimitError(UpstreamError):
@@ -75,3 +87,31 @@ class CancelledError(LLMError):
 
     status = 499
     type = "cancelled"
+
+
+class CoolingDownError(NotReadyError):
+    """The provider failed recently and is skipped until its cooldown ends (its fallback answers)."""
+
+    type = "cooling_down"
+
+    def __init__(self, message: str, *, seconds_left: float, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = seconds_left
+
+
+class AllProvidersFailedError(UpstreamError):
+    """Every provider of a fallback chain failed; the message names each one and why.
+
+    The status is the one all failures share (429 when all were rate limited, 503 when none was
+    ready), else 502; Retry-After is the soonest any of them may answer again."""
+
+    type = "all_providers_failed"
+
+    def __init__(self, errors: dict[str, LLMError]):
+        self.errors = dict(errors)
+        statuses = {e.status for e in errors.values()}
+        waits = [w for e in errors.values() if (w := getattr(e, "retry_after", None)) is not None]
+        tried = "; ".join(f"{name}: {e}" for name, e in errors.items())
+        super().__init__(f"all {len(errors)} providers failed: {tried}",
+                         status=statuses.pop() if len(statuses) == 1 else 502,
+                         retry_after=min(waits) if waits else None, transient=False)

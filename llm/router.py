@@ -15,7 +15,8 @@ from typing import Any, AsyncIterator, Iterator, Mapping
 from configs import Settings, load_settings
 
 from . import speech
-from .errors import CancelledError, InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
+from .errors import CancelledError, InvalidRequestError, NotReadyError, UnknownProviderError
+from .policy import Breaker, Policy, Race
 from .providers import Provider, provider_class
 from .types import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -52,6 +53,7 @@ class Router:
         self.env = env
         self._providers: dict[str, Provider] = {}
         self._slots: dict[str, threading.BoundedSemaphore | None] = {}
+        self._breakers: dict[str, Breaker] = {}
         self._lock = threading.Lock()
         for name, p in (providers or {}).items():
             self._add(name, p)
@@ -79,10 +81,26 @@ class Router:
         self._providers[name] = p
 
     def status(self, name: str) -> ProviderStatus:
+        """Whether `name` could answer now: its own readiness, then whether it is cooling down."""
         try:
-            return self.provider(name).status()
+            status = self.provider(name).status()
         except NotReadyError as e:
             return ProviderStatus(False, e.message, e.fix)
+        breaker = self.breaker(name)
+        left = breaker.seconds_left()
+        if status.ready and left > 0:
+            last = breaker.last_error
+            return ProviderStatus(False, f"cooling down, {left:.0f} s left (last error: {last})",
+                                  "its fallback answers meanwhile; then one request tries it again",
+                                  cooldown_s=round(left, 1), last_error=breaker.last_error)
+        return status
+
+    def policy(self, name: str) -> Policy:
+        return Policy.of(self.provider(name))
+
+    def breaker(self, name: str) -> Breaker:
+        with self._lock:
+            return self._breakers.setdefault(name, Breaker())
 
     def statuses(self) -> dict[str, ProviderStatus]:
         return {name: self.status(name) for name in self.names()}
@@ -115,31 +133,22 @@ class Router:
                        style=self.settings.style.short_answer if style is None else bool(style),
                        max_chars=max_chars)
 
-    def stream(self, prompt: str | Request, *, cancel: CancelToken | None = None,
+    def stream(self, prompt: str | Request, *, cancel: CancelToken | None = None, buffered: bool = False,
                **kw) -> Iterator[Chunk]:
-        """Stream the reply as Chunks, falling back along the provider's `fallback` list
-        when a provider fails before producing any text."""
+        """Stream the reply as Chunks under the reliability policy (`llm.policy`): retries, deadlines,
+        cooldown and hedging, falling back along the provider's `fallback` list while no text has been
+        yielded. `buffered=True` is for callers that show nothing before the end: the reply comes
+        at once when complete, and a provider that fails mid-reply is replaced by the next one."""
         req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
         cancel = cancel or CancelToken()
         chain = [req.provider] + [n for n in self.settings.providers[req.provider].fallback
                                   if n != req.provider]
-        first_error: LLMError | None = None
-        for name in chain:
-            produced = False
-            try:
-                for chunk in self._stream_one(name, req, cancel):
-                    produced = True
-                    yield chunk
-                return
-            except CancelledError:
-                raise
-            except LLMError as e:
-                if produced or cancel.cancelled:
-                    raise
-                log.warning("provider %s failed before any text: %s", name, e)
-                first_error = first_error or e
-        assert first_error is not None
-        raise first_error
+
+        def stream_one(name: str, token: CancelToken, progress) -> Iterator[Chunk]:
+            return self._stream_one(name, req, token, progress)
+
+        race = Race(chain, stream_one, self.policy, self.breaker, cancel, buffered=buffered)
+        yield from race.run()
 
     def chat(self, prompt: str | Request, *, cancel: CancelToken | None = None, **kw) -> Reply:
         """The whole reply, with the provider that answered and timings in ms."""
@@ -147,9 +156,9 @@ class Router:
         start = time.perf_counter()
         parts: list[str] = []
         provider, ttft = req.provider, None
-        for chunk in self.stream(req, cancel=cancel):
+        for chunk in self.stream(req, cancel=cancel, buffered=True):
             if ttft is None:
-                ttft = (time.perf_counter() - start) * 1000
+                ttft = (chunk.at - start) * 1000
             parts.append(chunk.text)
             provider = chunk.provider
         total = (time.perf_counter() - start) * 1000
@@ -157,7 +166,7 @@ class Router:
                      {"ttft_ms": round(ttft if ttft is not None else total, 1), "total_ms": round(total, 1)})
 
     async def astream(self, prompt: str | Request, *, cancel: CancelToken | None = None,
-                      **kw) -> AsyncIterator[Chunk]:
+                      buffered: bool = False, **kw) -> AsyncIterator[Chunk]:
         """`stream` run in a worker thread; the event loop never blocks. Leaving the loop early
         (or the task being cancelled) cancels the generation."""
         req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
@@ -174,7 +183,7 @@ class Router:
 
         def produce() -> None:
             try:
-                for chunk in self.stream(req, cancel=cancel):
+                for chunk in self.stream(req, cancel=cancel, buffered=buffered):
                     post(chunk)
                     if cancel.cancelled:
                         break
@@ -202,7 +211,9 @@ class Router:
 
     # ---- one provider ----------------------------------------------------------------------
 
-    def _stream_one(self, name: str, req: Request, cancel: CancelToken) -> Iterator[Chunk]:
+    def _stream_one(self, name: str, req: Request, cancel: CancelToken,
+                    progress=lambda: None) -> Iterator[Chunk]:
+        """One try at one provider: readiness, the speech style, history fitting, a generation slot."""
         provider = self.provider(name)
         status = provider.status()
         if not status.ready:
@@ -215,7 +226,7 @@ class Router:
         messages = self._messages(provider, req, styled)
         messages = provider.fit(messages, reserve=params.max_new_tokens)
         with self._slot(name, cancel):
-            upstream = provider.stream(messages, params, cancel)
+            upstream = _touching(provider.stream(messages, params, cancel), progress)
             try:
                 if styled:
                     yield from self._styled(upstream, name, req.max_chars, cancel)
@@ -263,6 +274,16 @@ class Router:
     def _check(cancel: CancelToken) -> None:
         if cancel.cancelled:
             raise CancelledError("generation cancelled")
+
+
+def _touching(upstream: Iterator[str], progress) -> Iterator[str]:
+    """`upstream`, calling `progress()` at each delta (the policy's stall clock); closing this closes it."""
+    try:
+        for text in upstream:
+            progress()
+            yield text
+    finally:
+        upstream.close()
 
 
 class _Slot:

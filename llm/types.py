@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Literal
 
@@ -70,10 +71,12 @@ def _check_range(name: str, value: Any, lo: float, hi: float, integer: bool = Fa
 
 @dataclass(frozen=True)
 class Chunk:
-    """One item of a reply stream: a piece of text and the provider that produced it."""
+    """One item of a reply stream: a piece of text, the provider that produced it, and when
+    (`time.perf_counter()`; a buffered reply arrives later than its text was made)."""
 
     text: str
     provider: str
+    at: float = field(default_factory=time.perf_counter, compare=False)
 
 
 @dataclass
@@ -88,9 +91,12 @@ class ProviderStatus:
     ready: bool
     reason: str = ""
     fix: str = ""
+    cooldown_s: float = 0.0     # > 0 while the provider is skipped after failures
+    last_error: str = ""        # the failure that started the cooldown
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ready": self.ready, "reason": self.reason, "fix": self.fix}
+        return {"ready": self.ready, "reason": self.reason, "fix": self.fix, "cooldown_s": self.cooldown_s,
+                "last_error": self.last_error}
 
 
 class CancelToken:

@@ -5,6 +5,19 @@ the same bytes a cloud backend would send: JSON replies, SSE streams, error bodi
 
     with FakeOpenAIServer(["你好"], chunk_delay=0.01) as fake:   # or FakeGeminiServer, FakeZhipuAIServer
         ...  # point ProviderConfig.base_url at fake.base_url; then inspect fake.requests, fake.chunks_sent
+
+Faults: `faults=[...]` scripts what each request meets, in order (the last one repeats; "ok" is a
+normal answer):
+    "html"          200 with an HTML page instead of an event stream
+    "empty"         a well-formed stream with its end marker but no text
+    "truncate"      half the text, then the body ends cleanly with no finish reason / [DONE]
+    "drop"          half the text, then the connection is cut mid-body
+    "hang"          the request is read and never answered (until the client goes away)
+    "stall"         half the text, then silence (until the client goes away)
+    "status:503"    that HTTP error in the backend's own error shape
+    "status:429:2"  a 429 with `Retry-After: 2`
+    "detail:400"    a FastAPI/vLLM-style error body {"detail": "..."}
+`hanging` counts requests parked in "hang"/"stall" right now: 0 again once their clients left.
 """
 
 from __future__ import annotations
@@ -63,8 +76,11 @@ class _FakeServer:
     sse_end = "\n\n"        # event terminator
 
     def __init__(self, replies: list[str] | None = None, *, chunk_delay: float = 0.0,
-                 chunks: int | None = None, fail_status: int | None = None, fail_body: dict | None = None):
+                 chunks: int | None = None, fail_status: int | None = None, fail_body: dict | None = None,
+                 faults: list[str] | None = None):
         self._replies = list(replies) if replies else [DEFAULT_REPLY]
+        self._faults = list(faults or ["ok"])
+        self.hanging = 0
         self.chunk_delay, self.chunks = chunk_delay, chunks
         self.fail_status, self.fail_body = fail_status, fail_body
         self.requests: list[dict] = []
@@ -134,6 +150,9 @@ class _FakeServer:
             message = _MESSAGES.get(self.fail_status, "Upstream failure.").format(key=key, model=model)
             body = self.fail_body or self.error_body(self.fail_status, message)
             return self._send_json(handler, self.fail_status, body)
+        fault = self._next_fault()
+        if fault != "ok":
+            return self._inject(handler, fault, model)
         text = self._next_reply()
         pieces = _split(text, self.chunks)
         if stream:
@@ -141,20 +160,70 @@ class _FakeServer:
         self._stopping.wait(self.chunk_delay * len(pieces))   # a non-streamed reply takes as long
         self._send_json(handler, 200, self._completion(model, text))
 
+    def _next_fault(self) -> str:
+        with self._lock:
+            return self._faults.pop(0) if len(self._faults) > 1 else self._faults[0]
+
+    def _inject(self, handler: _Handler, fault: str, model: str) -> None:
+        kind, _, arg = fault.partition(":")
+        if kind == "status":
+            status, _, retry_after = arg.partition(":")
+            message = _MESSAGES.get(int(status), "Upstream failure.").format(key="", model=model)
+            headers = {"Retry-After": retry_after} if retry_after else {}
+            return self._send_json(handler, int(status), self.error_body(int(status), message), headers)
+        if kind == "detail":
+            return self._send_json(handler, int(arg), {"detail": f"upstream says no ({arg})"})
+        if kind == "html":
+            data = b"<!doctype html><html><body><h1>Welcome to nginx!</h1></body></html>"
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/html")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+            return None
+        if kind == "hang":
+            return self._park(handler)
+        events = list(self._events(model, _split(self._next_reply(), self.chunks)))
+        texts = [i for i, (_, is_text) in enumerate(events) if is_text]
+        if kind == "empty":
+            events = [e for e in events if not e[1]]
+        elif kind in ("truncate", "drop", "stall"):
+            events = events[:texts[len(texts) // 2]]   # the events before the second half of the text
+        self._send_stream(handler, iter(events), end=kind == "truncate" or kind == "empty")
+        if kind == "stall":
+            self._park(handler)
+        handler.close_connection = True
+        return None
+
+    def _park(self, handler: _Handler) -> None:
+        """Hold the request open, saying nothing, until the client leaves or the server stops."""
+        with self._lock:
+            self.hanging += 1
+        try:
+            while not self._stopping.wait(0.01) and not _client_gone(handler.connection):
+                pass
+        finally:
+            with self._lock:
+                self.hanging -= 1
+            handler.close_connection = True
+
     def _next_reply(self) -> str:
         with self._lock:
             return self._replies.pop(0) if len(self._replies) > 1 else self._replies[0]
 
-    def _send_json(self, handler: _Handler, status: int, body: dict) -> None:
+    def _send_json(self, handler: _Handler, status: int, body: dict, headers: dict | None = None) -> None:
         data = json.dumps(body, ensure_ascii=False).encode()
         handler.send_response(status)
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
         handler.send_header("Content-Type", "application/json; charset=utf-8")
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
         handler.wfile.write(data)
 
-    def _send_stream(self, handler: _Handler, events: Iterator[Event]) -> None:
-        """SSE over chunked encoding; stops as soon as the client has gone."""
+    def _send_stream(self, handler: _Handler, events: Iterator[Event], end: bool = True) -> None:
+        """SSE over chunked encoding; stops as soon as the client has gone. `end=False` leaves the
+        chunked body unfinished (the caller then parks or cuts the connection)."""
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
         handler.send_header("Cache-Control", "no-cache")
@@ -172,7 +241,9 @@ class _FakeServer:
                 if is_text:
                     with self._lock:
                         self.chunks_sent += 1
-            handler.wfile.write(b"0\r\n\r\n")
+            if end:
+                handler.wfile.write(b"0\r\n\r\n")
+            handler.wfile.flush()
         except OSError:     # the client closed between our check and the write
             handler.close_connection = True
 

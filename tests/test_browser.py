@@ -6,6 +6,7 @@ CI setup: `apt-get install -y chromium fonts-wqy-microhei` and `pip install play
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import time
@@ -20,6 +21,7 @@ from tests.fake_servers import FakeOpenAIServer, refused_url
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
+# The README's picture is refreshed only on purpose: UPDATE_SCREENSHOT=1 python -m pytest tests/test_browser.py
 SCREENSHOT = Path(__file__).resolve().parent.parent / "assets" / "screenshot.png"
 SHORT_REPLY = "你好！我是数字人助手。很高兴认识你，有什么可以帮你？"
 LONG_REPLY = "从前有一座山，山里有一座庙，庙里有个老和尚在给小和尚讲故事。" * 8
@@ -117,7 +119,7 @@ def watch_reply(page, index: int, until: str, timeout: float = 15) -> list[str]:
     raise AssertionError(f"the reply never became {until!r}; saw {seen[-3:]}")
 
 
-def test_the_page_streams_stops_and_keeps_sessions_apart(site, browser):
+def test_the_page_streams_stops_and_keeps_sessions_apart(site, browser, tmp_path):
     url, slow = site
     context_a, a = open_page(browser, url)
     context_b = None
@@ -137,8 +139,7 @@ def test_the_page_streams_stops_and_keeps_sessions_apart(site, browser):
         a.click("#api-panel > button")
         curl = a.inner_text("#api-curl .cm-content")
         assert ":7999/" in curl and "Bearer $LLM_API_KEY" in curl and "do-not-show-me" not in curl
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        a.screenshot(path=str(SCREENSHOT))
+        a.screenshot(path=str(SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "page.png"))
 
         # A: Stop a long reply mid-stream: it stops growing and the server stops sending.
         send(a, "讲一个很长的故事。")

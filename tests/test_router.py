@@ -7,7 +7,14 @@ from dataclasses import replace
 
 import pytest
 
-from llm.errors import CancelledError, InvalidRequestError, NotReadyError, UnknownProviderError, UpstreamError
+from llm.errors import (
+    AllProvidersFailedError,
+    CancelledError,
+    InvalidRequestError,
+    NotReadyError,
+    UnknownProviderError,
+    UpstreamError,
+)
 from llm.router import Router
 from llm.types import CancelToken, GenerationParams, Message
 from tests.fakes import ScriptedProvider, settings_for
@@ -129,12 +136,21 @@ def test_no_fallback_once_text_was_produced():
     assert backup.calls == []
 
 
-def test_all_failing_raises_the_first_error():
-    a = ScriptedProvider("a", error=UpstreamError("first", upstream_status=401), fallback=("b",))
-    b = ScriptedProvider("b", error=NotReadyError("second"))
-    with pytest.raises(UpstreamError, match="first") as e:
+def test_all_failing_names_every_provider_and_its_error():
+    a = ScriptedProvider("a", error=UpstreamError("key rejected", upstream_status=401), fallback=("b",))
+    b = ScriptedProvider("b", error=NotReadyError("weights missing"))
+    with pytest.raises(AllProvidersFailedError) as e:
         make_router(a, b).chat("hi")
-    assert e.value.upstream_status == 401
+    assert "a: key rejected" in e.value.message and "b: weights missing" in e.value.message
+    assert e.value.status == 502 and set(e.value.errors) == {"a", "b"}
+
+
+def test_all_failing_with_one_status_keeps_it():
+    a = ScriptedProvider("a", error=NotReadyError("no key"), fallback=("b",))
+    b = ScriptedProvider("b", error=NotReadyError("no weights"))
+    with pytest.raises(AllProvidersFailedError) as e:
+        make_router(a, b).chat("hi")
+    assert e.value.status == 503
 
 
 def test_cancel_stops_the_stream_and_closes_the_provider():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import email.utils
 import os
 import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from configs import ProviderConfig
 
 DEFAULT_CONTEXT_WINDOW = 8192
+DEFAULT_TIMEOUT = 30.0      # seconds per connect/read when `timeout` is unset (the SDKs would wait 600)
 _CJK = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uff00-\uffef]")
 
 
@@ -37,6 +40,10 @@ class Provider(ABC):
     style_mode: ClassVar[str] = "system"        # how the speech style is given: system | prefix
     default_concurrency: ClassVar[int | None] = None   # None: no limit
     styled: ClassVar[bool] = True               # False: the speech style never applies
+    # Reliability defaults for this kind (seconds; None = no deadline); a config value overrides them.
+    default_retries: ClassVar[int] = 0
+    default_first_token_timeout: ClassVar[float | None] = None
+    default_stall_timeout: ClassVar[float | None] = None
 
     def __init__(self, config: ProviderConfig, env: Mapping[str, str] | None = None):
         self.config = config
@@ -80,13 +87,19 @@ class Provider(ABC):
         return UpstreamTimeoutError(f"{self.name}: no answer from {self.base_url} in time",
                                     fix="raise timeout in configs.yaml or retry later")
 
-    def unreachable_error(self) -> LLMError:
-        return UpstreamError(f"{self.name}: cannot reach {self.base_url}",
+    def unreachable_error(self, lost: bool = False) -> LLMError:
+        if lost:
+            return UpstreamError(f"{self.name}: the connection to {self.base_url} was lost mid-reply",
+                                 transient=True, fix="retry; check the server's logs if it keeps happening")
+        return UpstreamError(f"{self.name}: cannot reach {self.base_url}", transient=True,
                              fix="check base_url, the network and that the server is running")
 
-    def status_error(self, status: int, detail: str, key_rejected: bool = False) -> LLMError:
-        """The typed error for an HTTP error status from the backend, keeping that status."""
+    def status_error(self, status: int, detail: str, key_rejected: bool = False,
+                     headers: Mapping[str, str] | None = None) -> LLMError:
+        """The typed error for an HTTP error status from the backend, keeping that status
+        (and its Retry-After, from `headers`)."""
         detail = self.scrub(detail)
+        retry_after = retry_after_seconds(headers or {})
         if status in (401, 403) or key_rejected:
             if not self.config.api_key_env:     # e.g. a vLLM server started with --api-key
                 return UpstreamError(f"{self.name}: {self.base_url} wants an API key ({status})",
@@ -96,11 +109,12 @@ class Provider(ABC):
                                  upstream_status=status, fix=f"export {env}=<a valid key>")
         if status == 429:
             return RateLimitError(f"{self.name}: rate limited: {detail}", upstream_status=429,
-                                  fix="wait and retry, or raise the account's quota")
+                                  retry_after=retry_after, fix="wait and retry, or raise the account's quota")
         if status == 404:
             return UpstreamError(f"{self.name}: model {self.config.model!r} not found at {self.base_url}",
                                  upstream_status=404, fix="check model in configs.yaml")
-        return UpstreamError(f"{self.name}: the server answered {status}: {detail}", upstream_status=status)
+        return UpstreamError(f"{self.name}: the server answered {status}: {detail}", upstream_status=status,
+                             retry_after=retry_after)
 
     def scrub(self, text: str) -> str:
         """`text` with this provider's API key masked: keys never reach logs or callers."""
@@ -148,6 +162,9 @@ class CloudProvider(Provider):
     default_base_url: ClassVar[str] = ""
     key_required: ClassVar[bool] = True     # False: a custom base_url may need no key
     sdk_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    default_retries = 2
+    default_first_token_timeout = 20.0
+    default_stall_timeout = 15.0
 
     def __init__(self, config: ProviderConfig, env: Mapping[str, str] | None = None):
         super().__init__(config, env)
@@ -180,9 +197,15 @@ class CloudProvider(Provider):
                 self._client.close()
                 self._client = None
 
+    @property
+    def timeout(self) -> float:
+        """Seconds for one connect or read: the config's `timeout`, else a default fit for a live avatar."""
+        return self.config.timeout or DEFAULT_TIMEOUT
+
     @abstractmethod
     def make_client(self) -> Any:
-        """A new SDK client for this config (no SDK retries: the router owns fallback)."""
+        """A new SDK client for this config: SDK retries off (the router's policy retries), its HTTP
+        client from `transport.abortable_client` (so a cancel reaches the socket)."""
 
     @abstractmethod
     def open_stream(self, messages: list[Message], params: GenerationParams) -> Iterable[Any]:
@@ -193,30 +216,119 @@ class CloudProvider(Provider):
         """The text of one stream chunk ("" for role-only or metadata chunks)."""
 
     @abstractmethod
+    def chunk_finished(self, chunk: Any) -> bool:
+        """Whether this chunk carries the stream's end marker (a finish reason)."""
+
+    @abstractmethod
     def translate(self, e: BaseException) -> LLMError:
         """The typed error for an SDK exception, without the API key in its text."""
 
     def close_stream(self, response: Any) -> None:
         response.close()    # closes the HTTP stream, so the server stops generating
 
+    def content_type(self, response: Any) -> str:
+        """The stream's HTTP Content-Type, when the SDK exposes it ("" otherwise)."""
+        http = getattr(response, "response", None)
+        return str(getattr(http, "headers", {}).get("content-type", ""))
+
     def stream(self, messages: list[Message], params: GenerationParams,
                cancel: CancelToken) -> Iterator[str]:
+        """The reply's text; a stream that ends without its end marker is an error, never a short reply."""
         if cancel.cancelled:
             raise CancelledError("generation cancelled")
-        response = None
+        response, finished, text_seen = None, False, False
         try:
             response = self.open_stream(messages, params)
             for chunk in response:
                 if cancel.cancelled:
                     raise CancelledError("generation cancelled")
+                finished = finished or self.chunk_finished(chunk)
                 text = self.chunk_text(chunk)
                 if text:
+                    text_seen = True
                     yield text
-        except self.sdk_errors as e:
+            if not finished:
+                raise self.unfinished_error(response, text_seen)
+        except (*self.sdk_errors, *TRANSPORT_ERRORS) as e:
+            if cancel.cancelled:    # the cancel shut the socket: that is not the backend's fault
+                raise CancelledError("generation cancelled") from e
+            if isinstance(e, TRANSPORT_ERRORS):
+                raise self.transport_error(e, text_seen) from e
             raise self.translate(e) from e
         finally:
             if response is not None:
                 self.close_stream(response)
+
+    def unfinished_error(self, response: Any, text_seen: bool) -> LLMError:
+        ctype = self.content_type(response).split(";")[0].strip()
+        if ctype and ctype != "text/event-stream":
+            return UpstreamError(f"{self.name}: {self.base_url} answered with {ctype}, not an event stream",
+                                 upstream_status=200, fix="check base_url: it should be the API's root")
+        what = "mid-reply" if text_seen else "before any text"
+        return UpstreamError(f"{self.name}: the reply stream ended {what}, without its end marker",
+                             upstream_status=200, transient=True,
+                             fix="retry; check the server's logs if it keeps happening")
+
+    def transport_error(self, e: BaseException, text_seen: bool) -> LLMError:
+        """A transport failure the SDK did not wrap (it happens while reading the stream)."""
+        if isinstance(e, TIMEOUT_ERRORS):
+            return self.timeout_error()
+        return self.unreachable_error(lost=text_seen or not isinstance(e, CONNECT_ERRORS))
+
+
+def _httpx_modules() -> tuple[Any, ...]:
+    import httpx
+    try:    # openai and google-genai send through httpx2 when it is installed
+        import httpx2
+    except ImportError:  # pragma: no cover - depends on the environment
+        return (httpx,)
+    return (httpx, httpx2)
+
+
+_HTTPX = _httpx_modules()
+TRANSPORT_ERRORS = tuple(m.TransportError for m in _HTTPX)
+TIMEOUT_ERRORS = tuple(m.TimeoutException for m in _HTTPX)
+CONNECT_ERRORS = tuple(m.ConnectError for m in _HTTPX)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (seconds or an HTTP date); None if absent or bad."""
+    try:
+        headers = {k.lower(): v for k, v in headers.items()}
+    except AttributeError:
+        return None
+    try:
+        if "retry-after-ms" in headers:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        raw = headers.get("retry-after")
+        if raw is None:
+            return None
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(raw)
+            return max(0.0, when.timestamp() - time.time())
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def backend_message(body: Any, default: str) -> str:
+    """The backend's own words from an error body: OpenAI's and Gemini's `error.message`, a bare
+    `message`, FastAPI's and vLLM's `detail` (a string or a list of problems); else `default`."""
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+        if isinstance(inner, str) and inner:
+            return inner
+        if isinstance(body.get("message"), str) and body["message"]:
+            return body["message"]
+        detail = body.get("detail")
+        if isinstance(detail, str) and detail:
+            return detail
+        if isinstance(detail, list) and detail:
+            return "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail[:3])
+    return default
 
 
 def delta_text(chunk: Any) -> str:
@@ -224,3 +336,8 @@ def delta_text(chunk: Any) -> str:
     if not chunk.choices or chunk.choices[0].delta is None:
         return ""
     return chunk.choices[0].delta.content or ""
+
+
+def delta_finished(chunk: Any) -> bool:
+    """Whether an OpenAI-shaped stream chunk carries a finish_reason (the end of the reply)."""
+    return bool(chunk.choices) and chunk.choices[0].finish_reason is not None

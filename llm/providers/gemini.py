@@ -14,7 +14,8 @@ from ..errors import (
     UpstreamError,
 )
 from ..types import GenerationParams, Message
-from .base import CloudProvider
+from .base import CloudProvider, backend_message
+from .transport import abortable_client
 
 try:    # the SDK prefers httpx2 when installed; its exceptions are a separate family
     import httpx2
@@ -22,9 +23,6 @@ except ImportError:  # pragma: no cover - depends on the environment
     httpx2 = None
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
-_HTTPX = tuple(m for m in (httpx, httpx2) if m is not None)
-_TIMEOUTS = tuple(m.TimeoutException for m in _HTTPX)
-_TRANSPORT = tuple(m.TransportError for m in _HTTPX)
 _ROLES = {"user": "user", "assistant": "model"}
 
 
@@ -33,12 +31,13 @@ class GeminiProvider(CloudProvider):
     style_mode = "system"   # Gemini follows a system_instruction best
     default_base_url = DEFAULT_BASE_URL
     # key required even with a custom base_url: without one the SDK sends no request
-    sdk_errors = (genai_errors.APIError, genai_errors.UnknownApiResponseError, *_TRANSPORT)
+    sdk_errors = (genai_errors.APIError, genai_errors.UnknownApiResponseError)
 
     def make_client(self) -> genai.Client:
-        timeout = self.config.timeout
         # HttpOptions.timeout is in milliseconds; no retry_options means the SDK never retries.
-        options = types.HttpOptions(base_url=self.base_url, timeout=int(timeout * 1000) if timeout else None)
+        http = abortable_client(httpx2 or httpx, self.timeout)
+        options = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout * 1000),
+                                    httpx_client=http)
         # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI in the environment must not reroute calls.
         return genai.Client(api_key=self.api_key(), vertexai=False, http_options=options)
 
@@ -50,18 +49,18 @@ class GeminiProvider(CloudProvider):
     def chunk_text(self, chunk: Any) -> str:
         return _chunk_text(chunk)
 
+    def chunk_finished(self, chunk: Any) -> bool:
+        return bool(chunk.candidates) and chunk.candidates[0].finish_reason is not None
+
     def translate(self, e: Exception) -> LLMError:
-        """The typed error for an SDK or transport exception, without the API key in its text."""
-        if isinstance(e, _TIMEOUTS):
-            return self.timeout_error()
-        if isinstance(e, _TRANSPORT):
-            return self.unreachable_error()
+        """The typed error for an SDK exception, without the API key in its text."""
         if not isinstance(e, genai_errors.APIError):
             return UpstreamError(f"{self.name}: unreadable answer from {self.base_url}: {self.scrub(str(e))}")
-        detail = e.message or str(e.status or "")
+        detail = backend_message(e.details, e.message or str(e.status or ""))
         # A bad key comes back as 400 API_KEY_INVALID, not 401.
         bad_key = "API_KEY_INVALID" in str(e.details) or "API key not valid" in detail
-        return self.status_error(int(e.code or 502), detail, key_rejected=bad_key)
+        headers = getattr(e.response, "headers", None)
+        return self.status_error(int(e.code or 502), detail, key_rejected=bad_key, headers=headers)
 
 
 def to_contents(messages: list[Message]) -> tuple[str | None, list[types.Content]]:

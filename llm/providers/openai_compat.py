@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx2
 import openai
 
 from ..errors import LLMError, UpstreamError
 from ..types import GenerationParams, Message
-from .base import CloudProvider, delta_text
+from .base import CloudProvider, backend_message, delta_finished, delta_text
+from .transport import abortable_client
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local servers ignore the key, but the SDK refuses to build a client without one.
@@ -24,14 +26,17 @@ class OpenAIProvider(CloudProvider):
 
     def make_client(self) -> openai.OpenAI:
         key = self.api_key(required=not self.config.base_url) or PLACEHOLDER_KEY
-        timeout = self.config.timeout if self.config.timeout is not None else openai.NOT_GIVEN
-        return openai.OpenAI(api_key=key, base_url=self.base_url, timeout=timeout, max_retries=0)
+        return openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0,
+                             http_client=abortable_client(httpx2, self.timeout))
 
     def open_stream(self, messages: list[Message], params: GenerationParams) -> Any:
         return self.client().chat.completions.create(**self.request_body(messages, params), stream=True)
 
     def chunk_text(self, chunk: Any) -> str:
         return delta_text(chunk)
+
+    def chunk_finished(self, chunk: Any) -> bool:
+        return delta_finished(chunk)
 
     def request_body(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
         """The chat.completions arguments for these messages and sampling params."""
@@ -56,12 +61,14 @@ class OpenAIProvider(CloudProvider):
         if isinstance(e, openai.APIConnectionError):
             return self.unreachable_error()
         if isinstance(e, openai.APIStatusError):
-            return self.status_error(e.status_code, _backend_message(e))
+            return self.status_error(e.status_code, backend_message(_json_or(e.response, e.body), e.message),
+                                     headers=e.response.headers)
         return UpstreamError(f"{self.name}: {self.scrub(getattr(e, 'message', None) or str(e))}")
 
 
-def _backend_message(e: openai.APIStatusError) -> str:
-    body = e.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
-    return e.message
+def _json_or(response: Any, default: Any) -> Any:
+    """The error response's JSON (the SDK's `body` drops all but `error`), else `default`."""
+    try:
+        return response.json()
+    except Exception:   # noqa: BLE001 - any unreadable body: use what the SDK kept
+        return default

@@ -6,14 +6,14 @@ from typing import Any
 
 import httpx
 import zhipuai
-from zhipuai.core import NOT_GIVEN
 
 from ..errors import (
     LLMError,
     UpstreamError,
 )
 from ..types import GenerationParams, Message
-from .base import CloudProvider, delta_text
+from .base import CloudProvider, backend_message, delta_finished, delta_text
+from .transport import abortable_client
 
 DEFAULT_BASE_URL = "https://open.bigmodel.cn/api/paas/v4"
 GREEDY_TEMPERATURE = 0.01   # ZhipuAI rejects temperature 0; greedy is do_sample=False instead
@@ -23,18 +23,24 @@ class ZhipuAIProvider(CloudProvider):
     kind = "zhipuai"
     style_mode = "system"
     default_base_url = DEFAULT_BASE_URL
-    sdk_errors = (zhipuai.ZhipuAIError, httpx.TransportError)   # key required: the SDK won't start without
+    sdk_errors = (zhipuai.ZhipuAIError,)   # key required: the SDK won't start without
 
     def make_client(self) -> zhipuai.ZhipuAI:
-        timeout = self.config.timeout if self.config.timeout is not None else NOT_GIVEN
         # The SDK sends the "id.secret" key as a bearer token (its JWT signing is off by default).
-        return zhipuai.ZhipuAI(api_key=self.api_key(), base_url=self.base_url, timeout=timeout, max_retries=0)
+        return zhipuai.ZhipuAI(api_key=self.api_key(), base_url=self.base_url, timeout=self.timeout,
+                               max_retries=0, http_client=abortable_client(httpx, self.timeout))
 
     def open_stream(self, messages: list[Message], params: GenerationParams) -> Any:
         return self.client().chat.completions.create(**self.request_body(messages, params), stream=True)
 
     def chunk_text(self, chunk: Any) -> str:
         return delta_text(chunk)
+
+    def chunk_finished(self, chunk: Any) -> bool:
+        return delta_finished(chunk)
+
+    def content_type(self, response: Any) -> str:
+        return str(response.response.headers.get("content-type", ""))
 
     def close_stream(self, response: Any) -> None:
         response.response.close()   # the SDK's stream has no close(); its HTTP response does
@@ -55,19 +61,20 @@ class ZhipuAIProvider(CloudProvider):
     # ---- errors ----------------------------------------------------------------------------
 
     def translate(self, e: Exception) -> LLMError:
-        """The typed error for an SDK or transport exception, without the API key in its text."""
-        if isinstance(e, (zhipuai.APITimeoutError, httpx.TimeoutException)):
+        """The typed error for an SDK exception, without the API key in its text."""
+        if isinstance(e, zhipuai.APITimeoutError):
             return self.timeout_error()
-        if isinstance(e, (zhipuai.APIConnectionError, httpx.TransportError)):
+        if isinstance(e, zhipuai.APIConnectionError):
             return self.unreachable_error()
         if isinstance(e, zhipuai.APIStatusError):
-            return self.status_error(e.status_code, _backend_message(e))
+            return self.status_error(e.status_code, backend_message(_json(e.response), str(e)),
+                                     headers=e.response.headers)
         return UpstreamError(f"{self.name}: {self.scrub(getattr(e, 'message', None) or str(e))}")
 
 
-def _backend_message(e: zhipuai.APIStatusError) -> str:
-    """ZhipuAI's own error text ({"error": {"code", "message"}}), else the SDK's summary."""
+def _json(response: httpx.Response) -> Any:
+    """ZhipuAI's error body ({"error": {"code", "message"}}), or None when it is not JSON."""
     try:
-        return str(e.response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return str(e)
+        return response.json()
+    except ValueError:
+        return None

@@ -1,0 +1,360 @@
+"""The reliability policy, in one place: retries, cooldown, deadlines and hedged fallback.
+
+The router hands one request's fallback chain to `Race`. Each provider call (an *attempt*) runs in
+a thread of its own and reports text, its end or its error on one queue; the caller's thread
+watches the clock, so a deadline or a cancel never waits on a blocked socket:
+
+- retries: an attempt retries transient failures (408/409/429/5xx, a lost connection) before any
+  text, with exponential backoff and jitter, or after the backend's Retry-After when that is short;
+- deadlines: no text within `first_token_timeout`, or silence for `stall_timeout` mid-reply, ends
+  the attempt with a 504 (and its socket is shut: see `providers.transport`);
+- cooldown: a provider that timed out or failed `FAILURES_TO_OPEN` requests in a row is skipped for
+  `cooldown` seconds; then one probe request decides whether it is back;
+- hedging: with `hedge_after`, a provider that has said nothing by then gets its first fallback
+  started beside it; whichever produces text first answers and the other is cancelled.
+
+Hand-written rather than tenacity or stamina: the wait must end early on a cancel (Stop, a client
+hanging up), fit inside the request's first-token deadline and yield to Retry-After, and a retry is
+only allowed before the first text of a generator; expressing that through a retry library's hooks
+took more code than the loop below.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from .errors import (
+    AllProvidersFailedError,
+    CancelledError,
+    CoolingDownError,
+    LLMError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from .providers.transport import abort_scope
+from .types import CancelToken, Chunk
+
+if TYPE_CHECKING:
+    from .providers import Provider
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COOLDOWN = 30.0         # seconds a failing provider is skipped
+FAILURES_TO_OPEN = 3            # failed requests in a row that start a cooldown (a timeout: at once)
+BACKOFF_BASE, BACKOFF_CAP = 0.25, 4.0   # seconds: 0.25, 0.5, 1, 2, 4 (each times a jitter of 0.5-1)
+RETRY_AFTER_CAP = 10.0          # a longer Retry-After goes to the fallback instead of waiting
+STOP_WAIT = 2.0                 # seconds a closed stream waits for its attempts to wind down
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One provider's reliability settings, its config over its kind's defaults (None/0: off)."""
+
+    retries: int = 0
+    cooldown: float = DEFAULT_COOLDOWN
+    first_token_timeout: float | None = None
+    stall_timeout: float | None = None
+    hedge_after: float | None = None
+
+    @classmethod
+    def of(cls, provider: Provider) -> Policy:
+        cfg = provider.config
+
+        def pick(value, default):
+            return default if value is None else value
+
+        first = pick(cfg.first_token_timeout, provider.default_first_token_timeout)
+        return cls(retries=pick(cfg.retries, provider.default_retries),
+                   cooldown=pick(cfg.cooldown, DEFAULT_COOLDOWN),
+                   first_token_timeout=first or None,
+                   stall_timeout=pick(cfg.stall_timeout, provider.default_stall_timeout) or None,
+                   hedge_after=cfg.hedge_after or None)
+
+
+def backoff(retry: int, retry_after: float | None = None) -> float | None:
+    """Seconds to wait before retry number `retry` (0 first); None when the backend's Retry-After
+    asks for more than we are willing to wait."""
+    if retry_after is not None:
+        return retry_after if retry_after <= RETRY_AFTER_CAP else None
+    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** retry) * random.uniform(0.5, 1.0)
+
+
+def counts_as_failure(error: BaseException) -> bool:
+    """Whether an error says the provider is unwell (not the caller's request, key or model name)."""
+    if not isinstance(error, UpstreamError):
+        return False
+    status = error.upstream_status
+    return error.transient or status is None or status >= 500 or status == 200
+
+
+class Breaker:
+    """One provider's circuit breaker: closed -> cooling down -> one probe -> closed or cooling again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._until = 0.0           # monotonic end of the cooldown; 0 when closed
+        self._probing = False
+        self.last_error = ""
+
+    def admit(self, name: str) -> None:
+        """Let a request through, or raise CoolingDownError; after a cooldown, the first one is the probe."""
+        with self._lock:
+            if not self._until:
+                return
+            left = self._until - time.monotonic()
+            if left <= 0 and not self._probing:
+                self._probing = True
+                return
+            when = f"{left:.0f} s left" if left > 0 else "a probe request is checking it"
+            raise CoolingDownError(f"{name} is cooling down, {when} (last error: {self.last_error})",
+                                   seconds_left=max(left, 1.0),
+                                   fix="its fallback answers meanwhile; set cooldown: 0 to turn this off")
+
+    def record(self, error: BaseException | None, cooldown: float) -> None:
+        """The outcome of an admitted request: None for success."""
+        with self._lock:
+            probing, self._probing = self._probing, False
+            if error is None:
+                self._failures, self._until, self.last_error = 0, 0.0, ""
+                return
+            if not counts_as_failure(error):
+                return      # a cancel, a bad request: says nothing about the provider's health
+            self._failures += 1
+            self.last_error = str(getattr(error, "message", error))
+            hard = isinstance(error, UpstreamTimeoutError) or probing or self._failures >= FAILURES_TO_OPEN
+            if hard and cooldown > 0:
+                self._until = time.monotonic() + cooldown
+                log.warning("cooling down for %.0f s after: %s", cooldown, self.last_error)
+
+    def seconds_left(self) -> float:
+        """Seconds of cooldown left (0 when the provider may be asked)."""
+        with self._lock:
+            return max(0.0, self._until - time.monotonic()) if self._until else 0.0
+
+
+class _Attempt:
+    """One provider's go at the request: a thread, its own cancel token, and its clocks."""
+
+    def __init__(self, name: str, policy: Policy, parent: CancelToken):
+        self.name, self.policy = name, policy
+        self.cancel = CancelToken()
+        parent.on_cancel(self.cancel.cancel)
+        self.started = time.monotonic()
+        self.last_token: float | None = None     # the last raw token from the backend
+        self.texted = False                      # text was sent on to the caller
+        self.hedged = False
+        self.thread: threading.Thread | None = None
+
+    def touch(self) -> None:
+        self.last_token = time.monotonic()
+
+    def first_token_deadline(self) -> float | None:
+        t = self.policy.first_token_timeout
+        return None if t is None else self.started + t
+
+    def deadline(self) -> tuple[float, UpstreamTimeoutError] | None:
+        """When this attempt times out and the error it then gets, or None."""
+        if self.last_token is None:
+            limit = self.policy.first_token_timeout
+            if limit is None:
+                return None
+            return self.started + limit, UpstreamTimeoutError(
+                f"{self.name}: no reply within {limit:g} s", fix="raise first_token_timeout in configs.yaml, "
+                                                                  "or add a fallback provider")
+        limit = self.policy.stall_timeout
+        if limit is None:
+            return None
+        return self.last_token + limit, UpstreamTimeoutError(
+            f"{self.name}: the reply stalled for {limit:g} s mid-stream",
+            fix="raise stall_timeout in configs.yaml, or check the backend's load")
+
+    def hedge_at(self) -> float | None:
+        h = self.policy.hedge_after
+        return None if h is None or self.hedged or self.texted else self.started + h
+
+
+StreamOne = Callable[[str, CancelToken, Callable[[], None]], Iterator[Chunk]]
+
+
+class Race:
+    """Runs one request down its fallback chain under the policy; iterate `run()` for the Chunks.
+
+    `buffered`: the caller shows nothing before the end (a non-streaming route), so a provider that
+    fails even after some text is replaced by the next one, and its partial text is dropped."""
+
+    def __init__(self, chain: list[str], stream_one: StreamOne, policy: Callable[[str], Policy],
+                 breaker: Callable[[str], Breaker], cancel: CancelToken, buffered: bool = False):
+        self.pending, self.stream_one = list(chain), stream_one
+        self.policy, self.breaker = policy, breaker
+        self.cancel, self.buffered = cancel, buffered
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.running: list[_Attempt] = []
+        self.errors: dict[str, LLMError] = {}
+        self.winner: _Attempt | None = None
+        self.buffer: list[Chunk] = []
+
+    def run(self) -> Iterator[Chunk]:
+        self.cancel.on_cancel(lambda: self.events.put((None, "cancel", None)))
+        try:
+            self._start_next()
+            while True:
+                attempt, kind, payload = self._next_event()
+                if kind == "cancel" or self.cancel.cancelled:
+                    raise CancelledError("generation cancelled")
+                if attempt not in self.running:
+                    continue    # a late word from an attempt already timed out or cancelled
+                if kind == "text":
+                    if self.winner is None:
+                        self._crown(attempt)
+                    if self.buffered:
+                        self.buffer.append(payload)
+                    else:
+                        yield payload
+                elif kind == "done":
+                    self.running.remove(attempt)
+                    self.breaker(attempt.name).record(None, attempt.policy.cooldown)
+                    yield from self.buffer
+                    return
+                else:
+                    self._failed(attempt, payload)
+        finally:
+            self._stop_all()
+
+    def _stop_all(self) -> None:
+        """Cancel what still runs (closing its upstream stream), then wait briefly for it to end, so
+        closing a stream frees the backend (a model slot, a socket) before `close()` returns."""
+        for attempt in self.running:
+            attempt.cancel.cancel()
+        deadline = time.monotonic() + STOP_WAIT
+        for attempt in self.running:
+            attempt.thread.join(max(0.0, deadline - time.monotonic()))
+
+    # ---- scheduling --------------------------------------------------------------------------
+
+    def _start_next(self) -> None:
+        """Start the next provider that is not cooling down; raise the collected errors if none is left."""
+        while self.pending:
+            name = self.pending.pop(0)
+            try:
+                self.breaker(name).admit(name)
+            except CoolingDownError as e:
+                log.info("skipping %s: %s", name, e.message)
+                self.errors[name] = e
+                continue
+            attempt = _Attempt(name, self.policy(name), self.cancel)
+            self.running.append(attempt)
+            attempt.thread = threading.Thread(target=self._work, args=(attempt,), name=f"llm-{name}",
+                                              daemon=True)
+            attempt.thread.start()
+            return
+        if not self.running:
+            raise self._final_error()
+
+    def _next_event(self) -> tuple[_Attempt | None, str, object]:
+        """The next event, or a timeout/hedge event made here when a clock runs out first."""
+        while True:
+            now = time.monotonic()
+            timers = []
+            for attempt in self.running:
+                if (d := attempt.deadline()) is not None:
+                    timers.append((d[0], attempt, "timeout", d[1]))
+                if self.winner is None and self.pending and len(self.running) == 1 and \
+                        (h := attempt.hedge_at()) is not None:
+                    timers.append((h, attempt, "hedge", None))
+            soonest = min(timers, key=lambda t: t[0], default=None)
+            try:
+                wait = None if soonest is None else max(0.0, soonest[0] - now)
+                return self.events.get(timeout=wait)
+            except queue.Empty:
+                _, attempt, kind, error = soonest
+                if kind == "hedge":
+                    attempt.hedged = True
+                    log.info("%s has said nothing in %g s: starting %s beside it", attempt.name,
+                             attempt.policy.hedge_after, self.pending[0])
+                    self._start_next()
+                    continue
+                attempt.cancel.cancel()
+                return attempt, "error", error
+
+    def _crown(self, attempt: _Attempt) -> None:
+        """The first attempt to produce text answers; the others are cancelled."""
+        self.winner = attempt
+        for other in [a for a in self.running if a is not attempt]:
+            log.info("%s answered first: cancelling %s", attempt.name, other.name)
+            self.running.remove(other)
+            other.cancel.cancel()
+            self.breaker(other.name).record(CancelledError("lost the race"), other.policy.cooldown)
+
+    def _failed(self, attempt: _Attempt, error: BaseException) -> None:
+        self.running.remove(attempt)
+        attempt.cancel.cancel()
+        if not isinstance(error, LLMError):     # a bug in a provider: never hide it behind a fallback
+            raise error
+        self.breaker(attempt.name).record(error, attempt.policy.cooldown)
+        if isinstance(error, CancelledError) and self.cancel.cancelled:
+            raise error
+        self.errors[attempt.name] = error
+        if attempt is self.winner:
+            if not self.buffered:
+                raise error     # its text already reached the caller: only the error can follow
+            log.warning("%s failed mid-reply before anything was sent: %s", attempt.name, error)
+            self.winner, self.buffer = None, []
+        else:
+            log.warning("provider %s failed before any text: %s", attempt.name, error)
+        if not self.running:
+            self._start_next()
+
+    def _final_error(self) -> LLMError:
+        if len(self.errors) == 1:
+            return next(iter(self.errors.values()))
+        return AllProvidersFailedError(self.errors)
+
+    # ---- one attempt, in its own thread ------------------------------------------------------
+
+    def _work(self, attempt: _Attempt) -> None:
+        try:
+            with abort_scope(attempt.cancel):
+                self._tries(attempt)
+        except BaseException as e:  # noqa: BLE001 - handed to the scheduling thread
+            self.events.put((attempt, "error", e))
+        else:
+            self.events.put((attempt, "done", None))
+
+    def _tries(self, attempt: _Attempt) -> None:
+        for retry in itertools.count():
+            produced = False
+            try:
+                for chunk in self.stream_one(attempt.name, attempt.cancel, attempt.touch):
+                    produced = attempt.texted = True
+                    self.events.put((attempt, "text", chunk))
+                if not produced:
+                    raise UpstreamError(f"{attempt.name} returned an empty reply", upstream_status=200,
+                                        fix="check the model and its prompt; a fallback answers meanwhile")
+                return
+            except UpstreamError as e:
+                wait = self._retry_wait(attempt, e, retry, produced)
+                if wait is None:
+                    raise
+                log.info("%s failed (%s): retry %d of %d in %.2f s", attempt.name, e.message, retry + 1,
+                         attempt.policy.retries, wait)
+                if attempt.cancel.wait(wait):
+                    raise CancelledError("generation cancelled") from e
+
+    @staticmethod
+    def _retry_wait(attempt: _Attempt, error: UpstreamError, retry: int, produced: bool) -> float | None:
+        """Seconds to wait before trying again, or None when this error is final."""
+        if produced or not error.transient or retry >= attempt.policy.retries or attempt.cancel.cancelled:
+            return None
+        wait = backoff(retry, error.retry_after)
+        deadline = attempt.first_token_deadline()
+        if wait is None or (deadline is not None and time.monotonic() + wait >= deadline):
+            return None     # the fallback (or the client, told Retry-After) does better than waiting
+        return wait

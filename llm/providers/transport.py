@@ -1,0 +1,157 @@
+"""HTTP clients whose blocking socket calls a cancel can interrupt, for the cloud SDKs.
+
+A sync SDK call blocks its thread in `recv` while it waits for response headers or the next
+chunk, and closing the response object from another thread cannot reach it then. Here every
+socket read or write made while an `abort_scope(cancel)` is active registers its socket; a cancel
+shuts those sockets down, so the blocked call fails at once, the thread ends, and the connection
+leaves the pool. Requests outside a scope behave exactly as before.
+
+Both HTTP stacks are covered: httpx/httpcore (zhipuai) and httpx2/httpcore2 (openai, google-genai).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import socket
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from ..types import CancelToken
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT = 10.0      # seconds; a dead host must not hold a thread for the read timeout
+_scope: contextvars.ContextVar[_AbortScope | None] = contextvars.ContextVar("llm_abort_scope", default=None)
+
+
+class _AbortScope:
+    """The sockets one upstream call is blocked on; `abort` shuts them and fails every later call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self.aborted = False
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted = True
+            socks = list(self._socks)
+        for sock in socks:
+            _shutdown(sock)
+
+    @contextmanager
+    def using(self, sock: socket.socket | None, error: type[Exception]) -> Iterator[None]:
+        with self._lock:
+            if self.aborted:
+                raise error("the request was cancelled")
+            if sock is not None:
+                self._socks.add(sock)
+        try:
+            yield
+        except Exception as e:
+            if self.aborted:    # the shutdown made the call fail: say why
+                raise error("the request was cancelled") from e
+            raise
+        finally:
+            with self._lock:
+                self._socks.discard(sock)
+
+
+@contextmanager
+def abort_scope(cancel: CancelToken) -> Iterator[None]:
+    """Within this block (in this thread), cancelling `cancel` interrupts the HTTP calls it makes."""
+    scope = _AbortScope()
+    token = _scope.set(scope)
+    cancel.on_cancel(scope.abort)
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:    # the plain socket method: SSLSocket.shutdown would also tear down TLS state mid-read
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass    # already closed
+
+
+class _Stream:
+    """A network stream of either httpcore that registers with the current abort scope."""
+
+    def __init__(self, inner: Any, core: Any):
+        self._inner, self._core = inner, core
+
+    def _guard(self, error: type[Exception]):
+        scope = _scope.get()
+        if scope is None:
+            return _nothing()
+        return scope.using(self._inner.get_extra_info("socket"), error)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        with self._guard(self._core.ReadError):
+            return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        with self._guard(self._core.WriteError):
+            self._inner.write(buffer, timeout)
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> _Stream:
+        with self._guard(self._core.ConnectError):
+            return _Stream(self._inner.start_tls(ssl_context, server_hostname, timeout), self._core)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _Backend:
+    """Wraps a sync network backend so every stream it opens is a `_Stream`."""
+
+    def __init__(self, inner: Any, core: Any):
+        self._inner, self._core = inner, core
+
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> _Stream:
+        scope = _scope.get()
+        if scope is not None and scope.aborted:
+            raise self._core.ConnectError("the request was cancelled")
+        return _Stream(self._inner.connect_tcp(*args, **kwargs), self._core)
+
+    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> _Stream:
+        return _Stream(self._inner.connect_unix_socket(*args, **kwargs), self._core)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def abortable_client(httpx_module: Any, timeout: float) -> Any:
+    """An `httpx_module.Client` (httpx or httpx2) whose calls `abort_scope` can interrupt.
+
+    Keep-alive connections are pooled and reused across requests (one TLS handshake, not one per
+    call). The wrapping reaches into the transport's connection pool; if a future httpx moves it,
+    the client still works and a warning says that cancel then waits for the next chunk."""
+    import importlib
+
+    core = importlib.import_module("httpcore" if httpx_module.__name__ == "httpx" else "httpcore2")
+    client = httpx_module.Client(
+        timeout=httpx_module.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
+        limits=httpx_module.Limits(max_connections=256, max_keepalive_connections=32, keepalive_expiry=30),
+        follow_redirects=True)
+    transports = [client._transport, *client._mounts.values()]   # the mounts serve env proxies
+    for transport in filter(None, transports):     # a mount of None: no proxy for that pattern
+        pool = getattr(transport, "_pool", None)
+        if pool is None or not hasattr(pool, "_network_backend"):
+            log.warning("cannot make %s requests abortable: cancel waits for the next chunk",
+                        httpx_module.__name__)
+            continue
+        pool._network_backend = _Backend(pool._network_backend, core)
+    return client
