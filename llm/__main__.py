@@ -72,16 +72,38 @@ def _download(settings, args) -> int:
 
 
 def _status(settings, args) -> int:
-    from .router import Router
+    """Each provider's readiness; from the running API's /health when one answers on this config's
+    api_port (it alone knows which providers are cooling down after failures), else checked here."""
+    live = _live_statuses(settings)
+    if live is None:
+        from .router import Router
 
-    router = Router(settings)
-    width = max(map(len, settings.providers))
-    for name, st in router.statuses().items():
-        line = f"{name:<{width}}  {'ready' if st.ready else 'not ready'}"
-        if not st.ready:
-            line += f": {st.reason}" + (f" -> {st.fix}" if st.fix else "")
+        statuses = {name: st.as_dict() for name, st in Router(settings).statuses().items()}
+    else:
+        statuses = live
+        print(f"(live, from the API on port {settings.server.api_port})")
+    width = max(map(len, statuses))
+    for name, st in statuses.items():
+        line = f"{name:<{width}}  {'ready' if st['ready'] else 'not ready'}"
+        if not st["ready"]:
+            line += f": {st['reason']}" + (f" -> {st['fix']}" if st.get("fix") else "")
         print(line)
     return 0
+
+
+def _live_statuses(settings) -> dict[str, dict] | None:
+    import json
+    import urllib.request
+
+    host = settings.server.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host.strip("[]")
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.server.api_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:   # /health needs no API key
+            providers = json.load(response)["providers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None     # no API running here (or not ours): check the providers directly
+    return providers if isinstance(providers, dict) and providers else None
 
 
 if __name__ == "__main__":

@@ -78,7 +78,8 @@ def provider_choices(router: Router) -> list[tuple[str, str]]:
     out = []
     for name, status in router.statuses().items():
         label = router.settings.providers[name].display_name
-        out.append((f"{label} — {'ready' if status.ready else 'not ready'}", name))
+        state = "ready" if status.ready else "cooling down" if status.cooldown_s else "not ready"
+        out.append((f"{label} — {state}", name))
     return out
 
 
@@ -86,6 +87,8 @@ def provider_note(router: Router, name: str) -> str:
     """Markdown saying whether a provider can answer, and if not, why and how to fix it."""
     label = router.settings.providers[name].display_name
     status = router.status(name)
+    if status.cooldown_s:
+        return f"**{label}** is {status.reason}. {status.fix.capitalize()}."
     if not status.ready:
         fix = f"\n\n**Fix:** `{status.fix}`" if status.fix else ""
         return f"**{label}** is not ready: {status.reason}{fix}"

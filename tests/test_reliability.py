@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from configs import ProviderConfig
+from llm.__main__ import main as llm_cli
 from llm.policy import Policy
 from llm.providers import provider_class
 from tests.api_helpers import assert_error, serve_router, sse_events
@@ -146,6 +147,18 @@ def test_a_hung_provider_costs_one_timeout_then_is_skipped_while_cooling_down():
     assert health["ready"] is False and 25 < health["cooldown_s"] <= 30
     assert "cooling down" in health["reason"] and "no reply within 0.5 s" in health["last_error"]
     assert next(m for m in models if m["id"] == "hung")["cooldown_s"] > 0
+
+
+def test_llm_status_shows_the_running_servers_cooldown(tmp_path, capsys):
+    with upstreams(("openai", ["hang"])) as (fake,), served(
+            config("hung", "openai", fake, first_token_timeout=0.3, fallback=("direct",))) as server:
+        ask(server, "hung")
+        path = tmp_path / "configs.yaml"
+        path.write_text(f"server: {{api_port: {server.handle.port}}}\n")
+        assert llm_cli(["--config", str(path), "status"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("hung"))
+    assert "live, from the API" in out and "cooling down" in line and "no reply within 0.3 s" in line
 
 
 def test_after_the_cooldown_one_probe_decides():

@@ -15,6 +15,8 @@ from llm.errors import (
     UnknownProviderError,
     UpstreamError,
 )
+from llm.policy import backoff
+from llm.providers.base import retry_after_seconds
 from llm.router import Router
 from llm.types import CancelToken, GenerationParams, Message
 from tests.fakes import ScriptedProvider, settings_for
@@ -134,6 +136,46 @@ def test_no_fallback_once_text_was_produced():
     with pytest.raises(UpstreamError):
         list(make_router(half, backup).stream("你好", style=False))
     assert backup.calls == []
+
+
+def test_a_whole_reply_falls_back_even_after_text_since_nothing_was_shown():
+    half = ScriptedProvider("half", error=UpstreamError("cut"), fail_after=1, fallback=("backup",), retries=0)
+    half.deltas = ["一半", "另一半"]
+    backup = ScriptedProvider("backup", ["完整的回答。"])
+    reply = make_router(half, backup).chat("你好", style=False)
+    assert (reply.text, reply.provider) == ("完整的回答。", "backup")
+
+
+def test_an_empty_reply_is_an_error_so_the_fallback_answers():
+    silent = ScriptedProvider("silent", [], fallback=("backup",))
+    backup = ScriptedProvider("backup", ["在的。"])
+    assert make_router(silent, backup).chat("在吗").provider == "backup"
+    with pytest.raises(UpstreamError, match="empty reply"):
+        make_router(ScriptedProvider("silent", [])).chat("在吗")
+
+
+def test_stop_during_a_retry_wait_ends_the_call_at_once():
+    flaky = ScriptedProvider("flaky", error=UpstreamError("overloaded", upstream_status=503,
+                                                          retry_after=5), retries=2)
+    cancel = CancelToken()
+    threading.Timer(0.2, cancel.cancel).start()
+    start = time.perf_counter()
+    with pytest.raises(CancelledError):
+        make_router(flaky).chat("hi", cancel=cancel)
+    assert time.perf_counter() - start < 1 and len(flaky.calls) == 1
+
+
+def test_backoff_grows_with_jitter_and_yields_to_a_short_retry_after():
+    waits = [backoff(n) for n in range(6)]
+    assert all(0.5 * min(4, 0.25 * 2 ** n) <= w <= min(4, 0.25 * 2 ** n) for n, w in enumerate(waits))
+    assert backoff(0, retry_after=1.5) == 1.5 and backoff(0, retry_after=60) is None
+
+
+@pytest.mark.parametrize("headers, seconds", [
+    ({"Retry-After": "2"}, 2.0), ({"retry-after-ms": "1500"}, 1.5), ({"Retry-After": "soon"}, None),
+    ({}, None), ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0), ({"Retry-After": "-3"}, 0.0)])
+def test_retry_after_is_read_in_every_form(headers, seconds):
+    assert retry_after_seconds(headers) == seconds
 
 
 def test_all_failing_names_every_provider_and_its_error():

@@ -272,3 +272,17 @@ def test_build_demo_wires_the_page(router):
     assert isinstance(demo, gr.Blocks)
     chat = [fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "respond"]
     assert chat and chat[0].concurrency_limit == webui.CHAT_CONCURRENCY
+
+
+def test_a_provider_cooling_down_says_so_and_its_fallback_answers():
+    with FakeOpenAIServer(faults=["hang"]) as fake:
+        hung = ProviderConfig("hung", "openai", "fake-model", label="Hung", base_url=fake.base_url,
+                              first_token_timeout=0.3, fallback=("direct",))
+        router = make_router(refused_url("/v1"), hung=hung)
+        _, first = run_turn(router, "你好", "hung")
+        assert first[-1]["content"] == "你好"       # Direct Reply answered after one timeout
+        labels = dict((name, label) for label, name in ui.provider_choices(router))
+        note = ui.provider_note(router, "hung")
+        router.close()
+    assert labels["hung"] == "Hung — cooling down"
+    assert "cooling down" in note and "s left" in note and "no reply within 0.3 s" in note

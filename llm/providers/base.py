@@ -19,6 +19,7 @@ from ..errors import (
     UpstreamTimeoutError,
 )
 from ..types import CancelToken, GenerationParams, Message, ProviderStatus
+from .transport import abortable_client
 
 if TYPE_CHECKING:
     from configs import ProviderConfig
@@ -169,6 +170,7 @@ class CloudProvider(Provider):
     def __init__(self, config: ProviderConfig, env: Mapping[str, str] | None = None):
         super().__init__(config, env)
         self._client: Any = None
+        self._http: Any = None
         self._lock = threading.Lock()
 
     @property
@@ -188,14 +190,20 @@ class CloudProvider(Provider):
         """The SDK client, created on first use and shared (the SDK clients are thread-safe)."""
         with self._lock:
             if self._client is None:
-                self._client = self.make_client()
+                self._http = abortable_client(self.http_module(), self.timeout)
+                self._client = self.make_client(self._http)
             return self._client
 
     def close(self) -> None:
         with self._lock:
             if self._client is not None:
                 self._client.close()
-                self._client = None
+                self._http.close()      # not every SDK closes a client it was given
+                self._client = self._http = None
+
+    def http_module(self) -> Any:
+        """The httpx package this SDK sends through: httpx2 when installed (openai, google-genai)."""
+        return _HTTPX[-1]
 
     @property
     def timeout(self) -> float:
@@ -203,9 +211,9 @@ class CloudProvider(Provider):
         return self.config.timeout or DEFAULT_TIMEOUT
 
     @abstractmethod
-    def make_client(self) -> Any:
-        """A new SDK client for this config: SDK retries off (the router's policy retries), its HTTP
-        client from `transport.abortable_client` (so a cancel reaches the socket)."""
+    def make_client(self, http: Any) -> Any:
+        """A new SDK client for this config that sends through `http` (so a cancel reaches the
+        socket: see `transport`), with SDK retries off (the router's policy retries)."""
 
     @abstractmethod
     def open_stream(self, messages: list[Message], params: GenerationParams) -> Iterable[Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -15,12 +14,6 @@ from ..errors import (
 )
 from ..types import GenerationParams, Message
 from .base import CloudProvider, backend_message
-from .transport import abortable_client
-
-try:    # the SDK prefers httpx2 when installed; its exceptions are a separate family
-    import httpx2
-except ImportError:  # pragma: no cover - depends on the environment
-    httpx2 = None
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 _ROLES = {"user": "user", "assistant": "model"}
@@ -33,9 +26,8 @@ class GeminiProvider(CloudProvider):
     # key required even with a custom base_url: without one the SDK sends no request
     sdk_errors = (genai_errors.APIError, genai_errors.UnknownApiResponseError)
 
-    def make_client(self) -> genai.Client:
+    def make_client(self, http: Any) -> genai.Client:
         # HttpOptions.timeout is in milliseconds; no retry_options means the SDK never retries.
-        http = abortable_client(httpx2 or httpx, self.timeout)
         options = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout * 1000),
                                     httpx_client=http)
         # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI in the environment must not reroute calls.

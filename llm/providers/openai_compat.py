@@ -10,7 +10,6 @@ import openai
 from ..errors import LLMError, UpstreamError
 from ..types import GenerationParams, Message
 from .base import CloudProvider, backend_message, delta_finished, delta_text
-from .transport import abortable_client
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local servers ignore the key, but the SDK refuses to build a client without one.
@@ -24,10 +23,10 @@ class OpenAIProvider(CloudProvider):
     key_required = False        # vLLM, Ollama and llama.cpp servers need no key
     sdk_errors = (openai.OpenAIError,)
 
-    def make_client(self) -> openai.OpenAI:
+    def make_client(self, http: httpx2.Client) -> openai.OpenAI:
         key = self.api_key(required=not self.config.base_url) or PLACEHOLDER_KEY
         return openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0,
-                             http_client=abortable_client(httpx2, self.timeout))
+                             http_client=http)
 
     def open_stream(self, messages: list[Message], params: GenerationParams) -> Any:
         return self.client().chat.completions.create(**self.request_body(messages, params), stream=True)

@@ -13,7 +13,6 @@ from ..errors import (
 )
 from ..types import GenerationParams, Message
 from .base import CloudProvider, backend_message, delta_finished, delta_text
-from .transport import abortable_client
 
 DEFAULT_BASE_URL = "https://open.bigmodel.cn/api/paas/v4"
 GREEDY_TEMPERATURE = 0.01   # ZhipuAI rejects temperature 0; greedy is do_sample=False instead
@@ -25,10 +24,13 @@ class ZhipuAIProvider(CloudProvider):
     default_base_url = DEFAULT_BASE_URL
     sdk_errors = (zhipuai.ZhipuAIError,)   # key required: the SDK won't start without
 
-    def make_client(self) -> zhipuai.ZhipuAI:
+    def make_client(self, http: httpx.Client) -> zhipuai.ZhipuAI:
         # The SDK sends the "id.secret" key as a bearer token (its JWT signing is off by default).
         return zhipuai.ZhipuAI(api_key=self.api_key(), base_url=self.base_url, timeout=self.timeout,
-                               max_retries=0, http_client=abortable_client(httpx, self.timeout))
+                               max_retries=0, http_client=http)
+
+    def http_module(self):
+        return httpx     # zhipuai is built on httpx
 
     def open_stream(self, messages: list[Message], params: GenerationParams) -> Any:
         return self.client().chat.completions.create(**self.request_body(messages, params), stream=True)
