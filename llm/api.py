@@ -12,7 +12,6 @@ import hmac
 import json
 import logging
 import math
-import os
 import time
 import traceback
 import uuid
@@ -62,13 +61,7 @@ class _Context:
 
     def redact(self, text: str) -> str:
         """`text` with the server's key and every provider key replaced by ***."""
-        env = os.environ if self.router.env is None else self.router.env
-        secrets = [self.api_key] + [env.get(var) for cfg in self.router.settings.providers.values()
-                                    for var in cfg.api_key_env]
-        for secret in secrets:
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
+        return self.router.redact(text)
 
 
 def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: int = 1_000_000) -> FastAPI:
@@ -76,6 +69,7 @@ def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: in
     app = FastAPI(title="Linly-Talker LLM API", version="2",
                   description="Seed API (`POST /`), OpenAI-compatible `/v1`, and `/health`.")
     app.state.ctx = ctx = _Context(router, api_key or None, max_body_bytes)
+    router.add_secret(api_key)
     for exc_type in (ApiError, LLMError, HTTPException, RequestValidationError, Exception):
         app.add_exception_handler(exc_type, _handle_error)
     app.add_middleware(_Gate, ctx=ctx)

@@ -118,21 +118,22 @@ class Breaker:
                                    seconds_left=max(left, 1.0),
                                    fix="its fallback answers meanwhile; set cooldown: 0 to turn this off")
 
-    def record(self, error: BaseException | None, cooldown: float) -> None:
-        """The outcome of an admitted request: None for success."""
+    def record(self, error: BaseException | None, cooldown: float) -> bool:
+        """The outcome of an admitted request (None for success); True when it starts a cooldown."""
         with self._lock:
             probing, self._probing = self._probing, False
             if error is None:
                 self._failures, self._until, self.last_error = 0, 0.0, ""
-                return
+                return False
             if not counts_as_failure(error):
-                return      # a cancel, a bad request: says nothing about the provider's health
+                return False    # a cancel, a bad request: says nothing about the provider's health
             self._failures += 1
             self.last_error = str(getattr(error, "message", error))
             hard = isinstance(error, UpstreamTimeoutError) or probing or self._failures >= FAILURES_TO_OPEN
             if hard and cooldown > 0:
                 self._until = time.monotonic() + cooldown
-                log.warning("cooling down for %.0f s after: %s", cooldown, self.last_error)
+                return True
+            return False
 
     def seconds_left(self) -> float:
         """Seconds of cooldown left (0 when the provider may be asked)."""
@@ -191,8 +192,9 @@ class Race:
     fails even after some text is replaced by the next one, and its partial text is dropped."""
 
     def __init__(self, chain: list[str], stream_one: StreamOne, policy: Callable[[str], Policy],
-                 breaker: Callable[[str], Breaker], cancel: CancelToken, buffered: bool = False):
-        self.pending, self.stream_one = list(chain), stream_one
+                 breaker: Callable[[str], Breaker], cancel: CancelToken, buffered: bool = False,
+                 redact: Callable[[str], str] = str):
+        self.pending, self.stream_one, self.redact = list(chain), stream_one, redact
         self.policy, self.breaker = policy, breaker
         self.cancel, self.buffered = cancel, buffered
         self.events: queue.SimpleQueue = queue.SimpleQueue()
@@ -246,7 +248,7 @@ class Race:
             try:
                 self.breaker(name).admit(name)
             except CoolingDownError as e:
-                log.info("skipping %s: %s", name, e.message)
+                log.info("skipping %s: %s", name, self.redact(e.message))
                 self.errors[name] = e
                 continue
             attempt = _Attempt(name, self.policy(name), self.cancel)
@@ -298,17 +300,20 @@ class Race:
         attempt.cancel.cancel()
         if not isinstance(error, LLMError):     # a bug in a provider: never hide it behind a fallback
             raise error
-        self.breaker(attempt.name).record(error, attempt.policy.cooldown)
+        if self.breaker(attempt.name).record(error, attempt.policy.cooldown):
+            log.warning("%s: cooling down for %g s after: %s", attempt.name, attempt.policy.cooldown,
+                        self.redact(str(error)))
         if isinstance(error, CancelledError) and self.cancel.cancelled:
             raise error
         self.errors[attempt.name] = error
         if attempt is self.winner:
             if not self.buffered:
                 raise error     # its text already reached the caller: only the error can follow
-            log.warning("%s failed mid-reply before anything was sent: %s", attempt.name, error)
+            log.warning("%s failed mid-reply before anything was sent: %s", attempt.name,
+                        self.redact(str(error)))
             self.winner, self.buffer = None, []
         else:
-            log.warning("provider %s failed before any text: %s", attempt.name, error)
+            log.warning("provider %s failed before any text: %s", attempt.name, self.redact(str(error)))
         if not self.running:
             self._start_next()
 
@@ -343,8 +348,8 @@ class Race:
                 wait = self._retry_wait(attempt, e, retry, produced)
                 if wait is None:
                     raise
-                log.info("%s failed (%s): retry %d of %d in %.2f s", attempt.name, e.message, retry + 1,
-                         attempt.policy.retries, wait)
+                log.info("%s failed (%s): retry %d of %d in %.2f s", attempt.name, self.redact(e.message),
+                         retry + 1, attempt.policy.retries, wait)
                 if attempt.cancel.wait(wait):
                     raise CancelledError("generation cancelled") from e
 

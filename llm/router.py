@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class Router:
         self._providers: dict[str, Provider] = {}
         self._slots: dict[str, threading.BoundedSemaphore | None] = {}
         self._breakers: dict[str, Breaker] = {}
+        self._secrets: set[str] = set()
         self._lock = threading.Lock()
         for name, p in (providers or {}).items():
             self._add(name, p)
@@ -89,11 +91,27 @@ class Router:
         breaker = self.breaker(name)
         left = breaker.seconds_left()
         if status.ready and left > 0:
-            last = breaker.last_error
+            last = self.redact(breaker.last_error)
             return ProviderStatus(False, f"cooling down, {left:.0f} s left (last error: {last})",
                                   "its fallback answers meanwhile; then one request tries it again",
-                                  cooldown_s=round(left, 1), last_error=breaker.last_error)
+                                  cooldown_s=round(left, 1), last_error=last)
         return status
+
+    def add_secret(self, secret: str | None) -> None:
+        """Mask `secret` too wherever `redact` is used (the API adds its own key)."""
+        if secret:
+            self._secrets.add(secret)
+
+    def redact(self, text: str) -> str:
+        """`text` with every provider's API key (from the env vars the config names) and every added
+        secret replaced by ***: upstream error messages may quote anything back."""
+        env = os.environ if self.env is None else self.env
+        secrets = self._secrets | {env.get(var, "") for cfg in self.settings.providers.values()
+                                   for var in cfg.api_key_env}
+        for secret in sorted(secrets, key=len, reverse=True):
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
 
     def policy(self, name: str) -> Policy:
         return Policy.of(self.provider(name))
@@ -147,7 +165,8 @@ class Router:
         def stream_one(name: str, token: CancelToken, progress) -> Iterator[Chunk]:
             return self._stream_one(name, req, token, progress)
 
-        race = Race(chain, stream_one, self.policy, self.breaker, cancel, buffered=buffered)
+        race = Race(chain, stream_one, self.policy, self.breaker, cancel, buffered=buffered,
+                    redact=self.redact)
         yield from race.run()
 
     def chat(self, prompt: str | Request, *, cancel: CancelToken | None = None, **kw) -> Reply:

@@ -223,12 +223,12 @@ def test_clients_that_hang_up_while_waiting_close_the_upstream_calls():
         port = int(server.url.rsplit(":", 1)[1])
         body = json.dumps({"prompt": "hi", "provider": "hung"}).encode()
         clients = []
-        for _ in range(20):
+        for _ in range(40):
             sock = socket.create_connection(("127.0.0.1", port))
             sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             clients.append(sock)
-        assert wait_until(lambda: fake.hanging == 20, 5)
+        assert wait_until(lambda: fake.hanging == 40, 10)
         for sock in clients:
             sock.close()
         assert wait_until(lambda: fake.hanging == 0, 3), f"{fake.hanging} upstream calls left open"
