@@ -68,7 +68,7 @@ def test_configs_yaml_in_the_working_directory_is_picked_up(tmp_path, monkeypatc
 @pytest.mark.parametrize("text,key,words", [
     ("providers: {x: {kind: banana, model: m}}", "providers.x.kind", "local, openai"),
     ("providers: {x: {kind: openai}}", "providers.x.model", "required"),
-    ("providers: {x: {kind: openai, model: m, api_key: sk-123}}", "providers.x.api_key", "api_key_env"),
+    ("providers: {x: {kind: openai, model: m, api_key: sk-123}}", "providers.x.api_key", "keys never live in the file"),
     ("providers: {x: {kind: openai, model: m, temprature: 1}}", "providers.x.temprature", "unknown key"),
     ("providers: {x: {kind: openai, model: m, timeout: -1}}", "providers.x.timeout", "positive"),
     ("providers: {x: {kind: openai, model: m, fallback: [nope]}}", "providers.x.fallback", "nope"),
