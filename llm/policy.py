@@ -246,12 +246,13 @@ class Race:
         while self.pending:
             name = self.pending.pop(0)
             try:
+                policy = self.policy(name)      # builds the provider: an SDK may be missing
                 self.breaker(name).admit(name)
-            except CoolingDownError as e:
+            except LLMError as e:
                 log.info("skipping %s: %s", name, self.redact(e.message))
                 self.errors[name] = e
                 continue
-            attempt = _Attempt(name, self.policy(name), self.cancel)
+            attempt = _Attempt(name, policy, self.cancel)
             self.running.append(attempt)
             attempt.thread = threading.Thread(target=self._work, args=(attempt,), name=f"llm-{name}",
                                               daemon=True)

@@ -88,9 +88,10 @@ class Provider(ABC):
         return UpstreamTimeoutError(f"{self.name}: no answer from {self.base_url} in time",
                                     fix="raise timeout in configs.yaml or retry later")
 
-    def unreachable_error(self, lost: bool = False) -> LLMError:
+    def unreachable_error(self, lost: bool = False, text_seen: bool = False) -> LLMError:
         if lost:
-            return UpstreamError(f"{self.name}: the connection to {self.base_url} was lost mid-reply",
+            when = "mid-reply" if text_seen else "before any text"
+            return UpstreamError(f"{self.name}: the connection to {self.base_url} was lost {when}",
                                  transient=True, fix="retry; check the server's logs if it keeps happening")
         return UpstreamError(f"{self.name}: cannot reach {self.base_url}", transient=True,
                              fix="check base_url, the network and that the server is running")
@@ -163,6 +164,7 @@ class CloudProvider(Provider):
     default_base_url: ClassVar[str] = ""
     key_required: ClassVar[bool] = True     # False: a custom base_url may need no key
     sdk_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    lazy_stream: ClassVar[bool] = False     # True: open_stream sends nothing until iterated
     default_retries = 2
     default_first_token_timeout = 20.0
     default_stall_timeout = 15.0
@@ -244,10 +246,11 @@ class CloudProvider(Provider):
         """The reply's text; a stream that ends without its end marker is an error, never a short reply."""
         if cancel.cancelled:
             raise CancelledError("generation cancelled")
-        response, finished, text_seen = None, False, False
+        response, finished, text_seen, chunk_seen = None, False, False, False
         try:
             response = self.open_stream(messages, params)
             for chunk in response:
+                chunk_seen = True
                 if cancel.cancelled:
                     raise CancelledError("generation cancelled")
                 finished = finished or self.chunk_finished(chunk)
@@ -260,9 +263,13 @@ class CloudProvider(Provider):
         except (*self.sdk_errors, *TRANSPORT_ERRORS) as e:
             if cancel.cancelled:    # the cancel shut the socket: that is not the backend's fault
                 raise CancelledError("generation cancelled") from e
-            if isinstance(e, TRANSPORT_ERRORS):
-                raise self.transport_error(e, text_seen) from e
-            raise self.translate(e) from e
+            error = self.transport_error(e) if isinstance(e, TRANSPORT_ERRORS) else self.translate(e)
+            lost = isinstance(error, UpstreamError) and error.transient and error.upstream_status is None
+            connected = chunk_seen or (response is not None and not self.lazy_stream)
+            if connected and lost and not isinstance(error, UpstreamTimeoutError):
+                # the SDKs call a cut mid-stream a "connection error": it did connect, then lost it
+                error = self.unreachable_error(lost=True, text_seen=text_seen)
+            raise error from e
         finally:
             if response is not None:
                 self.close_stream(response)
@@ -277,11 +284,11 @@ class CloudProvider(Provider):
                              upstream_status=200, transient=True,
                              fix="retry; check the server's logs if it keeps happening")
 
-    def transport_error(self, e: BaseException, text_seen: bool) -> LLMError:
+    def transport_error(self, e: BaseException) -> LLMError:
         """A transport failure the SDK did not wrap (it happens while reading the stream)."""
         if isinstance(e, TIMEOUT_ERRORS):
             return self.timeout_error()
-        return self.unreachable_error(lost=text_seen or not isinstance(e, CONNECT_ERRORS))
+        return self.unreachable_error(lost=not isinstance(e, CONNECT_ERRORS))
 
 
 def _httpx_modules() -> tuple[Any, ...]:

@@ -25,6 +25,7 @@ class GeminiProvider(CloudProvider):
     default_base_url = DEFAULT_BASE_URL
     # key required even with a custom base_url: without one the SDK sends no request
     sdk_errors = (genai_errors.APIError, genai_errors.UnknownApiResponseError)
+    lazy_stream = True      # generate_content_stream connects on the first next()
 
     def make_client(self, http: Any) -> genai.Client:
         # HttpOptions.timeout is in milliseconds; no retry_options means the SDK never retries.

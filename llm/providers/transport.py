@@ -136,9 +136,10 @@ def _nothing() -> Iterator[None]:
 def abortable_client(httpx_module: Any, timeout: float) -> Any:
     """An `httpx_module.Client` (httpx or httpx2) whose calls `abort_scope` can interrupt.
 
-    Keep-alive connections are pooled and reused across requests (one TLS handshake, not one per
-    call). The wrapping reaches into the transport's connection pool; if a future httpx moves it,
-    the client still works and a warning says that cancel then waits for the next chunk."""
+    Keep-alive connections are pooled (the SDKs still drop one after a stream they stop reading at
+    its [DONE]: reuse after streams is for the hot-path work of issue #9). The wrapping reaches
+    into the transport's connection pool; if a future httpx moves it, the client still works and a
+    warning says that cancel then waits for the next chunk."""
     import importlib
 
     core = importlib.import_module("httpcore" if httpx_module.__name__ == "httpx" else "httpcore2")
