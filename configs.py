@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llm.errors import ConfigError
+from llm.speech import DEFAULT_EMOTIONS, DEFAULT_MAX_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ class ProviderConfig:
 @dataclass(frozen=True)
 class StyleConfig:
     short_answer: bool = True
-    max_chars: int = 25
+    max_seconds: float = DEFAULT_MAX_SECONDS    # the answer budget in seconds of speech (25 Chinese chars)
+    max_chars: int | None = None                # an explicit character budget instead of seconds
+    emotions: bool = False                      # ask for an emotion tag per sentence
+    emotion_set: tuple[str, ...] = DEFAULT_EMOTIONS
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,7 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
     if "default" in data:
         out = replace(out, default=_expect(data["default"], str, where, "default"))
     if "style" in data:
-        out = replace(out, style=_dataclass_from(StyleConfig, data["style"], where, "style"))
+        out = replace(out, style=_style_from(data["style"], where))
     if "server" in data:
         out = replace(out, server=_dataclass_from(ServerConfig, data["server"], where, "server"))
     providers = dict(out.providers)
@@ -236,6 +240,30 @@ def _dataclass_from(cls, data: Any, where: _Where, key: str):
     return cls(**values)
 
 
+def _style_from(data: Any, where: _Where) -> StyleConfig:
+    data = _expect(data, dict, where, "style")
+    where.unknown_keys(data, [f.name for f in fields(StyleConfig)], "style.")
+    values: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"style.{k}"
+        if k in ("short_answer", "emotions"):
+            values[k] = _expect(v, bool, where, key)
+        elif k == "max_seconds":
+            if not _is_number(v) or not 0 < v <= 600:
+                where.fail(key, "must be a number of seconds above 0 and at most 600")
+            values[k] = float(v)
+        elif k == "max_chars":
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                where.fail(key, "must be a positive integer (or null to use max_seconds)")
+            values[k] = v
+        else:   # emotion_set
+            names = v if isinstance(v, list) else None
+            if not names or not all(isinstance(n, str) and n.isidentifier() and n.isascii() for n in names):
+                where.fail(key, "must be a list of tag names of letters, such as [neutral, joy, sad]")
+            values[k] = tuple(n.lower() for n in names)
+    return StyleConfig(**values)
+
+
 def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     where = _Where("environment")
     out = settings
@@ -251,6 +279,15 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
         if not raw.isdigit() or int(raw) < 1:
             where.fail("LLM_MAX_CHARS", "must be a positive integer")
         out = replace(out, style=replace(out.style, max_chars=int(raw)))
+    if "LLM_MAX_SECONDS" in env:
+        raw = env["LLM_MAX_SECONDS"].strip()
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds <= 600:
+            where.fail("LLM_MAX_SECONDS", "must be a number of seconds above 0 and at most 600")
+        out = replace(out, style=replace(out.style, max_seconds=seconds))
     return out
 
 

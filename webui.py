@@ -196,7 +196,8 @@ def _settings_panel(router: Router, api_port: int, api_key: str | None, api_host
     with gr.Row():
         styled = gr.Checkbox(style.short_answer, label="Short spoken answers")
         speak = gr.Checkbox(False, label="Speak replies", elem_id="speak")
-    max_chars = gr.Slider(5, 200, value=style.max_chars, step=1, label="Answer budget (chars)")
+    budget = gr.Slider(1, 30, value=style.max_seconds, step=0.5, label="Answer budget (seconds of speech)",
+                       elem_id="budget")
     temperature0, top_p0, tokens0 = ui.sampling_defaults(router, default)
     with gr.Accordion("Sampling", open=False):
         temperature = gr.Slider(0, 2, value=temperature0, step=0.05, label="Temperature (0 = greedy)")
@@ -207,7 +208,7 @@ def _settings_panel(router: Router, api_port: int, api_key: str | None, api_host
                        label=f"POST :{api_port}/ (the same models as this page)", interactive=False,
                        wrap_lines=True, elem_id="api-curl")
     return dict(provider=provider, note=note, persona=persona, system=system, styled=styled, speak=speak,
-                max_chars=max_chars, temperature=temperature, top_p=top_p, max_new=max_new, curl=curl)
+                budget=budget, temperature=temperature, top_p=top_p, max_new=max_new, curl=curl)
 
 
 def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
@@ -222,7 +223,7 @@ def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
         async for update in ui.respond(router, history, opts, turn, progress):
             yield update
 
-    inputs = [c.chatbot, c.provider, c.system, c.styled, c.max_chars, c.temperature, c.top_p, c.max_new,
+    inputs = [c.chatbot, c.provider, c.system, c.styled, c.budget, c.temperature, c.top_p, c.max_new,
               c.turn]
     started = gr.on([c.send.click, c.msg.submit], ui.start_turn, [c.msg, c.chatbot],
                     [c.msg, c.chatbot, c.turn], concurrency_limit=None, show_progress="hidden")

@@ -1,4 +1,5 @@
-"""`python -m llm download NAME` fetches a local model's weights; `python -m llm status` shows readiness."""
+"""`python -m llm download NAME` fetches a local model's weights; `python -m llm status` shows readiness;
+`python -m llm scoreboard [NAME...]` scores how fit each provider's replies are for speech."""
 
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show whether each provider is ready, and the fix if not")
     status.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     status.set_defaults(run=_status)
+    board = commands.add_parser("scoreboard", help="score each ready provider's replies for speech: budget, "
+                                                   "sentence ends, leaks, latency")
+    board.add_argument("names", nargs="*", metavar="NAME", help="providers to score (default: all ready)")
+    board.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    board.set_defaults(run=_scoreboard)
     return parser
 
 
@@ -88,6 +94,27 @@ def _status(settings, args) -> int:
         if not st["ready"]:
             line += f": {st['reason']}" + (f" -> {st['fix']}" if st.get("fix") else "")
         print(line)
+    return 0
+
+
+def _scoreboard(settings, args) -> int:
+    from . import scoreboard
+    from .router import Router
+
+    unknown = [n for n in args.names if n not in settings.providers]
+    if unknown:
+        known = ", ".join(settings.providers)
+        print(f"error: unknown provider {unknown[0]!r}; known: {known}", file=sys.stderr)
+        return USAGE_ERROR
+    router = Router(settings)
+    try:
+        scores = scoreboard.run(router, args.names or None)
+    finally:
+        router.close()
+    if not scores:
+        print("no provider is ready to score: see python -m llm status", file=sys.stderr)
+        return 1
+    print(scoreboard.table(scores))
     return 0
 
 

@@ -196,6 +196,8 @@ class _Turn:
         self.first_sentence_ms: float | None = None
         self.total_ms: float | None = None
         self.last_at: float | None = None     # when the newest chunk was made (buffered replies come late)
+        self.emotion: str | None = None       # the emotion tag starting at the newest chunk
+        self.events: list[dict] = []          # the sentence events so far
 
     def mark(self, timing: str, at: float | None = None) -> None:
         """Record the time from the start to `at` (perf_counter; default now) under `timing`, once."""
@@ -207,7 +209,7 @@ class _Turn:
         """The reply's text pieces; leaving early cancels the generation."""
         try:
             async for chunk in chunks:
-                self.last_at = chunk.at
+                self.last_at, self.emotion = chunk.at, chunk.emotion
                 self.mark("ttft_ms", chunk.at)
                 self.parts.append(chunk.text)
                 self.provider = chunk.provider
@@ -215,17 +217,25 @@ class _Turn:
         finally:
             self.cancel.cancel()
 
-    async def sentences(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
-        """Speakable sentences, each yielded as soon as it is complete."""
+    async def sentences(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict]:
+        """Speakable sentences, each as soon as it is complete: `sentence` (as displayed), `speech`
+        (as a TTS engine should read it) and, when emotions are on, `emotion`."""
         splitter = speech.SentenceSplitter()
         async with aclosing(self.deltas(chunks)) as texts:
             async for text in texts:
-                for sentence in splitter.feed(text):
+                for sentence, emotion in splitter.feed_tagged(text, self.emotion):
                     self.mark("first_sentence_ms", self.last_at)
-                    yield sentence
-        for sentence in splitter.flush():
+                    yield await self._event(sentence, emotion)
+        for sentence, emotion in splitter.flush_tagged():
             self.mark("first_sentence_ms", self.last_at)
-            yield sentence
+            yield await self._event(sentence, emotion)
+
+    async def _event(self, sentence: str, emotion: str | None) -> dict:
+        event = {"sentence": sentence, "speech": await asyncio.to_thread(speech.for_tts, sentence)}
+        if self.req.emotions:
+            event["emotion"] = emotion
+        self.events.append(event)
+        return event
 
     @property
     def text(self) -> str:
@@ -347,12 +357,14 @@ async def seed(request: Request):
     params = GenerationParams(max_new_tokens=body.max_length, temperature=body.temperature, top_p=body.top_p)
     style = None if body.style is None else body.style == "short"
     turn, chunks = await _begin(request, prompt=body.prompt, provider=body.provider, buffered=not body.stream,
-                                history=body.history_data(), system=body.system, params=params, style=style)
+                                history=body.history_data(), system=body.system, params=params, style=style,
+                                max_seconds=body.max_seconds, max_chars=body.max_chars,
+                                emotions=body.emotions)
     if body.stream:
         return _EventStream(turn, _seed_events(request, turn, chunks))
     await _drain(request, turn, turn.sentences(chunks))
     turn.log_done(_rid(request))
-    return _seed_reply(turn)
+    return {**_seed_reply(turn), "sentences": turn.events}
 
 
 def _seed_reply(turn: _Turn) -> dict:
@@ -365,8 +377,8 @@ def _seed_reply(turn: _Turn) -> dict:
 async def _seed_events(request: Request, turn: _Turn, chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict]:
     try:
         async with aclosing(turn.sentences(chunks)) as sentences:
-            async for sentence in sentences:
-                yield {"sentence": sentence}
+            async for event in sentences:
+                yield event
         turn.log_done(_rid(request))
         yield {"done": True, **_seed_reply(turn)}
     except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
@@ -390,7 +402,8 @@ async def chat_completions(request: Request):
     style = None if body.style is None else body.style == "short"
     provider = None if body.model == "default" else body.model
     turn, chunks = await _begin(request, prompt=body.messages[-1].text(), provider=provider, history=history,
-                                system=system, params=params, style=style, buffered=not body.stream)
+                                system=system, params=params, style=style, buffered=not body.stream,
+                                max_seconds=body.max_seconds)
     meta = {"id": f"chatcmpl-{_rid(request)}", "created": int(time.time())}
     if body.stream:
         return _EventStream(turn, _openai_events(request, turn, chunks, meta))

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.requests import ClientDisconnect
 
 MAX_NEW_TOKENS = 1_000_000    # GenerationParams' own upper bound
+MAX_SECONDS = 600.0           # the router's own upper bound on an answer budget
 
 
 class ApiError(Exception):
@@ -157,6 +158,9 @@ class SeedRequest(BaseModel):
     system: str | None = None
     style: Style | None = None
     stream: bool = False
+    max_seconds: float | None = Field(None, gt=0, le=MAX_SECONDS)  # the answer budget in seconds of speech
+    max_chars: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)   # or in characters
+    emotions: bool | None = None    # an "emotion" per sentence event (style.emotion_set)
 
     @field_validator("prompt")
     @classmethod
@@ -198,7 +202,8 @@ class ChatCompletionRequest(BaseModel):
     stream_options: dict[str, Any] | None = None    # accepted; usage is not reported
     n: int | None = Field(None, ge=1, le=1)     # one choice only
     user: str | None = None
-    style: Style | None = None      # not OpenAI's: send it with the SDK's extra_body
+    style: Style | None = None      # not OpenAI's: send these with the SDK's extra_body
+    max_seconds: float | None = Field(None, gt=0, le=MAX_SECONDS)
 
     @model_validator(mode="after")
     def _last_is_user(self) -> ChatCompletionRequest:

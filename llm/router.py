@@ -31,6 +31,7 @@ from .types import (
 )
 
 log = logging.getLogger(__name__)
+MAX_SECONDS = 600.0     # the longest answer budget a request may ask for
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class Request:
     system: str | None = None
     params: GenerationParams = GenerationParams()
     style: bool = True
-    max_chars: int = 25
+    budget: speech.Budget = speech.Budget()
+    emotions: tuple[str, ...] = ()     # the tags the model is asked for; () = off
 
 
 class Router:
@@ -133,23 +135,42 @@ class Router:
 
     def request(self, prompt: str, *, provider: str | None = None, history: Any = None,
                 system: str | None = None, params: GenerationParams | dict | None = None,
-                style: bool | None = None, max_chars: int | None = None) -> Request:
-        """Validate loose arguments into a Request (InvalidRequestError on bad input)."""
+                style: bool | None = None, max_chars: int | None = None, max_seconds: float | None = None,
+                emotions: bool | None = None) -> Request:
+        """Validate loose arguments into a Request (InvalidRequestError on bad input).
+
+        The answer budget: `max_chars` if given, else `max_seconds`, else the config's `max_chars`
+        (an explicit override), else its `max_seconds`."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidRequestError("prompt must be a non-empty string")
         if system is not None and not isinstance(system, str):
             raise InvalidRequestError("system must be a string")
         if isinstance(params, dict):
             params = GenerationParams(**params)
-        max_chars = self.settings.style.max_chars if max_chars is None else max_chars
-        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
-            raise InvalidRequestError("max_chars must be a positive integer")
+        budget = self._budget(max_chars, max_seconds)
+        cfg = self.settings.style
+        if emotions is not None and not isinstance(emotions, bool):
+            raise InvalidRequestError("emotions must be true or false")
         name = provider or self.settings.default
         self.provider(name)     # unknown names fail here, before any work
         return Request(prompt=prompt, provider=name, history=tuple(normalize_history(history)),
                        system=system or None, params=params or GenerationParams(),
-                       style=self.settings.style.short_answer if style is None else bool(style),
-                       max_chars=max_chars)
+                       style=cfg.short_answer if style is None else bool(style), budget=budget,
+                       emotions=cfg.emotion_set if (cfg.emotions if emotions is None else emotions) else ())
+
+    def _budget(self, max_chars: Any, max_seconds: Any) -> speech.Budget:
+        if max_chars is not None:
+            if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+                raise InvalidRequestError("max_chars must be a positive integer")
+            return speech.Budget(chars=max_chars)
+        if max_seconds is not None:
+            if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) \
+                    or not 0 < max_seconds <= MAX_SECONDS:
+                raise InvalidRequestError(f"max_seconds must be a number of seconds, above 0 and at most "
+                                          f"{MAX_SECONDS}")
+            return speech.Budget(seconds=float(max_seconds))
+        style = self.settings.style
+        return speech.Budget(chars=style.max_chars) if style.max_chars else speech.Budget(style.max_seconds)
 
     def stream(self, prompt: str | Request, *, cancel: CancelToken | None = None, buffered: bool = False,
                **kw) -> Iterator[Chunk]:
@@ -247,36 +268,20 @@ class Router:
         with self._slot(name, cancel):
             upstream = _touching(provider.stream(messages, params, cancel), progress)
             try:
-                if styled:
-                    yield from self._styled(upstream, name, req.max_chars, cancel)
-                else:
-                    for text in upstream:
-                        self._check(cancel)
-                        if text:
-                            yield Chunk(text, name)
+                pieces = speech.speak(upstream, req.budget if styled else None,
+                                      emotions=req.emotions if styled else (), verbatim=provider.verbatim,
+                                      lang="zh" if speech.is_chinese(req.prompt) else "en")
+                for text, emotion in pieces:
+                    self._check(cancel)
+                    yield Chunk(text, name, emotion)
                 self._check(cancel)     # a provider that ended because of the cancel
             finally:
                 upstream.close()   # stops generation upstream when we stop early
 
-    @staticmethod
-    def _styled(upstream: Iterator[str], name: str, max_chars: int,
-                cancel: CancelToken) -> Iterator[Chunk]:
-        speaker = speech.SpeechFilter(max_chars)
-        for text in upstream:
-            Router._check(cancel)
-            out = speaker.feed(text)
-            if out:
-                yield Chunk(out, name)
-            if speaker.done:
-                break
-        rest = speaker.finish()
-        if rest:
-            yield Chunk(rest, name)
-
     def _messages(self, provider: Provider, req: Request, styled: bool) -> list[Message]:
         prompt, system = req.prompt, req.system
         if styled:
-            rule = speech.instruction(req.prompt, req.max_chars)
+            rule = req.budget.instruction(req.prompt, req.emotions)
             if provider.style == "prefix":
                 prompt = f"{rule} {prompt}" if speech.is_chinese(prompt) else f"{rule}\n{prompt}"
             else:

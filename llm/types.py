@@ -76,6 +76,7 @@ class Chunk:
 
     text: str
     provider: str
+    emotion: str | None = None      # the emotion tag that starts at this text (speech.emotions)
     at: float = field(default_factory=time.perf_counter, compare=False)
 
 

@@ -60,7 +60,7 @@ class TurnOptions:
     provider: str
     system: str = ""
     style: bool = True
-    max_chars: int = 25
+    max_seconds: float = 5.0     # the answer budget, in seconds of speech
     temperature: float | None = None
     top_p: float | None = None
     max_new_tokens: int | None = None
@@ -223,14 +223,15 @@ async def _stream(router: Router, before: History, question: str, opts: TurnOpti
                   turn: Turn, progress: Progress | None) -> AsyncIterator[tuple[str, str]]:
     """(growing reply, status line) pairs; a stop after some text ends quietly with the partial."""
     req = router.request(question, provider=opts.provider, history=before, system=opts.system or None,
-                         params=opts.params(), style=opts.style, max_chars=int(opts.max_chars))
+                         params=opts.params(), style=opts.style, max_seconds=float(opts.max_seconds))
     await _load_with_progress(router, opts.provider, progress)
-    reply, answered = "", ""
+    reply, answered, feeling = "", "", ""
     try:
         async with aclosing(router.astream(req, cancel=turn)) as chunks:
             async for chunk in chunks:
                 reply, answered = reply + chunk.text, chunk.provider
-                yield reply, f"{answered_by(router, opts.provider, answered)} …"
+                feeling = f" · feeling: {chunk.emotion}" if chunk.emotion else feeling  # the face
+                yield reply, f"{answered_by(router, opts.provider, answered)}{feeling} …"
     except CancelledError:
         if not reply:
             raise
@@ -241,7 +242,7 @@ async def _stream(router: Router, before: History, question: str, opts: TurnOpti
     elif not reply:
         raise LLMError(f"{opts.provider} returned an empty reply", fix="try again or choose another provider")
     else:
-        yield reply, answered_by(router, opts.provider, answered)
+        yield reply, answered_by(router, opts.provider, answered) + feeling
 
 
 def answered_by(router: Router, chosen: str, answered: str) -> str:

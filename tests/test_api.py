@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from configs import ProviderConfig
-from llm import api
+from llm import api, speech
 from llm.errors import UpstreamError
 from tests.api_helpers import assert_error, assert_openai_error, serve_router, sse_events
 from tests.fake_servers import FakeOpenAIServer
@@ -80,8 +80,9 @@ def test_sampling_params_in_range_are_accepted(served):
 
 
 def test_default_style_keeps_a_cloud_answer_short(served):
-    body = requests.post(served.url, json={"prompt": "hi", "provider": "story"}, timeout=10).json()
-    assert body["provider"] == "story" and len(body["response"]) <= 25
+    body = requests.post(served.url, json={"prompt": "hi", "provider": "story", "max_seconds": 2}, timeout=10).json()
+    assert body["provider"] == "story" and body["response"] == "第一句话。第二句话！"   # 1.6 s; 3.6 s with the next
+    assert speech.spoken_seconds(body["response"]) <= 2
 
 
 def test_stream_sends_each_sentence_as_soon_as_it_is_complete(served):
@@ -103,7 +104,7 @@ def test_error_mid_stream_is_an_error_event_then_the_end(served):
     body = {"prompt": "go", "provider": "halfway", "style": "none", "stream": True}
     with requests.post(served.url, json=body, stream=True, timeout=10) as reply:
         events = [data for _, data in sse_events(reply)]
-    assert events[0] == {"sentence": "第一句。"}
+    assert events[0] == {"sentence": "第一句。", "speech": "第一句。"}
     assert events[-1] == {"error": {"type": "upstream_error", "message": "the backend dropped the stream"}}
     assert not any("done" in data for data in events)
 

@@ -70,9 +70,11 @@ def router_for(kind: str, fake, **style) -> Router:
 
 
 def drain(gen, n: int | None = None) -> list[str]:
-    """The first `n` (or all) items of a generator."""
+    """The first `n` (or all) text deltas of a provider stream ("" is a sign of life, not text)."""
     out = []
     for item in gen:
+        if not item:
+            continue
         out.append(item)
         if n is not None and len(out) == n:
             break

@@ -15,7 +15,8 @@ def write(tmp_path, text):
 def test_presets_work_without_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     s = load_settings(env={})
-    assert s.default == "direct" and s.style.short_answer and s.style.max_chars == 25
+    assert s.default == "direct" and s.style.short_answer and s.style.max_chars is None
+    assert s.style.max_seconds == 5.0 and not s.style.emotions     # 5 s: what 25 Chinese characters take
     assert {"direct", "linly", "qwen", "chatglm", "chatgpt", "gemini", "glm"} <= set(s.providers)
     assert s.providers["linly"].generation == {"top_k": 20, "top_p": 0.84, "temperature": 1.0,
                                                "repetition_penalty": 1.15}
@@ -78,6 +79,11 @@ def test_configs_yaml_in_the_working_directory_is_picked_up(tmp_path, monkeypatc
      "temperature"),
     ("default: nobody", "default", "nobody"),
     ("style: {max_chars: 0}", "style.max_chars", "positive"),
+    ("style: {max_seconds: 0}", "style.max_seconds", "above 0"),
+    ("style: {max_seconds: fast}", "style.max_seconds", "seconds"),
+    ("style: {emotion_set: []}", "style.emotion_set", "list of tag names"),
+    ("style: {emotion_set: [joy, 'not ok']}", "style.emotion_set", "list of tag names"),
+    ("style: {emotions: 1}", "style.emotions", "bool"),
     ("style: {short_answer: 1}", "style.short_answer", "bool"),
     ("colour: red", "colour", "unknown key"),
     ("providers: [a, b]", "providers", "dict"),
@@ -97,3 +103,13 @@ def test_missing_file_and_bad_env_are_clear(tmp_path):
         load_settings(tmp_path / "nope.yaml", env={})
     with pytest.raises(ConfigError, match="LLM_MAX_CHARS"):
         load_settings(env={"LLM_MAX_CHARS": "many", "LLM_CONFIG": str(write(tmp_path, ""))})
+
+
+def test_the_budget_in_seconds_and_emotions_come_from_the_file_and_env(tmp_path):
+    path = write(tmp_path, "style: {max_seconds: 8, emotions: true, emotion_set: [Calm, joy]}\n")
+    s = load_settings(path, env={})
+    assert (s.style.max_seconds, s.style.emotions, s.style.emotion_set) == (8.0, True, ("calm", "joy"))
+    assert load_settings(path, env={"LLM_MAX_SECONDS": "3.5"}).style.max_seconds == 3.5
+    for bad in ("0", "nan", "soon", "1e9"):
+        with pytest.raises(ConfigError, match="LLM_MAX_SECONDS"):
+            load_settings(path, env={"LLM_MAX_SECONDS": bad})

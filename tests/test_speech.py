@@ -107,9 +107,12 @@ def test_sentence_splitter_streams_chinese_and_english():
 def test_sentence_splitter_yields_each_sentence_as_soon_as_it_is_complete():
     s = SentenceSplitter()
     assert s.feed("第一句。第二") == ["第一句。"]
-    assert s.feed("句！") == []          # could still be followed by a closing quote
-    assert s.feed("”好") == ["第二句！”"]
-    assert s.flush() == ["好"]
+    assert s.feed("句！") == ["第二句！"]     # at once: no wait for the next character
+    assert s.feed("”好") == []              # a closing quote after it is dropped, not spoken alone
+    assert s.feed("的。”") == ["好的。”"]    # one that came with its sentence stays
+    assert s.flush() == []
+    assert s.feed("Is it 3.") == []         # only "." waits: 3.14 or the end of a sentence?
+    assert s.feed("14? Yes") == ["Is it 3.14?"]
 
 
 def test_sentence_splitter_keeps_abbreviations_and_numbers():

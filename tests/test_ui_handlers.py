@@ -30,7 +30,7 @@ def run_turn(router: Router, message: str, provider: str, history=None, *, style
              progress=None, on_update=None) -> tuple[list, list]:
     """Send `message` as the page does; returns (every update yielded, the turn's final history)."""
     _, history, turn = ui.start_turn(message, history or [])
-    opts = ui.TurnOptions(provider, style=style, max_chars=25, temperature=0.7, top_p=0.9, max_new_tokens=64)
+    opts = ui.TurnOptions(provider, style=style, max_seconds=5, temperature=0.7, top_p=0.9, max_new_tokens=64)
 
     async def collect():
         updates = []

@@ -41,6 +41,7 @@ class Provider(ABC):
     style_mode: ClassVar[str] = "system"        # how the speech style is given: system | prefix
     default_concurrency: ClassVar[int | None] = None   # None: no limit
     styled: ClassVar[bool] = True               # False: the speech style never applies
+    verbatim: ClassVar[bool] = False            # True: the text is passed on exactly as it came
     # Reliability defaults for this kind (seconds; None = no deadline); a config value overrides them.
     default_retries: ClassVar[int] = 0
     default_first_token_timeout: ClassVar[float | None] = None
@@ -54,7 +55,7 @@ class Provider(ABC):
     @abstractmethod
     def stream(self, messages: list[Message], params: GenerationParams,
                cancel: CancelToken) -> Iterator[str]:
-        """Yield the reply as text deltas."""
+        """Yield the reply as text deltas; "" may come too, as a sign of life (e.g. a reasoning chunk)."""
 
     def status(self) -> ProviderStatus:
         """Ready, or not ready with the reason and the fix. Must be cheap and never load a model."""
@@ -255,9 +256,9 @@ class CloudProvider(Provider):
                     raise CancelledError("generation cancelled")
                 finished = finished or self.chunk_finished(chunk)
                 text = self.chunk_text(chunk)
-                if text:
-                    text_seen = True
-                    yield text
+                text_seen = text_seen or bool(text)
+                # "" too: a reasoning or keep-alive chunk says the backend is alive (the stall clock)
+                yield text
             if not finished:
                 raise self.unfinished_error(response, text_seen)
         except (*self.sdk_errors, *TRANSPORT_ERRORS) as e:

@@ -11,6 +11,7 @@ from .base import Provider
 class EchoProvider(Provider):
     kind = "echo"
     styled = False      # Direct Reply is never styled
+    verbatim = True     # and the avatar reads it exactly as typed
 
     def stream(self, messages: list[Message], params: GenerationParams,
                cancel: CancelToken) -> Iterator[str]:

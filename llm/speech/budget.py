@@ -1,0 +1,200 @@
+"""The answer budget in spoken time, the instruction that asks for it, and the filter that enforces it.
+
+A budget is seconds of speech, converted per script with speaking rates: Chinese characters per
+second, English words per second, digits and symbols counted as they are said (25.5% is 百分之二十五
+点五, "twenty-five point five percent"). The default, 5 s, is what 25 Chinese characters take to say,
+so Chinese keeps the classic "请用少于25个字回答以下问题". `chars` is the explicit override: the old
+character budget, every character counted.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from .clean import Cleaner
+from .sentences import _CJK, MARKS, boundaries, is_chinese
+
+ZH_CHARS_PER_S = 5.0        # a Mandarin TTS voice says about 4-5 characters a second
+EN_WORDS_PER_S = 2.5        # about 150 words a minute
+DEFAULT_MAX_SECONDS = 25 / ZH_CHARS_PER_S
+# Spoken length of digits and symbols, in Chinese characters and English words.
+_DIGIT = {"zh": 1.2, "en": 0.8}                 # 2024 -> 二零二四 / twenty twenty-four
+_SYMBOLS = {"%": (3, 1), "％": (3, 1), "℃": (3, 2), "°": (1, 1), "~": (1, 1), "+": (1, 1), "=": (2, 1)}
+_MARK_LO, _MARK_HI = MARKS.split("-")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long an answer may be: `seconds` of speech, or exactly `chars` characters when set."""
+
+    seconds: float = DEFAULT_MAX_SECONDS
+    chars: int | None = None
+
+    def words(self) -> int:
+        return max(1, int(self.seconds * EN_WORDS_PER_S))
+
+    def zh_chars(self) -> int:
+        return self.chars or max(1, round(self.seconds * ZH_CHARS_PER_S))
+
+    def instruction(self, prompt: str, emotions: tuple[str, ...] = ()) -> str:
+        """The short-answer instruction in the prompt's language, naming the length in its units."""
+        zh = is_chinese(prompt)
+        if zh:
+            rule = f"请用少于{self.zh_chars()}个字回答以下问题"
+        else:
+            length = f"fewer than {self.chars} characters" if self.chars else f"at most {self.words()} words"
+            rule = f"Answer the following question in {length}, in plain spoken words."
+        if emotions:
+            names = ("、" if zh else ", ").join(emotions)
+            example = f"[{emotions[0]}]"
+            rule += (f"。每句话以一个情绪标签开头，例如{example}，只能从这些中选：{names}" if zh else
+                     f" Start each sentence with one emotion tag such as {example}, chosen from: {names}.")
+        return rule
+
+
+def spoken_seconds(text: str, lang: str | None = None) -> float:
+    """About how long `text` takes to say (digits and symbols as they are read)."""
+    meter = _Meter(Budget(), lang or ("zh" if is_chinese(text) else "en"))
+    meter.extend(text)
+    return meter.total
+
+
+class _Meter:
+    """Cumulative spoken cost of a growing text, one entry per character (linear, incremental)."""
+
+    def __init__(self, budget: Budget, lang: str):
+        self.chars = budget.chars is not None
+        self.lang = lang            # the script of the last letter seen: how digits are read
+        self.cum = [0.0]
+        self.prev = " "
+
+    @property
+    def total(self) -> float:
+        return self.cum[-1]
+
+    def extend(self, text: str) -> None:
+        for ch in text:
+            self.cum.append(self.cum[-1] + self._cost(ch))
+            self.prev = ch
+
+    def within(self, limit: float) -> int:
+        """The longest prefix length whose cost is at most `limit`."""
+        return bisect.bisect_right(self.cum, limit + 1e-9) - 1
+
+    def _cost(self, ch: str) -> float:
+        if _MARK_LO <= ch <= _MARK_HI:
+            return 0.0
+        if self.chars:
+            return 1.0
+        if _CJK.match(ch):
+            self.lang = "zh"
+            return 1 / ZH_CHARS_PER_S
+        if ch.isdigit():
+            return _DIGIT[self.lang] / (ZH_CHARS_PER_S if self.lang == "zh" else EN_WORDS_PER_S)
+        if ch.isalpha():
+            self.lang = "en"
+            starts_word = not (self.prev.isalpha() or self.prev in "'’-")
+            return 1 / EN_WORDS_PER_S if starts_word else 0.0
+        if ch in _SYMBOLS:
+            zh, en = _SYMBOLS[ch]
+            return zh / ZH_CHARS_PER_S if self.lang == "zh" else en / EN_WORDS_PER_S
+        return 0.0
+
+
+def fit_to_budget(text: str, max_chars: int | None = None, *, max_seconds: float | None = None) -> str:
+    """Speech-clean text cut to the budget at the best boundary."""
+    budget = Budget(max_seconds or DEFAULT_MAX_SECONDS, max_chars)
+    f = SpeechFilter(budget, lang="zh" if is_chinese(text) else "en")
+    return f.feed(text) + f.finish()
+
+
+class SpeechFilter:
+    """Turns a stream of raw deltas into speech-clean deltas; with a budget, enforces it.
+
+    Under a budget, text is released only up to the last sentence end (or, before any sentence end,
+    up to the last clause mark), so the final cut never has to take back released text. A sentence
+    end is released the moment it arrives. `done` turns true once the budget is exceeded: the caller
+    then stops the upstream generation. `lang` ("zh"/"en") is how digits are read before any letter.
+    """
+
+    def __init__(self, budget: Budget | int | None, lang: str = "zh"):
+        self.budget = Budget(chars=budget) if isinstance(budget, int) else budget
+        self.done = False
+        self._cleaner = Cleaner()
+        self._meter = _Meter(self.budget, lang) if self.budget else None
+        self._text = ""
+        self._released = 0
+        self._scanned = 0
+        self._last_sentence = 0     # index just after the last sentence end
+        self._last_clause = -1      # index of the last clause mark (cut before it)
+
+    @property
+    def _limit(self) -> float:
+        return self.budget.chars if self.budget.chars is not None else self.budget.seconds
+
+    def feed(self, delta: str) -> str:
+        if self.done:
+            return ""
+        cleaned = self._cleaner.feed(delta)
+        if self.budget is None:
+            return cleaned
+        self._add(cleaned)
+        self._scan(final=False)
+        if self._meter.total > self._limit:
+            self.done = True
+            return self._release_cut()
+        safe = self._last_sentence or max(self._last_clause, 0)
+        return self._release(safe)
+
+    def finish(self) -> str:
+        """The rest, once the upstream stream has ended (or was stopped)."""
+        if self.budget is None:
+            return self._cleaner.finish()
+        if self.done:
+            return ""
+        self.done = True
+        self._add(self._cleaner.finish())
+        self._scan(final=True)
+        if self._meter.total > self._limit:
+            return self._release_cut()
+        return self._release(len(self._text)).rstrip()
+
+    def _add(self, text: str) -> None:
+        self._text += text
+        self._meter.extend(text)
+
+    def _scan(self, final: bool) -> None:
+        for pos, kind in boundaries(self._text, self._scanned, final, self):
+            if kind == "sentence":
+                self._last_sentence = pos
+            else:
+                self._last_clause = pos
+
+    def _release(self, upto: int) -> str:
+        if upto <= self._released:
+            return ""
+        out = self._text[self._released:upto]
+        self._released = upto
+        return out
+
+    def _release_cut(self) -> str:
+        fits = self._meter.within(self._limit)     # the longest prefix within the budget
+        ends = boundaries(self._text[:fits + 1], 0, True)
+        sentence = max((p for p, k in ends if k == "sentence" and p <= fits), default=0)
+        if sentence:
+            return self._release(sentence).rstrip()
+        clause = max((p for p, k in boundaries(self._text[:fits], 0, True) if k == "clause"), default=0)
+        if clause > 0:
+            head = self._text[:clause].rstrip()
+            return self._release(len(head)) + ("。" if is_chinese(head) else ".")
+        return self._release(_hard_cut(self._text, fits))
+
+
+def _hard_cut(text: str, budget: int) -> int:
+    """`budget`, moved back to a word boundary when that cuts a Latin word in half."""
+    if budget < len(text) and text[budget - 1:budget + 1].isascii() and text[budget - 1:budget + 1].isalnum():
+        space = text.rfind(" ", 0, budget)
+        if space > budget // 2:
+            return space
+    return budget
