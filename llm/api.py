@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import math
+import threading
 import time
 import traceback
 import uuid
@@ -79,6 +80,8 @@ def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: in
     app.add_api_route("/v1/models", list_models, methods=["GET"], summary="Providers, OpenAI list shape")
     app.add_api_route("/health", health, methods=["GET"], summary="Liveness and provider readiness")
     app.openapi = lambda: openapi_with_bodies(app)
+    # The TTS normaliser takes ~0.7 s to import: load it now, not on a user's first sentence with a number.
+    threading.Thread(target=speech.for_tts, args=("1",), name="tts-warm-up", daemon=True).start()
     return app
 
 

@@ -58,13 +58,13 @@ class ReplyFilter:
             if match is None:
                 break
             if not self._thinking:
-                out.append(self._pending[:match.start()])
+                out.append(_THINK_CLOSE.sub("", self._pending[:match.start()]))   # an orphan close tag
             self._pending = self._pending[match.end():]
             self._thinking = not self._thinking
         hold = _partial_tag(self._pending)
         ready, self._pending = self._pending[:hold], self._pending[hold:]
         if not self._thinking:
-            out.append(ready)
+            out.append(_THINK_CLOSE.sub("", ready))
         return self._visible("".join(out))
 
     def finish(self) -> str:

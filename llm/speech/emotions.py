@@ -28,7 +28,7 @@ class EmotionTags:
     def marker(self, name: str) -> str:
         return chr(_BASE + self.names.index(name))
 
-    def feed(self, delta: str) -> str:
+    def feed(self, delta: str, final: bool = False) -> str:
         text, self._pending = self._pending + delta, ""
         out, i = [], 0
         while True:
@@ -38,6 +38,11 @@ class EmotionTags:
                 break
             out.append(text[i:k])
             tag = _TAG.match(text, k)
+            if tag and tag.end() == len(text) and not final:
+                self._pending = text[k:]        # "[x]" then "(" would make it a markdown link
+                break
+            if tag and text.startswith("(", tag.end()):
+                tag = None                      # [text](url): a link, for the cleaner
             if tag:
                 name = tag[1].lower()
                 out.append(self.marker(name) if name in self.names else "")   # unknown: removed
@@ -55,7 +60,8 @@ class EmotionTags:
         return "".join(out)
 
     def finish(self) -> str:
-        rest, self._pending = self._pending, ""
+        rest = self.feed("", final=True)
+        rest, self._pending = rest + self._pending, ""
         return "" if _MAYBE_TAG.fullmatch(rest) and rest.strip("[【 ") else rest
 
     def split(self, text: str) -> list[tuple[str, str | None]]:

@@ -6,7 +6,7 @@ from typing import Iterator
 
 from .budget import Budget, SpeechFilter
 from .clean import ReplyFilter
-from .emotions import EmotionTags
+from .emotions import DEFAULT_EMOTIONS, EmotionTags
 
 
 def speak(deltas: Iterator[str], budget: Budget | None, *, emotions: tuple[str, ...] = (),
@@ -15,22 +15,23 @@ def speak(deltas: Iterator[str], budget: Budget | None, *, emotions: tuple[str, 
 
     `verbatim`: the text as it came (Direct Reply). Otherwise reasoning and control characters are
     always dropped; with a `budget` (the speech style) the text is also cleaned for speech and cut
-    to the budget, and `emotions` turns [tag]s into emotions. Ends as soon as the budget is spent:
-    the caller then closes `deltas`, which stops the upstream generation."""
+    to the budget, and emotion [tag]s are removed, and reported as emotions when `emotions` names
+    the set the model was asked for. Ends as soon as the budget is spent: the caller then closes
+    `deltas`, which stops the upstream generation."""
     if verbatim:
         for text in deltas:
             if text:
                 yield text, None
         return
     reply = ReplyFilter()
-    tags = EmotionTags(emotions) if emotions and budget is not None else None
+    tags = EmotionTags(emotions or DEFAULT_EMOTIONS) if budget is not None else None
     speaker = SpeechFilter(budget, lang=lang) if budget is not None else None
     pending: str | None = None      # an emotion whose text has not come yet
 
     def pieces(text: str) -> Iterator[tuple[str, str | None]]:
         nonlocal pending
         for piece, emotion in (tags.split(text) if tags else [(text, None)]):
-            pending = emotion or pending
+            pending = (emotion if emotions else None) or pending
             if piece:
                 yield piece, pending
                 pending = None
