@@ -257,17 +257,17 @@ class _Turn:
                  self.provider, len(self.text), t["ttft_ms"], t["first_sentence_ms"], t["total_ms"])
 
 
-async def _begin(request: Request, *, buffered: bool = False, **kw) -> tuple[_Turn, AsyncIterator[Chunk]]:
+async def _begin(request: Request, *, hold: str = "none", **kw) -> tuple[_Turn, AsyncIterator[Chunk]]:
     """Validate the call and wait for its first chunk, so a failure before any text (unknown or
     unready provider, upstream down) is a real HTTP status rather than an error inside a 200 stream.
 
     A client that hangs up meanwhile cancels the generation at once (and with it the upstream call).
-    `buffered`: the route sends nothing before the end (see `Router.stream`)."""
+    `hold`: how much the route holds back before the client sees it (see `Router.stream`)."""
     router: Router = request.app.state.ctx.router
     req = await asyncio.to_thread(router.request, **kw)    # may create the provider: not on the loop
     log.info("%s %s provider=%s prompt=%r", _rid(request), request.url.path, req.provider, _clip(req.prompt))
     turn = _Turn(req)
-    chunks = router.astream(req, cancel=turn.cancel, buffered=buffered)
+    chunks = router.astream(req, cancel=turn.cancel, hold=hold)
     first_chunk = asyncio.ensure_future(anext(chunks))
     try:
         await _unless_hung_up(request, turn, first_chunk)
@@ -359,7 +359,8 @@ async def seed(request: Request):
     body = await read_body(request, SeedRequest, request.app.state.ctx.max_body_bytes)
     params = GenerationParams(max_new_tokens=body.max_length, temperature=body.temperature, top_p=body.top_p)
     style = None if body.style is None else body.style == "short"
-    turn, chunks = await _begin(request, prompt=body.prompt, provider=body.provider, buffered=not body.stream,
+    turn, chunks = await _begin(request, prompt=body.prompt, provider=body.provider,
+                                hold="sentence" if body.stream else "all",
                                 history=body.history_data(), system=body.system, params=params, style=style,
                                 max_seconds=body.max_seconds, max_chars=body.max_chars,
                                 emotions=body.emotions)
@@ -405,8 +406,8 @@ async def chat_completions(request: Request):
     style = None if body.style is None else body.style == "short"
     provider = None if body.model == "default" else body.model
     turn, chunks = await _begin(request, prompt=body.messages[-1].text(), provider=provider, history=history,
-                                system=system, params=params, style=style, buffered=not body.stream,
-                                max_seconds=body.max_seconds)
+                                system=system, params=params, style=style, max_seconds=body.max_seconds,
+                                hold="none" if body.stream else "all")
     meta = {"id": f"chatcmpl-{_rid(request)}", "created": int(time.time())}
     if body.stream:
         return _EventStream(turn, _openai_events(request, turn, chunks, meta))

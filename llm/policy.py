@@ -188,15 +188,21 @@ StreamOne = Callable[[str, CancelToken, Callable[[], None]], Iterator[Chunk]]
 class Race:
     """Runs one request down its fallback chain under the policy; iterate `run()` for the Chunks.
 
-    `buffered`: the caller shows nothing before the end (a non-streaming route), so a provider that
-    fails even after some text is replaced by the next one, and its partial text is dropped."""
+    Text is held back until `show()` says it may go out: `show` makes, for each provider that
+    answers, a function that sees each piece of its text and says True once the caller may show
+    it (None: at once). Until then a provider that fails, even after some text, is replaced by the
+    next one and its held text is dropped: the caller never saw it. A non-streaming route holds
+    all (show never says yes: the reply comes when complete); the seed stream holds until the
+    first whole sentence."""
 
     def __init__(self, chain: list[str], stream_one: StreamOne, policy: Callable[[str], Policy],
-                 breaker: Callable[[str], Breaker], cancel: CancelToken, buffered: bool = False,
-                 redact: Callable[[str], str] = str):
+                 breaker: Callable[[str], Breaker], cancel: CancelToken,
+                 show: Callable[[], Callable[[str], bool]] | None = None, redact: Callable[[str], str] = str):
         self.pending, self.stream_one, self.redact = list(chain), stream_one, redact
         self.policy, self.breaker = policy, breaker
-        self.cancel, self.buffered = cancel, buffered
+        self.cancel, self.show = cancel, show
+        self.shown = False              # the winner's text has reached the caller
+        self._may_show: Callable[[str], bool] = bool
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.running: list[_Attempt] = []
         self.errors: dict[str, LLMError] = {}
@@ -216,10 +222,13 @@ class Race:
                 if kind == "text":
                     if self.winner is None:
                         self._crown(attempt)
-                    if self.buffered:
-                        self.buffer.append(payload)
-                    else:
+                    if self.shown:
                         yield payload
+                        continue
+                    self.buffer.append(payload)
+                    if self._may_show(payload.text):
+                        self.shown, held, self.buffer = True, self.buffer, []
+                        yield from held
                 elif kind == "done":
                     self.running.remove(attempt)
                     self.breaker(attempt.name).record(None, attempt.policy.cooldown)
@@ -290,6 +299,7 @@ class Race:
     def _crown(self, attempt: _Attempt) -> None:
         """The first attempt to produce text answers; the others are cancelled."""
         self.winner = attempt
+        self._may_show = self.show() if self.show else (lambda _text: True)
         for other in [a for a in self.running if a is not attempt]:
             log.info("%s answered first: cancelling %s", attempt.name, other.name)
             self.running.remove(other)
@@ -308,9 +318,9 @@ class Race:
             raise error
         self.errors[attempt.name] = error
         if attempt is self.winner:
-            if not self.buffered:
+            if self.shown:
                 raise error     # its text already reached the caller: only the error can follow
-            log.warning("%s failed mid-reply before anything was sent: %s", attempt.name,
+            log.warning("%s failed mid-reply before anything was shown: %s", attempt.name,
                         self.redact(str(error)))
             self.winner, self.buffer = None, []
         else:

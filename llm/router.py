@@ -172,12 +172,13 @@ class Router:
         style = self.settings.style
         return speech.Budget(chars=style.max_chars) if style.max_chars else speech.Budget(style.max_seconds)
 
-    def stream(self, prompt: str | Request, *, cancel: CancelToken | None = None, buffered: bool = False,
+    def stream(self, prompt: str | Request, *, cancel: CancelToken | None = None, hold: str = "none",
                **kw) -> Iterator[Chunk]:
         """Stream the reply as Chunks under the reliability policy (`llm.policy`): retries, deadlines,
         cooldown and hedging, falling back along the provider's `fallback` list while no text has been
-        yielded. `buffered=True` is for callers that show nothing before the end: the reply comes
-        at once when complete, and a provider that fails mid-reply is replaced by the next one."""
+        yielded. `hold` is how much the caller holds back before anyone sees it, so a provider that
+        fails within it can still be replaced: "none"; "sentence" (a sentence stream shows whole
+        sentences); "all" (a non-streaming reply, which comes at once when complete)."""
         req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
         cancel = cancel or CancelToken()
         chain = [req.provider] + [n for n in self.settings.providers[req.provider].fallback
@@ -186,7 +187,9 @@ class Router:
         def stream_one(name: str, token: CancelToken, progress) -> Iterator[Chunk]:
             return self._stream_one(name, req, token, progress)
 
-        race = Race(chain, stream_one, self.policy, self.breaker, cancel, buffered=buffered,
+        if hold not in HOLDS:
+            raise ValueError(f"hold must be one of {', '.join(HOLDS)}")
+        race = Race(chain, stream_one, self.policy, self.breaker, cancel, show=HOLDS[hold],
                     redact=self.redact)
         yield from race.run()
 
@@ -196,7 +199,7 @@ class Router:
         start = time.perf_counter()
         parts: list[str] = []
         provider, ttft = req.provider, None
-        for chunk in self.stream(req, cancel=cancel, buffered=True):
+        for chunk in self.stream(req, cancel=cancel, hold="all"):
             if ttft is None:
                 ttft = (chunk.at - start) * 1000
             parts.append(chunk.text)
@@ -206,7 +209,7 @@ class Router:
                      {"ttft_ms": round(ttft if ttft is not None else total, 1), "total_ms": round(total, 1)})
 
     async def astream(self, prompt: str | Request, *, cancel: CancelToken | None = None,
-                      buffered: bool = False, **kw) -> AsyncIterator[Chunk]:
+                      hold: str = "none", **kw) -> AsyncIterator[Chunk]:
         """`stream` run in a worker thread; the event loop never blocks. Leaving the loop early
         (or the task being cancelled) cancels the generation."""
         req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
@@ -223,7 +226,7 @@ class Router:
 
         def produce() -> None:
             try:
-                for chunk in self.stream(req, cancel=cancel, buffered=buffered):
+                for chunk in self.stream(req, cancel=cancel, hold=hold):
                     post(chunk)
                     if cancel.cancelled:
                         break
@@ -308,6 +311,15 @@ def _touching(upstream: Iterator[str], progress) -> Iterator[str]:
             yield text
     finally:
         upstream.close()
+
+
+def _after_first_sentence():
+    splitter = speech.SentenceSplitter()
+    return lambda text: bool(splitter.feed(text))
+
+
+# What a caller holds back before anyone sees the text (see `Router.stream`).
+HOLDS = {"none": None, "sentence": _after_first_sentence, "all": lambda: (lambda _text: False)}
 
 
 class _Slot:

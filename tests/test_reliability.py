@@ -97,6 +97,17 @@ def test_a_stream_cut_after_text_was_sent_ends_with_an_error_event():
     assert all(e.get("choices", [{}])[0].get("finish_reason") != "stop" for e in events[:-1])
 
 
+def test_a_sentence_stream_cut_before_its_first_sentence_still_falls_back():
+    # REPLY's first half, "你好，我是数字人", has no sentence end: the client has seen nothing yet
+    with upstreams(("openai", ["truncate"])) as (fake,), served(
+            config("cut", "openai", fake, retries=0, fallback=("direct",))) as server:
+        reply = requests.post(server.url, stream=True, timeout=30,
+                              json={"prompt": "你好。", "provider": "cut", "stream": True})
+        events = [data for _, data in sse_events(reply)]
+    assert [e.get("sentence") for e in events[:-1]] == ["你好。"]
+    assert events[-1]["done"] and events[-1]["provider"] == "direct"
+
+
 # ---- retries ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", WIRES)
@@ -194,10 +205,10 @@ def test_a_stall_mid_stream_ends_with_504_in_bounded_time(route):
         else:
             reply = requests.post(f"{s.url}/v1/chat/completions", stream=stream, timeout=30, json={
                 "model": "p", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
-        if stream:
+        if route == "v1-stream":    # text was sent: the stream ends with an error event
             assert reply.status_code == 200
             error = sse_events(reply)[-1][1]["error"]
-        else:
+        else:   # nothing was shown yet (the seed stream shows whole sentences only): a real status
             assert reply.status_code == 504, reply.text
             error = reply.json()["error"]
         assert time.perf_counter() - start < 3
