@@ -27,6 +27,8 @@ AVATAR = Path(__file__).resolve().parent / "assets" / "avatar.png"
 # Cloud streams mostly wait on the network, so many overlap; the router itself queues local
 # generations per model (its slot), so a busy local model never holds up these.
 CHAT_CONCURRENCY = 16
+# The page's handlers are its own: not published as a Gradio API (the :7871 API is the one to call).
+HIDDEN = "private"
 DEFAULT_CONCURRENCY = 8
 CSS = """
 #avatar img { border-radius: 50%; }
@@ -111,22 +113,58 @@ def main(argv: list[str] | None = None) -> int:
     router = Router(settings)
     app = api.create_app(router, api_key=api_key, max_body_bytes=settings.server.max_body_bytes)
     api_port = args.api_port or settings.server.api_port
+    ui_port = args.port or settings.server.port
+    ports = [("--api-port", api_port)] + ([] if args.api_only else [("--port", ui_port)])
+    for flag, port in ports:
+        busy = port_in_use(host, port)
+        if busy:
+            print(f"error: port {port} on {host} is in use ({busy}): choose another with {flag}",
+                  file=sys.stderr)
+            return 2
     if args.api_only:
         api.serve(app, host, api_port)
         return 0
     server = api.start_in_thread(app, host, api_port)
     try:
-        launch_ui(router, host, args.port or settings.server.port, api_port, api_key)
+        launch_ui(router, host, ui_port, api_port, api_key)
     finally:
         server.stop()
         router.close()
     return 0
 
 
+def port_in_use(host: str, port: int) -> str | None:
+    """Why `port` cannot be bound on `host` (e.g. "Address already in use"), or None when it is free."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
+def page_login(api_key: str | None, env=os.environ):
+    """Gradio's auth for the page: locked like the API. With $LLM_UI_PASSWORD, or else the API key,
+    the page asks for a login (any user name, that password); with neither, it is open (which the
+    bind check allows on loopback only, or with --insecure)."""
+    import hmac
+
+    secret = env.get("LLM_UI_PASSWORD") or api_key
+    if not secret:
+        return None
+    return lambda _user, password: hmac.compare_digest(str(password).encode(), secret.encode())
+
+
 def launch_ui(router: Router, host: str, port: int, api_port: int, api_key: str | None) -> None:
     """Build and serve the Gradio page (blocking)."""
     demo = build_demo(router, api_port, api_key, api_host=host)
-    demo.launch(server_name=host, server_port=port, **launch_options())
+    demo.launch(server_name=host, server_port=port, auth=page_login(api_key),
+                auth_message="Log in with any user name and the API key ($LLM_API_KEY or $LLM_UI_PASSWORD).",
+                **launch_options())
 
 
 def launch_options() -> dict:
@@ -226,17 +264,19 @@ def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
     inputs = [c.chatbot, c.provider, c.system, c.styled, c.budget, c.temperature, c.top_p, c.max_new,
               c.turn]
     started = gr.on([c.send.click, c.msg.submit], ui.start_turn, [c.msg, c.chatbot],
-                    [c.msg, c.chatbot, c.turn], concurrency_limit=None, show_progress="hidden")
+                    [c.msg, c.chatbot, c.turn], api_visibility=HIDDEN, concurrency_limit=None,
+                    show_progress="hidden")
     streaming = started.then(respond, inputs, [c.chatbot, c.answered, c.msg],
-                             concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat")
-    streaming.then(ui.report, [c.turn], None, concurrency_limit=None,
+                             api_visibility=HIDDEN, concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat")
+    streaming.then(ui.report, [c.turn], None, api_visibility=HIDDEN, concurrency_limit=None,
                    js="(t) => { window.dhSpeech && window.dhSpeech.flush(); return [t]; }")
     # No cancels= here: the turn's token ends the stream itself, so its last update (the partial
     # reply and "Stopped.") is the last word; a cancelled event's late update could overwrite it.
-    c.stop.click(ui.stop, [c.turn], [c.answered], concurrency_limit=None, js=STOP_SPEAKING_JS)
+    c.stop.click(ui.stop, [c.turn], [c.answered], api_visibility=HIDDEN, concurrency_limit=None,
+                 js=STOP_SPEAKING_JS)
     # Our Clear button and the chat's own trash icon both stop the turn and the speech.
     gr.on([c.clear.click, c.chatbot.clear], ui.clear, [c.turn], [c.chatbot, c.answered, c.turn],
-          concurrency_limit=None, js=STOP_SPEAKING_JS)
+          api_visibility=HIDDEN, concurrency_limit=None, js=STOP_SPEAKING_JS)
     c.speak.change(None, [c.speak], None, js="(on) => { window.dhSpeech && window.dhSpeech.enable(on); }")
     demo.load(None, js=SPEECH_JS)
 
@@ -249,13 +289,15 @@ def _wire_settings(demo: gr.Blocks, router: Router, c: SimpleNamespace, api_port
     from llm import ui_handlers as ui
 
     c.provider.select(lambda name: ui.choose_provider(router, name), [c.provider],
-                      [c.note, c.temperature, c.top_p, c.max_new], concurrency_limit=None)
-    c.provider.change(lambda name: ui.api_curl(api_port, api_key, name, api_host), [c.provider], [c.curl],
+                      [c.note, c.temperature, c.top_p, c.max_new], api_visibility=HIDDEN,
                       concurrency_limit=None)
-    c.persona.select(lambda label: dict(ui.PERSONAS)[label], [c.persona], [c.system], concurrency_limit=None)
+    c.provider.change(lambda name: ui.api_curl(api_port, api_key, name, api_host), [c.provider], [c.curl],
+                      api_visibility=HIDDEN, concurrency_limit=None)
+    c.persona.select(lambda label: dict(ui.PERSONAS)[label], [c.persona], [c.system], api_visibility=HIDDEN,
+                     concurrency_limit=None)
     # Readiness can change while the server runs (a model downloaded): read it again per page load.
     demo.load(lambda name: (gr.update(choices=ui.provider_choices(router)), ui.provider_note(router, name)),
-              [c.provider], [c.provider, c.note], concurrency_limit=None)
+              [c.provider], [c.provider, c.note], api_visibility=HIDDEN, concurrency_limit=None)
 
 
 if __name__ == "__main__":

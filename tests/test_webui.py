@@ -1,0 +1,92 @@
+"""webui.py as a user meets it: the page locked like the API, its handlers unpublished, busy ports."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+import webui
+from configs import PRESETS, Settings
+from llm.router import Router
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "page-Key-5f1c"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def locked_page(monkeypatch_module):
+    monkeypatch_module.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    router = Router(Settings(providers={"direct": PRESETS["direct"]}, default="direct"), env={})
+    port = free_port()
+    demo = webui.build_demo(router, api_port=7999, api_key=KEY)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                auth=webui.page_login(KEY, env={}), **webui.launch_options())
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        demo.close()
+        router.close()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.mark.parametrize("method, path", [("get", "/config"), ("get", "/gradio_api/info"),
+                                          ("get", "/gradio_api/openapi.json"),
+                                          ("post", "/gradio_api/queue/join")])
+def test_the_page_and_its_gradio_endpoints_refuse_a_caller_without_the_login(locked_page, method, path):
+    body = {"data": ["hi", []], "fn_index": 0, "session_hash": "x"}
+    reply = requests.request(method, locked_page + path, json=body if method == "post" else None, timeout=10)
+    assert reply.status_code == 401, reply.text
+
+
+def test_with_the_login_the_page_works_and_publishes_no_handlers(locked_page):
+    session = requests.Session()
+    assert session.post(f"{locked_page}/login", data={"username": "me", "password": KEY[:-1]},
+                        timeout=10).status_code == 400
+    assert session.post(f"{locked_page}/login", data={"username": "me", "password": KEY},
+                        timeout=10).status_code == 200
+    assert session.get(f"{locked_page}/config", timeout=10).status_code == 200
+    info = session.get(f"{locked_page}/gradio_api/info", timeout=10).json()
+    assert info["named_endpoints"] == {} and info["unnamed_endpoints"] == {}   # start_turn & co stay private
+
+
+def test_the_page_password_is_the_ui_password_else_the_api_key():
+    assert webui.page_login(None, env={}) is None                  # open: allowed on loopback only
+    login = webui.page_login(KEY, env={})
+    assert login("anyone", KEY) and not login("anyone", KEY + "x") and not login("anyone", "")
+    login = webui.page_login(KEY, env={"LLM_UI_PASSWORD": "ui-pass"})
+    assert login("anyone", "ui-pass") and not login("anyone", KEY)
+
+
+@pytest.mark.parametrize("flag", ["--port", "--api-port"])
+def test_a_busy_port_exits_at_once_with_one_line_naming_the_flag(flag, tmp_path):
+    config = tmp_path / "configs.yaml"
+    config.write_text("default: direct\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ports = {"--port": free_port(), "--api-port": free_port(), flag: busy.getsockname()[1]}
+        start = time.monotonic()
+        done = subprocess.run([sys.executable, "webui.py", "--port", str(ports["--port"]),
+                               "--api-port", str(ports["--api-port"])], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "LLM_CONFIG": str(config)})
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and str(ports[flag]) in lines[0]
+    assert time.monotonic() - start < 30 and "Traceback" not in done.stderr
