@@ -260,7 +260,9 @@ class Router:
         provider = self.provider(name)
         status = provider.status()
         if not status.ready:
-            raise NotReadyError(f"{name} is not ready: {status.reason}", fix=status.fix)
+            label = provider.config.display_name
+            who = name if label == name else f"{label} ({name})"
+            raise NotReadyError(f"{who} is not ready: {status.reason}", fix=status.fix)
         styled = req.style and provider.styled
         cfg = provider.config
         params = req.params.merged_over(dict(cfg.generation))

@@ -36,6 +36,7 @@ EXAMPLES = ("你好，请介绍一下你自己。", "北京有哪些好玩的地
 DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512}
 Progress = Callable[..., Any]
 History = list[dict[str, str]]
+COMMANDS = ("export ", "python ", "pip ", "huggingface-cli ", "ollama ")   # fix hints that are commands
 
 
 class Turn(CancelToken):
@@ -84,25 +85,38 @@ def provider_choices(router: Router) -> list[tuple[str, str]]:
 
 
 def provider_note(router: Router, name: str) -> str:
-    """Markdown saying whether a provider can answer, and if not, why and how to fix it."""
+    """Markdown saying whether a provider can answer, and if not, why and how to fix it (each command
+    in a block of its own, to copy)."""
     label = router.settings.providers[name].display_name
     status = router.status(name)
     if status.cooldown_s:
         return f"**{label}** is {status.reason}. {status.fix.capitalize()}."
     if not status.ready:
-        fix = f"\n\n**Fix:** `{status.fix}`" if status.fix else ""
-        return f"**{label}** is not ready: {status.reason}{fix}"
+        return f"**{label}** is not ready: {status.reason}." + fix_markdown(status.fix)
     if _needs_loading(router, name):
         return f"**{label}** is ready; the model loads on the first message (progress is shown)."
     return f"**{label}** is ready."
 
 
+def fix_markdown(fix: str) -> str:
+    """A fix hint ("export X=... or set api_key_env in configs.yaml") as markdown: each command in a
+    code block of its own, with the restart an environment variable needs, the rest as prose."""
+    if not fix:
+        return ""
+    out = []
+    for i, part in enumerate(p.strip() for p in fix.split(" or ")):
+        lead = "To fix it, run:" if i == 0 else "Or run:"
+        if part.startswith(COMMANDS):
+            after = " then restart `python webui.py`." if part.startswith("export ") else ""
+            out.append(f"{lead}\n\n```bash\n{part}\n```\n{after}")
+        else:
+            out.append(("To fix it: " if i == 0 else "Or ") + part + ".")
+    return "\n\n" + "\n\n".join(out)
+
+
 def choose_provider(router: Router, name: str) -> tuple[str, float, float, int]:
-    """Dropdown change: the readiness note (plus a warning toast when not ready) and the
-    provider's default sampling values for the sliders."""
-    status = router.status(name)
-    if not status.ready:
-        gr.Warning(_error_html(status.reason, status.fix), title="Provider not ready")
+    """Dropdown change: the readiness note (inline: no toast, so none pile up over the dropdown) and
+    the provider's default sampling values for the sliders."""
     return (provider_note(router, name), *sampling_defaults(router, name))
 
 
