@@ -263,12 +263,15 @@ def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
 
     inputs = [c.chatbot, c.provider, c.system, c.styled, c.budget, c.temperature, c.top_p, c.max_new,
               c.turn]
-    started = gr.on([c.send.click, c.msg.submit], ui.start_turn, [c.msg, c.chatbot],
+    # trigger_mode="multiple": a message sent while the last turn is still finishing must start its own
+    # turn ("once", the default, silently dropped it); start_turn retires the old turn first.
+    started = gr.on([c.send.click, c.msg.submit], ui.start_turn, [c.msg, c.chatbot, c.turn],
                     [c.msg, c.chatbot, c.turn], api_visibility=HIDDEN, concurrency_limit=None,
-                    show_progress="hidden")
-    streaming = started.then(respond, inputs, [c.chatbot, c.answered, c.msg],
+                    show_progress="hidden", trigger_mode="multiple")
+    streaming = started.then(respond, inputs, [c.chatbot, c.answered, c.msg], trigger_mode="multiple",
                              api_visibility=HIDDEN, concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat")
     streaming.then(ui.report, [c.turn], None, api_visibility=HIDDEN, concurrency_limit=None,
+                   trigger_mode="multiple",
                    js="(t) => { window.dhSpeech && window.dhSpeech.flush(); return [t]; }")
     # No cancels= here: the turn's token ends the stream itself, so its last update (the partial
     # reply and "Stopped.") is the last word; a cancelled event's late update could overwrite it.

@@ -45,7 +45,7 @@ class Turn(CancelToken):
     to show once the turn has ended."""
 
     stopped = False
-    cleared = False     # Clear: the turn must not write to the (now empty) chat again
+    cleared = False     # Clear, or a newer turn: this one must not write to the chat again
     done = False
     error: gr.Error | None = None
 
@@ -164,12 +164,18 @@ def api_curl(api_port: int, api_key: str | None, provider: str | None = None,
 
 # ---- a chat turn -------------------------------------------------------------------------
 
-def start_turn(message: str, history: Any) -> tuple[Any, History, Turn | None]:
+def start_turn(message: str, history: Any, previous: Turn | None = None) -> tuple[Any, History, Turn | None]:
     """Send: move the typed text into the chat and give the turn a fresh cancel token.
-    Empty input changes nothing (and `respond` then has no pending question)."""
+    Empty input changes nothing (and `respond` then has no pending question).
+
+    A turn still running (even one only finishing its status line) is stopped and may not write to
+    the chat again: its last update would otherwise overwrite the chat without this message."""
     history = to_messages(history)
     if not (message or "").strip():
-        return gr.skip(), history, None
+        return gr.skip(), history, previous
+    if previous is not None and not previous.done:
+        previous.cleared = True
+        previous.stop()
     return "", history + [{"role": "user", "content": message}], Turn()
 
 

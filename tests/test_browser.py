@@ -197,3 +197,22 @@ def test_clear_empties_the_chat_and_silences_speech(site, browser):
         assert page.evaluate("window.__cancels") >= 1
     finally:
         context.close()
+
+
+def test_a_message_sent_right_after_a_cut_reply_is_kept_and_answered(site, browser):
+    url, slow = site
+    context, page = open_page(browser, url)
+    try:
+        choose(page, "Slow Cloud — ready")
+        asked = len(slow.requests)
+        send(page, "讲一个长故事。")
+        # The reply is cut to the budget at a sentence end: send again the moment it shows.
+        page.wait_for_function(f"() => (document.querySelectorAll('{BOT}')[0]?.innerText || '').endsWith('。')")
+        send(page, "再讲一个。")
+        page.wait_for_function(f"() => document.querySelectorAll('{USER}').length === 2", timeout=5000)
+        page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 2", timeout=15000)
+        users = [e.inner_text().strip() for e in page.query_selector_all(USER)]
+        assert users == ["讲一个长故事。", "再讲一个。"] and len(slow.requests) - asked == 2
+        assert page.input_value("#message textarea") == ""
+    finally:
+        context.close()

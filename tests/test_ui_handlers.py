@@ -288,3 +288,16 @@ def test_a_provider_cooling_down_says_so_and_its_fallback_answers():
         router.close()
     assert labels["hung"] == "Hung — cooling down"
     assert "cooling down" in note and "s left" in note and "no reply within 0.3 s" in note
+
+
+def test_a_new_message_retires_the_turn_still_running():
+    previous = ui.Turn()
+    textbox, history, turn = ui.start_turn("第二个问题", [{"role": "user", "content": "第一个问题"},
+                                                    {"role": "assistant", "content": "回答。"}], previous)
+    assert previous.cancelled and previous.cleared          # it may not overwrite the chat any more
+    assert turn is not previous and not turn.cancelled and textbox == ""
+    assert history[-1] == {"role": "user", "content": "第二个问题"}
+    finished = ui.Turn()
+    finished.done = True
+    ui.start_turn("再问", [], finished)
+    assert not finished.cancelled
