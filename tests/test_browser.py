@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from configs import PRESETS, ProviderConfig, Settings
+from configs import PRESETS, ProviderConfig, Settings, load_settings
 from llm.router import Router
 from tests.fake_servers import FakeOpenAIServer, refused_url
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
-# The README's picture is refreshed only on purpose: UPDATE_SCREENSHOT=1 python -m pytest tests/test_browser.py
+# The README's picture is the default page, refreshed only on purpose: make screenshot
 SCREENSHOT = Path(__file__).resolve().parent.parent / "assets" / "screenshot.png"
 SHORT_REPLY = "你好！我是数字人助手。很高兴认识你，有什么可以帮你？"
 LONG_REPLY = "从前有一座山，山里有一座庙，庙里有个老和尚在给小和尚讲故事。" * 8
@@ -139,7 +139,7 @@ def test_the_page_streams_stops_and_keeps_sessions_apart(site, browser, tmp_path
         a.click("#api-panel > button")
         curl = a.inner_text("#api-curl .cm-content")
         assert ":7999/" in curl and "Bearer $LLM_API_KEY" in curl and "do-not-show-me" not in curl
-        a.screenshot(path=str(SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "page.png"))
+        a.screenshot(path=str(tmp_path / "page.png"))
 
         # A: Stop a long reply mid-stream: it stops growing and the server stops sending.
         send(a, "讲一个很长的故事。")
@@ -216,3 +216,27 @@ def test_a_message_sent_right_after_a_cut_reply_is_kept_and_answered(site, brows
         assert page.input_value("#message textarea") == ""
     finally:
         context.close()
+
+
+def test_the_default_page_is_what_the_readme_shows(browser, tmp_path, monkeypatch):
+    """The page a new user gets from the default settings (no keys, no weights, no configs.yaml)."""
+    import webui
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    router = Router(load_settings(env={}), env={})
+    demo = webui.build_demo(router)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **webui.launch_options())
+    context, page = open_page(browser, f"http://127.0.0.1:{port}/")
+    try:
+        assert page.input_value("#provider input") == "Direct Reply — ready"
+        send(page, "你好，请介绍一下你自己。")
+        watch_reply(page, 0, until="你好，请介绍一下你自己。")
+        page.wait_for_function("() => !document.querySelector('#answered-by').innerText.includes('…')")
+        page.screenshot(path=str(SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "page.png"))
+    finally:
+        context.close()
+        demo.close()
+        router.close()
