@@ -23,60 +23,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("webui")
 TITLE = "Digital Human Assistant 数字人助手"
-AVATAR = Path(__file__).resolve().parent / "assets" / "avatar.png"
+AVATAR = Path(__file__).resolve().parent / "assets" / "avatar.png"   # the chat's and the tab's icon
 # Cloud streams mostly wait on the network, so many overlap; the router itself queues local
 # generations per model (its slot), so a busy local model never holds up these.
 CHAT_CONCURRENCY = 16
 # The page's handlers are its own: not published as a Gradio API (the :7871 API is the one to call).
 HIDDEN = "private"
 DEFAULT_CONCURRENCY = 8
-CSS = """
-#avatar img { border-radius: 50%; }
-#answered-by { min-height: 1.5em; font-size: 0.9em; opacity: 0.8; }
-"""
-# "Speak replies": the browser's Web Speech API reads each sentence of the newest bot message
-# as soon as it is complete, while the text still streams. Runs once per page load.
-SPEECH_JS = r"""() => {
-  if (window.dhSpeech) return;
-  const synth = window.speechSynthesis;
-  const ENDS = /[。！？!?；;\n]|\.(?=\s)/g;
-  const st = {on: false, muted: false, count: 0, said: ""};
-  const bots = () => document.querySelectorAll('#chatbot [data-testid="bot"] .message-content');
-  const say = (text) => {
-    text = text.trim();
-    if (!text || !synth) return;
-    const u = new SpeechSynthesisUtterance(text);
-    u.lang = /[\u3400-\u9fff]/.test(text) ? "zh-CN" : "en-US";
-    synth.speak(u);
-  };
-  const latest = () => {
-    const all = bots();
-    return [all.length, all.length ? all[all.length - 1].innerText : ""];
-  };
-  const check = (final) => {
-    const [count, text] = latest();
-    if (count !== st.count) Object.assign(st, {count: count, said: "", muted: false});   // a new reply
-    // Markdown may re-render what was already said: keep our place by length, not by content.
-    st.said = text.slice(0, st.said.length);
-    if (!st.on || st.muted) { st.said = text; return; }
-    const rest = text.slice(st.said.length);
-    let cut = 0, m;
-    ENDS.lastIndex = 0;
-    while ((m = ENDS.exec(rest)) !== null) { say(rest.slice(cut, m.index + 1)); cut = m.index + 1; }
-    if (final) { say(rest.slice(cut)); cut = rest.length; }
-    st.said += rest.slice(0, cut);
-  };
-  let queued = false;
-  new MutationObserver(() => {
-    if (!queued) { queued = true; setTimeout(() => { queued = false; check(false); }, 30); }
-  }).observe(document.body, {childList: true, subtree: true, characterData: true});
-  window.dhSpeech = {
-    enable(on) { st.on = on; const [count, text] = latest(); Object.assign(st, {count: count, said: text});
-                 if (!on && synth) synth.cancel(); },
-    flush() { check(true); },
-    stop() { if (synth) synth.cancel(); st.muted = true; },
-  };
-}"""
+ASSETS = Path(__file__).resolve().parent / "assets"
+# The page's own CSS and JavaScript live in assets/, beside the avatar drawing they animate.
+CSS = (ASSETS / "page.css").read_text(encoding="utf-8")
+PAGE_JS = (ASSETS / "page.js").read_text(encoding="utf-8")
+AVATAR_STAGE = (ASSETS / "avatar.html").read_text(encoding="utf-8")
+THINKING_JS = "(m, h, t) => { window.dhSpeech && window.dhSpeech.thinking(m); return [m, h, t]; }"
 STOP_SPEAKING_JS = "(...args) => { window.dhSpeech && window.dhSpeech.stop(); return args; }"
 
 
@@ -182,16 +141,15 @@ def build_demo(router: Router, api_port: int = 7871, api_key: str | None = None,
     import gradio as gr  # here, not at the top: `--api-only` never pays for it
 
     with gr.Blocks(title=TITLE) as demo:
-        with gr.Row(equal_height=True):
-            gr.Image(str(AVATAR), show_label=False, container=False, interactive=False, buttons=[],
-                     height=88, width=88, scale=0, min_width=88, elem_id="avatar")
-            gr.Markdown(f"# {TITLE}\n"
-                        "Short spoken answers from local models or cloud APIs, streamed as they are written.")
+        gr.Markdown(f"# {TITLE}\n"
+                    "Short spoken answers from local models or cloud APIs, streamed as they are written.")
         with gr.Row():
+            with gr.Column(scale=2, min_width=300):
+                gr.HTML(AVATAR_STAGE, elem_id="avatar-panel")   # the digital human: assets/avatar.html
+                settings = _settings_panel(router, api_port, api_key, api_host)
             with gr.Column(scale=3):
                 page = _chat_panel()
-            with gr.Column(scale=2):
-                page.update(_settings_panel(router, api_port, api_key, api_host))
+        page.update(settings)
         page["turn"] = gr.State(None)   # this session's running Turn (a CancelToken)
         _wire_chat(demo, router, SimpleNamespace(**page))
         _wire_settings(demo, router, SimpleNamespace(**page), api_port, api_key, api_host)
@@ -267,7 +225,7 @@ def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
     # turn ("once", the default, silently dropped it); start_turn retires the old turn first.
     started = gr.on([c.send.click, c.msg.submit], ui.start_turn, [c.msg, c.chatbot, c.turn],
                     [c.msg, c.chatbot, c.turn], api_visibility=HIDDEN, concurrency_limit=None,
-                    show_progress="hidden", trigger_mode="multiple")
+                    show_progress="hidden", trigger_mode="multiple", js=THINKING_JS)
     streaming = started.then(respond, inputs, [c.chatbot, c.answered, c.msg], trigger_mode="multiple",
                              api_visibility=HIDDEN, concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat")
     streaming.then(ui.report, [c.turn], None, api_visibility=HIDDEN, concurrency_limit=None,
@@ -281,7 +239,7 @@ def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
     gr.on([c.clear.click, c.chatbot.clear], ui.clear, [c.turn], [c.chatbot, c.answered, c.turn],
           api_visibility=HIDDEN, concurrency_limit=None, js=STOP_SPEAKING_JS)
     c.speak.change(None, [c.speak], None, js="(on) => { window.dhSpeech && window.dhSpeech.enable(on); }")
-    demo.load(None, js=SPEECH_JS)
+    demo.load(None, js=PAGE_JS)
 
 
 def _wire_settings(demo: gr.Blocks, router: Router, c: SimpleNamespace, api_port: int,

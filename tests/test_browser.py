@@ -30,7 +30,16 @@ USER = '#chatbot [data-testid="user"] .message-content'
 # Replaces the Web Speech API with a recorder: what the page would say, and in which language.
 SPEECH_RECORDER = """
 window.__spoken = []; window.__cancels = 0;
-window.speechSynthesis.speak = (u) => window.__spoken.push({text: u.text, lang: u.lang});
+window.__states = [];   // the avatar's data-state after each recorded speech event
+const __note = () => { const el = document.getElementById("avatar-stage");
+                       window.__states.push(el && el.dataset.state); };
+window.speechSynthesis.speak = (u) => {
+  window.__spoken.push({text: u.text, lang: u.lang});
+  // A voice says it: start, a word boundary, end (as Chrome's voices report them).
+  setTimeout(() => { u.onstart && u.onstart(); __note(); }, 20);
+  setTimeout(() => { u.onboundary && u.onboundary(); }, 80);
+  setTimeout(() => { u.onend && u.onend(); __note(); }, 250);
+};
 window.speechSynthesis.cancel = () => { window.__cancels += 1; };
 """
 
@@ -235,8 +244,33 @@ def test_the_default_page_is_what_the_readme_shows(browser, tmp_path, monkeypatc
         send(page, "你好，请介绍一下你自己。")
         watch_reply(page, 0, until="你好，请介绍一下你自己。")
         page.wait_for_function("() => !document.querySelector('#answered-by').innerText.includes('…')")
+        page.wait_for_function("() => document.querySelector('#avatar-stage').dataset.state === 'idle'")
         page.screenshot(path=str(SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "page.png"))
     finally:
         context.close()
         demo.close()
         router.close()
+
+
+def test_the_avatar_thinks_speaks_and_shows_the_emotion(site, browser):
+    url, slow = site
+    context, page = open_page(browser, url)
+    try:
+        stage = "#avatar-stage"
+        assert page.get_attribute(stage, "data-state") == "idle"
+        assert page.is_visible(f"{stage} svg")
+        page.get_by_label("Speak replies").check()
+        choose(page, "Slow Cloud — ready")
+        send(page, "讲个故事吧。")
+        page.wait_for_function("() => document.querySelector('#avatar-stage').dataset.state === 'thinking'",
+                               timeout=5000)
+        # each recorded utterance: speaking on its start; idle again after the last one ends
+        page.wait_for_function("() => window.__states.includes('speaking')", timeout=15000)
+        page.wait_for_function("() => document.querySelector('#avatar-stage').dataset.state === 'idle'",
+                               timeout=15000)
+        assert page.evaluate("window.__spoken.length") >= 1
+        # the router's emotion (shown on the status line) sets the face
+        page.evaluate("document.querySelector('#answered-by').innerText = 'Answered by X · feeling: joy'")
+        page.wait_for_function("() => document.querySelector('#avatar-stage').dataset.emotion === 'joy'")
+    finally:
+        context.close()
