@@ -167,6 +167,7 @@ def _chat_panel() -> dict:
                          buttons=["copy"], feedback_options=None,
                          placeholder="Ask me anything — 中文或英文都可以。")
     answered = gr.Markdown("", elem_id="answered-by")
+    sayings = gr.HTML(ui.Sayings.NONE, elem_id="sayings")   # what the avatar says (hidden; page.js reads it)
     with gr.Row():
         msg = gr.Textbox(placeholder="Ask something… 输入问题，按回车发送", show_label=False, scale=5,
                          lines=1, max_lines=6, autofocus=True, elem_id="message")
@@ -174,7 +175,8 @@ def _chat_panel() -> dict:
         stop = gr.Button("Stop", variant="stop", scale=0, min_width=90, elem_id="stop")
         clear = gr.Button("Clear", scale=0, min_width=90, elem_id="clear")
     gr.Examples(list(ui.EXAMPLES), inputs=[msg], label="Examples 示例")
-    return dict(chatbot=chatbot, answered=answered, msg=msg, send=send, stop=stop, clear=clear)
+    return dict(chatbot=chatbot, answered=answered, sayings=sayings, msg=msg, send=send, stop=stop,
+                clear=clear)
 
 
 def _settings_panel(router: Router, api_port: int, api_key: str | None, api_host: str) -> dict:
@@ -226,8 +228,9 @@ def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
     started = gr.on([c.send.click, c.msg.submit], ui.start_turn, [c.msg, c.chatbot, c.turn],
                     [c.msg, c.chatbot, c.turn], api_visibility=HIDDEN, concurrency_limit=None,
                     show_progress="hidden", trigger_mode="multiple", js=THINKING_JS)
-    streaming = started.then(respond, inputs, [c.chatbot, c.answered, c.msg], trigger_mode="multiple",
-                             api_visibility=HIDDEN, concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat")
+    streaming = started.then(respond, inputs, [c.chatbot, c.answered, c.msg, c.sayings],
+                             trigger_mode="multiple", api_visibility=HIDDEN,
+                             concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat")
     streaming.then(ui.report, [c.turn], None, api_visibility=HIDDEN, concurrency_limit=None,
                    trigger_mode="multiple",
                    js="(t) => { window.dhSpeech && window.dhSpeech.flush(); return [t]; }")
@@ -236,7 +239,7 @@ def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
     c.stop.click(ui.stop, [c.turn], [c.answered], api_visibility=HIDDEN, concurrency_limit=None,
                  js=STOP_SPEAKING_JS)
     # Our Clear button and the chat's own trash icon both stop the turn and the speech.
-    gr.on([c.clear.click, c.chatbot.clear], ui.clear, [c.turn], [c.chatbot, c.answered, c.turn],
+    gr.on([c.clear.click, c.chatbot.clear], ui.clear, [c.turn], [c.chatbot, c.answered, c.sayings, c.turn],
           api_visibility=HIDDEN, concurrency_limit=None, js=STOP_SPEAKING_JS)
     c.speak.change(None, [c.speak], None, js="(on) => { window.dhSpeech && window.dhSpeech.enable(on); }")
     demo.load(None, js=PAGE_JS)

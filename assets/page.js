@@ -1,13 +1,12 @@
 () => {
   // The page's speech and its avatar, run once per page load.
-  // "Speak replies": the browser's Web Speech API says each sentence of the newest bot message as
-  // soon as it is complete, while the text still streams. The avatar stage (#avatar-stage) shows
+  // "Speak replies": the browser's Web Speech API says each sentence of the reply as soon as the
+  // router has it complete (#sayings: its TTS-ready text), while the text still streams. The avatar stage (#avatar-stage) shows
   // data-state = idle | thinking | speaking, driven by the speech events (start/boundary/end), and
   // data-emotion from the router's emotion tags (the status line's "feeling: joy").
   if (window.dhSpeech) return;
   const synth = window.speechSynthesis;
-  const ENDS = /[。！？!?；;\n]|\.(?=\s)/g;
-  const st = {on: false, muted: false, count: 0, said: "", seen: "", speaking: 0, thinking: false,
+  const st = {on: false, muted: false, count: 0, said: 0, seen: "", speaking: 0, thinking: false,
               streaming: false, quiet: 0};
   const prefs = {voice: "", rate: 1};
   const $ = (id) => document.getElementById(id);
@@ -43,7 +42,7 @@
     return voices.find((v) => v.name === prefs.voice && v.lang.slice(0, 2) === lang.slice(0, 2))
       || voices.find((v) => v.lang.replace("_", "-") === lang) || null;
   };
-  const say = (text) => {
+  const say = (text, emotion) => {
     text = text.trim();
     if (!text || !synth) return;
     const u = new SpeechSynthesisUtterance(text);
@@ -52,7 +51,7 @@
     if (voice) u.voice = voice;
     u.rate = prefs.rate;
     let started = false;
-    u.onstart = () => { started = true; st.speaking += 1; st.thinking = false; stage.settle(); };
+    u.onstart = () => { started = true; st.speaking += 1; st.thinking = false; stage.emotion(emotion); stage.settle(); };
     u.onboundary = () => stage.syllable();
     u.onend = u.onerror = () => { if (started) st.speaking = Math.max(0, st.speaking - 1); stage.settle(); };
     synth.speak(u);
@@ -61,26 +60,30 @@
     const all = bots();
     return [all.length, all.length ? all[all.length - 1].innerText : ""];
   };
-  const check = (final) => {
+  // The router's sentences for the reply (#sayings, JSON): its splitter, TTS-ready text, emotion.
+  const sayings = () => {
+    const el = $("sayings");
+    try { return JSON.parse((el && el.innerText) || "[]"); } catch (e) { return []; }
+  };
+  const check = () => {
     const [count, text] = latest();
-    if (count !== st.count) Object.assign(st, {count: count, said: "", muted: false});   // a new reply
+    const items = sayings();
+    if (count !== st.count || items.length < st.said) Object.assign(st, {count: count, said: 0, muted: false});
     if (text.trim() && text !== st.seen) {     // the reply grew: without a voice, the avatar mouths it
       st.seen = text;
       if (!st.on) st.thinking = false;
-      st.streaming = !final;
+      st.streaming = true;
       clearTimeout(st.quiet);
       st.quiet = setTimeout(() => { st.streaming = false; stage.settle(); }, 700);
       stage.settle();
     }
-    // Markdown may re-render what was already said: keep our place by length, not by content.
-    st.said = text.slice(0, st.said.length);
-    if (!st.on || st.muted) { st.said = text; return; }
-    const rest = text.slice(st.said.length);
-    let cut = 0, m;
-    ENDS.lastIndex = 0;
-    while ((m = ENDS.exec(rest)) !== null) { say(rest.slice(cut, m.index + 1)); cut = m.index + 1; }
-    if (final) { say(rest.slice(cut)); cut = rest.length; }
-    st.said += rest.slice(0, cut);
+    const fresh = items.slice(st.said);
+    st.said = items.length;
+    if (!st.on || st.muted) {
+      if (fresh.length) stage.emotion(fresh[fresh.length - 1].emotion);
+      return;
+    }
+    for (const item of fresh) say(item.say || item.text, item.emotion);
   };
   const readEmotion = () => {
     const line = $("answered-by");
@@ -90,7 +93,7 @@
 
   let queued = false;
   new MutationObserver(() => {
-    if (!queued) { queued = true; setTimeout(() => { queued = false; check(false); readEmotion(); }, 30); }
+    if (!queued) { queued = true; setTimeout(() => { queued = false; check(); readEmotion(); }, 30); }
   }).observe(document.body, {childList: true, subtree: true, characterData: true});
 
   // Voice picker, rate, and a note when the browser has no voices.
@@ -129,10 +132,10 @@
   wire();
 
   window.dhSpeech = {
-    enable(on) { st.on = on; const [count, text] = latest(); Object.assign(st, {count: count, said: text});
+    enable(on) { st.on = on; Object.assign(st, {count: latest()[0], said: sayings().length});
                  if (!on && synth) synth.cancel(); },
     thinking(message) { if ((message || "").trim()) { st.thinking = true; st.streaming = false; stage.settle(); } },
-    flush() { check(true); st.thinking = false; st.streaming = false; stage.settle(); },
+    flush() { check(); st.thinking = false; st.streaming = false; stage.settle(); },
     stop() { if (synth) synth.cancel(); Object.assign(st, {muted: true, speaking: 0, thinking: false,
                                                           streaming: false}); stage.settle(); },
   };

@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Callable
 
 import gradio as gr
 
+from . import speech
 from .errors import CancelledError, LLMError
 from .router import Router
 from .types import CancelToken, GenerationParams, normalize_history
@@ -200,8 +201,9 @@ def _pending_question(history: History) -> str | None:
 
 
 async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | None,
-                  progress: Progress | None = None) -> AsyncIterator[tuple[History, str, Any]]:
-    """Stream the answer to the pending question as (history, status line, input box) updates.
+                  progress: Progress | None = None) -> AsyncIterator[tuple[History, str, Any, str]]:
+    """Stream the answer to the pending question as (history, status line, input box, sayings)
+    updates. `sayings` is what the avatar says: the reply's sentences as JSON (see `Sayings`).
 
     On an error the chat goes back to how it was before the turn, the question goes back into the
     input box, and `turn.error` holds a gr.Error with the message and its fix for `report` to raise:
@@ -214,21 +216,21 @@ async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | 
     before, turn = history[:-1], turn or Turn()
     try:
         async with aclosing(_stream(router, before, question, opts, turn, progress)) as updates:
-            async for reply, status in updates:
+            async for reply, status, sayings in updates:
                 if turn.cleared:
                     return
-                yield history + [{"role": "assistant", "content": reply}], status, gr.skip()
+                yield history + [{"role": "assistant", "content": reply}], status, gr.skip(), sayings
     except CancelledError:
         # Stopped before any text: nothing to keep, so hand the question back (unless cleared).
         if not turn.cleared:
-            yield before, "Stopped.", question
+            yield before, "Stopped.", question, Sayings.NONE
     except LLMError as e:
         turn.error = gr.Error(_error_html(e.message, e.fix), title="The assistant could not answer")
-        yield before, f"Not answered: {e.message}", question
+        yield before, f"Not answered: {e.message}", question, Sayings.NONE
     except Exception as e:
         log.exception("unexpected failure in a chat turn")
         turn.error = gr.Error(html.escape(f"Unexpected error: {type(e).__name__}: {e}"))
-        yield before, "Not answered: unexpected error", question
+        yield before, "Not answered: unexpected error", question, Sayings.NONE
     finally:
         turn.done = True
 
@@ -239,30 +241,60 @@ def report(turn: Turn | None) -> None:
         raise turn.error
 
 
+class Sayings:
+    """What the avatar says, sentence by sentence, as the reply streams: the router's own splitter
+    (abbreviations and numbers handled), the TTS-ready text of each sentence, and its emotion. The
+    page's script speaks each new entry; as JSON in a hidden element (#sayings)."""
+
+    NONE = "<pre>[]</pre>"
+
+    def __init__(self) -> None:
+        self.splitter = speech.SentenceSplitter()
+        self.items: list[dict[str, Any]] = []
+
+    async def add(self, text: str, emotion: str | None = None) -> None:
+        for sentence, feeling in self.splitter.feed_tagged(text, emotion):
+            await self._say(sentence, feeling)
+
+    async def finish(self) -> None:
+        for sentence, feeling in self.splitter.flush_tagged():
+            await self._say(sentence, feeling)
+
+    async def _say(self, sentence: str, emotion: str | None) -> None:
+        spoken = await asyncio.to_thread(speech.for_tts, sentence)     # ms of work, off the event loop
+        self.items.append({"text": sentence, "say": spoken, "emotion": emotion})
+
+    def html(self) -> str:
+        return f"<pre>{html.escape(json.dumps(self.items, ensure_ascii=False))}</pre>"
+
+
 async def _stream(router: Router, before: History, question: str, opts: TurnOptions,
-                  turn: Turn, progress: Progress | None) -> AsyncIterator[tuple[str, str]]:
-    """(growing reply, status line) pairs; a stop after some text ends quietly with the partial."""
+                  turn: Turn, progress: Progress | None) -> AsyncIterator[tuple[str, str, str]]:
+    """(growing reply, status line, sayings) triples; a stop after some text ends quietly with the
+    partial reply."""
     req = router.request(question, provider=opts.provider, history=before, system=opts.system or None,
                          params=opts.params(), style=opts.style, max_seconds=float(opts.max_seconds))
     await _load_with_progress(router, opts.provider, progress)
-    reply, answered, feeling = "", "", ""
+    reply, answered, feeling, sayings = "", "", "", Sayings()
     try:
         async with aclosing(router.astream(req, cancel=turn)) as chunks:
             async for chunk in chunks:
                 reply, answered = reply + chunk.text, chunk.provider
-                feeling = f" · feeling: {chunk.emotion}" if chunk.emotion else feeling  # the face
-                yield reply, f"{answered_by(router, opts.provider, answered)}{feeling} …"
+                feeling = f" · feeling: {chunk.emotion}" if chunk.emotion else feeling
+                await sayings.add(chunk.text, chunk.emotion)
+                yield reply, f"{answered_by(router, opts.provider, answered)}{feeling} …", sayings.html()
     except CancelledError:
         if not reply:
             raise
-    if turn.stopped:   # a provider may also end quietly when cancelled
+    if turn.stopped:   # a provider may also end quietly when cancelled: say no more
         if not reply:
             raise CancelledError("generation cancelled")
-        yield reply, f"Stopped. {answered_by(router, opts.provider, answered)}"
+        yield reply, f"Stopped. {answered_by(router, opts.provider, answered)}", sayings.html()
     elif not reply:
         raise LLMError(f"{opts.provider} returned an empty reply", fix="try again or choose another provider")
     else:
-        yield reply, answered_by(router, opts.provider, answered) + feeling
+        await sayings.finish()      # the last sentence, if it had no end mark
+        yield reply, answered_by(router, opts.provider, answered) + feeling, sayings.html()
 
 
 def answered_by(router: Router, chosen: str, answered: str) -> str:
@@ -274,12 +306,12 @@ def answered_by(router: Router, chosen: str, answered: str) -> str:
     return f"Answered by **{label}**"
 
 
-def clear(turn: Turn | None) -> tuple[History, str, None]:
-    """Clear: stop any running turn and empty this session's chat."""
+def clear(turn: Turn | None) -> tuple[History, str, str, None]:
+    """Clear: stop any running turn and empty this session's chat (and what the avatar says)."""
     if turn is not None:
         turn.cleared = True
     stop(turn)
-    return [], "", None
+    return [], "", Sayings.NONE, None
 
 
 def _error_html(message: str, fix: str = "") -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import html
+import json
+import re
 import time
 from itertools import pairwise
 
@@ -104,7 +107,7 @@ def test_upstream_error_raises_gr_error_and_keeps_history_without_a_fake_reply(r
     with pytest.raises(gr.Error) as err:
         ui.report(turn)
     assert "cannot reach" in err.value.message and "check base_url" in err.value.message
-    chat, status, textbox = updates[-1]
+    chat, status, textbox, _ = updates[-1]
     assert chat == before, "the failed turn leaves no assistant message and loses no history"
     assert textbox == "still there?", "the question goes back into the input box for a retry"
     assert status.startswith("Not answered")
@@ -221,7 +224,7 @@ def test_empty_message_starts_no_turn(router):
 
 def test_clear_stops_the_turn_and_empties_the_chat():
     turn = ui.Turn()
-    assert ui.clear(turn) == ([], "", None)
+    assert ui.clear(turn) == ([], "", ui.Sayings.NONE, None)
     assert turn.cancelled and turn.stopped
 
 
@@ -301,3 +304,10 @@ def test_a_new_message_retires_the_turn_still_running():
     finished.done = True
     ui.start_turn("再问", [], finished)
     assert not finished.cancelled
+
+
+def test_the_avatar_is_given_each_sentence_as_the_tts_should_say_it(router):
+    updates, _ = run_turn(router, "今天气温25℃。明天下雨", "direct")
+    sayings = json.loads(re.sub("<[^>]+>", "", html.unescape(updates[-1][3])))
+    assert sayings == [{"text": "今天气温25℃。", "say": "今天气温二十五摄氏度。", "emotion": None},
+                       {"text": "明天下雨", "say": "明天下雨", "emotion": None}]   # the unfinished one at the end
