@@ -94,6 +94,8 @@ PRESETS: dict[str, ProviderConfig] = {p.name: p for p in (
         generation={"top_k": 20, "top_p": 0.84, "temperature": 1.0, "repetition_penalty": 1.15},
     ),
     ProviderConfig("qwen", "local", "Qwen/Qwen1.5-1.8B-Chat", label="Qwen1.5 1.8B Chat"),
+    # The quickest way to a real model without keys: about 1 GB, answers on a CPU in seconds.
+    ProviderConfig("qwen-mini", "local", "Qwen/Qwen2.5-0.5B-Instruct", label="Qwen2.5 0.5B Instruct (small)"),
     ProviderConfig("chatglm", "local", "THUDM/glm-4-9b-chat-hf", label="GLM-4 9B Chat"),
     ProviderConfig("chatgpt", "openai", "gpt-4.1-mini", label="OpenAI ChatGPT",
                    api_key_env=("OPENAI_API_KEY",), timeout=60),
