@@ -189,6 +189,8 @@ def _settings_panel(router: Router, api_port: int, api_key: str | None, api_host
     default = router.settings.default if router.settings.default in names else names[0]
     provider = gr.Dropdown(ui.provider_choices(router), value=default, label="Provider", elem_id="provider")
     note = gr.Markdown(ui.provider_note(router, default), elem_id="provider-note")
+    fetch = gr.Button("Download the model 下载模型", visible=ui.can_download(router, default),
+                      elem_id="download", variant="secondary")
     persona = gr.Dropdown([label for label, _ in ui.PERSONAS], value=ui.PERSONAS[0][0], label="Persona")
     system = gr.Textbox(ui.PERSONAS[0][1], label="System prompt", lines=3, elem_id="system")
     with gr.Row():
@@ -205,8 +207,8 @@ def _settings_panel(router: Router, api_port: int, api_key: str | None, api_host
         curl = gr.Code(ui.api_curl(api_port, api_key, default, api_host), language="shell",
                        label=f"POST :{api_port}/ (the same models as this page)", interactive=False,
                        wrap_lines=True, elem_id="api-curl")
-    return dict(provider=provider, note=note, persona=persona, system=system, styled=styled, speak=speak,
-                budget=budget, temperature=temperature, top_p=top_p, max_new=max_new, curl=curl)
+    return dict(provider=provider, note=note, fetch=fetch, persona=persona, system=system, styled=styled,
+                speak=speak, budget=budget, temperature=temperature, top_p=top_p, max_new=max_new, curl=curl)
 
 
 def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
@@ -257,11 +259,24 @@ def _wire_settings(demo: gr.Blocks, router: Router, c: SimpleNamespace, api_port
                       concurrency_limit=None)
     c.provider.change(lambda name: ui.api_curl(api_port, api_key, name, api_host), [c.provider], [c.curl],
                       api_visibility=HIDDEN, concurrency_limit=None)
+    c.provider.change(lambda name: gr.update(visible=ui.can_download(router, name)), [c.provider], [c.fetch],
+                      api_visibility=HIDDEN, concurrency_limit=None)
+
+    async def fetch(name, progress=gr.Progress(track_tqdm=True)):
+        progress(0, desc="Downloading… 正在下载")
+        return await ui.download_model(router, name)
+
+    c.fetch.click(fetch, [c.provider], [c.note, c.provider, c.fetch], api_visibility=HIDDEN,
+                  concurrency_limit=2)
     c.persona.select(lambda label: dict(ui.PERSONAS)[label], [c.persona], [c.system], api_visibility=HIDDEN,
                      concurrency_limit=None)
     # Readiness can change while the server runs (a model downloaded): read it again per page load.
-    demo.load(lambda name: (gr.update(choices=ui.provider_choices(router)), ui.provider_note(router, name)),
-              [c.provider], [c.provider, c.note], api_visibility=HIDDEN, concurrency_limit=None)
+    def refresh(name):
+        return (gr.update(choices=ui.provider_choices(router)), ui.provider_note(router, name),
+                gr.update(visible=ui.can_download(router, name)))
+
+    demo.load(refresh, [c.provider], [c.provider, c.note, c.fetch], api_visibility=HIDDEN,
+              concurrency_limit=None)
 
 
 if __name__ == "__main__":

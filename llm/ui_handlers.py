@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Callable
 
 import gradio as gr
 
-from . import speech
+from . import download, speech
 from .errors import CancelledError, LLMError
 from .router import Router
 from .types import CancelToken, GenerationParams, normalize_history
@@ -119,6 +119,32 @@ def choose_provider(router: Router, name: str) -> tuple[str, float, float, int]:
     """Dropdown change: the readiness note (inline: no toast, so none pile up over the dropdown) and
     the provider's default sampling values for the sliders."""
     return (provider_note(router, name), *sampling_defaults(router, name))
+
+
+def can_download(router: Router, name: str) -> bool:
+    """Whether the page should offer a Download button: a local model whose files are not here."""
+    cfg = router.settings.providers[name]
+    if cfg.kind != "local" or router.status(name).ready:
+        return False
+    try:
+        download.plan(cfg)
+    except download.DownloadError:
+        return False    # a folder with no hub id: nothing to fetch
+    return True
+
+
+async def download_model(router: Router, name: str) -> tuple[str, Any, Any]:
+    """Download button: fetch the model (Hugging Face, HF_ENDPOINT honoured; progress from its
+    tqdm bars), then show it ready, without a restart. Returns (note, dropdown, button) updates."""
+    label = router.settings.providers[name].display_name
+    try:
+        target = download.plan(router.settings.providers[name])
+        await asyncio.to_thread(download.download, target)     # to_thread keeps gr.Progress's context
+    except download.DownloadError as e:
+        log.warning("downloading %s failed: %s", name, e)
+        return (f"**{label}**: the download did not finish: {e}", gr.skip(), gr.update(visible=True))
+    return (provider_note(router, name), gr.update(choices=provider_choices(router)),
+            gr.update(visible=can_download(router, name)))
 
 
 def sampling_defaults(router: Router, name: str) -> tuple[float, float, int]:
