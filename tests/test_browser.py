@@ -274,3 +274,29 @@ def test_the_avatar_thinks_speaks_and_shows_the_emotion(site, browser):
         page.wait_for_function("() => document.querySelector('#avatar-stage').dataset.emotion === 'joy'")
     finally:
         context.close()
+
+
+def test_no_toasts_pile_up_and_the_microphone_shows_only_where_the_browser_can_listen(site, browser):
+    url, _ = site
+    context, page = open_page(browser, url)
+    try:
+        for _ in range(2):
+            choose(page, "OpenAI ChatGPT — not ready")
+            page.wait_for_function("() => document.querySelector('#provider-note').innerText.includes('restart')")
+            choose(page, "Direct Reply — ready")
+        time.sleep(0.5)
+        assert page.query_selector_all(".toast-body, [data-testid='toast-body']") == []
+        assert page.is_visible("#dh-mic")       # Chromium offers webkitSpeechRecognition
+    finally:
+        context.close()
+    context = browser.new_context()
+    context.add_init_script("delete window.webkitSpeechRecognition; delete window.SpeechRecognition;")
+    page = context.new_page()
+    try:
+        page.goto(url)
+        page.wait_for_selector("#avatar-stage")
+        page.wait_for_function("() => window.dhSpeech !== undefined")
+        time.sleep(0.5)
+        assert not page.is_visible("#dh-mic")
+    finally:
+        context.close()
