@@ -412,3 +412,14 @@ def test_cli_api_only_serves_health():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_listening_socket_lets_asyncio_turn_off_nagle(served):
+    # asyncio sets TCP_NODELAY on accepted connections only if the listening socket's proto is TCP
+    from llm.api_server import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
