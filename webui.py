@@ -202,7 +202,7 @@ def _settings_panel(router: Router, api_port: int, api_key: str | None, api_host
     with gr.Accordion("Sampling", open=False):
         temperature = gr.Slider(0, 2, value=temperature0, step=0.05, label="Temperature (0 = greedy)")
         top_p = gr.Slider(0.05, 1, value=top_p0, step=0.01, label="top_p")
-        max_new = gr.Slider(16, 4096, value=tokens0, step=16, label="Max new tokens")
+        max_new = gr.Slider(1, 4096, value=tokens0, step=1, label="Max new tokens")
     with gr.Accordion("API", open=False, elem_id="api-panel"):
         curl = gr.Code(ui.api_curl(api_port, api_key, default, api_host), language="shell",
                        label=f"POST :{api_port}/ (the same models as this page)", interactive=False,

@@ -63,6 +63,21 @@ def plan(cfg: ProviderConfig, source: str = "huggingface", directory: str | None
     return Plan(repo_id, source, local_dir)
 
 
+def hub_location() -> tuple[str, str]:
+    """(endpoint, cache dir) of the Hugging Face hub, from the environment now, not at import time.
+
+    huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_CACHE once, when it is imported; this reads
+    them on every call, in the library's order, so a process (or test) that sets them later is obeyed.
+    """
+    from huggingface_hub import constants
+
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if not cache and os.environ.get("HF_HOME"):
+        cache = os.path.join(os.environ["HF_HOME"], "hub")
+    return endpoint, os.path.expandvars(os.path.expanduser(cache)) if cache else constants.HF_HUB_CACHE
+
+
 def download(p: Plan) -> Path:
     """Fetch the files (tqdm progress bars on stderr); returns the folder they are in."""
     if p.source == "modelscope":
@@ -74,27 +89,28 @@ def _from_huggingface(p: Plan) -> Path:
     from huggingface_hub import HfApi, constants, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
+    endpoint, cache_dir = hub_location()
     try:    # one quick request first: it checks the network and lists the files
-        info = HfApi().model_info(p.repo_id, timeout=CHECK_TIMEOUT)
+        info = HfApi(endpoint=endpoint).model_info(p.repo_id, timeout=CHECK_TIMEOUT)
     except GatedRepoError as e:
-        raise DownloadError(f"{p.repo_id} is gated: accept its licence on {constants.ENDPOINT}/{p.repo_id}, "
+        raise DownloadError(f"{p.repo_id} is gated: accept its licence on {endpoint}/{p.repo_id}, "
                             "then run `hf auth login` (or set HF_TOKEN)") from e
     except RepositoryNotFoundError as e:
-        raise DownloadError(f"{p.repo_id} does not exist on {constants.ENDPOINT} "
-                            "(or is private: set HF_TOKEN)") from e
+        raise DownloadError(f"{p.repo_id} does not exist on {endpoint} (or is private: set HF_TOKEN)") from e
     except HfHubHTTPError as e:
-        raise DownloadError(f"{constants.ENDPOINT} answered with an error for {p.repo_id}: {e}") from e
+        raise DownloadError(f"{endpoint} answered with an error for {p.repo_id}: {e}") from e
     except Exception as e:  # noqa: BLE001 - connection errors differ between huggingface_hub versions
-        raise DownloadError(_unreachable(constants.ENDPOINT, e)) from e
+        raise DownloadError(_unreachable(endpoint, e)) from e
     files = [s.rfilename for s in info.siblings or []]
     ignore = _DUPLICATE_FORMATS if any(f.endswith(".safetensors") for f in files) else None
     try:
-        path = snapshot_download(p.repo_id, local_dir=p.local_dir, ignore_patterns=ignore,
+        path = snapshot_download(p.repo_id, local_dir=p.local_dir, ignore_patterns=ignore, endpoint=endpoint,
+                                 cache_dir=cache_dir if p.local_dir is None else None,
                                  etag_timeout=min(constants.HF_HUB_ETAG_TIMEOUT, 30))
     except HfHubHTTPError as e:
-        raise DownloadError(f"downloading {p.repo_id} failed: {e}") from e
+        raise DownloadError(f"downloading {p.repo_id} from {endpoint} failed: {e}") from e
     except Exception as e:  # noqa: BLE001 - network errors differ between versions; the message names the fix
-        raise DownloadError(f"downloading {p.repo_id} failed: {type(e).__name__}: {e}. "
+        raise DownloadError(f"downloading {p.repo_id} from {endpoint} failed: {type(e).__name__}: {e}. "
                             "Run the same command again to resume.") from e
     return Path(path)
 

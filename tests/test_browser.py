@@ -300,3 +300,46 @@ def test_no_toasts_pile_up_and_the_microphone_shows_only_where_the_browser_can_l
         assert not page.is_visible("#dh-mic")
     finally:
         context.close()
+
+
+def test_the_download_button_fetches_a_local_model_and_it_answers_without_a_restart(browser, tmp_path,
+                                                                                       monkeypatch):
+    """A local model that is not here: Download (from a loopback fake hub), then chat with it."""
+    import webui
+    from tests.fake_hub import FakeHub
+    from tests.tiny_models import build_llama
+
+    for var in ("HF_HUB_OFFLINE", "HUGGINGFACE_HUB_CACHE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    repo = build_llama(tmp_path / "tiny-chat")
+    with FakeHub({"fake-org/tiny-chat": repo}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        providers = {"direct": PRESETS["direct"],
+                     "tiny": ProviderConfig("tiny", "local", "fake-org/tiny-chat", label="Tiny Local", device="cpu",
+                                            generation={"max_new_tokens": 8})}
+        router = Router(Settings(providers=providers, default="direct"), env={})
+        demo = webui.build_demo(router)
+        port = free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    **webui.launch_options())
+        context, page = open_page(browser, f"http://127.0.0.1:{port}/")
+        try:
+            assert not page.is_visible("#download")         # Direct Reply needs nothing
+            choose(page, "Tiny Local — not ready")
+            page.wait_for_selector("#download", state="visible")
+            page.click("#download")
+            page.wait_for_function("() => document.querySelector('#provider-note').innerText.includes('is ready')",
+                                   timeout=60000)
+            page.wait_for_selector("#download", state="hidden")
+            assert router.status("tiny").ready
+            send(page, "你好")
+            page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 1", timeout=60000)
+            page.wait_for_function("() => document.querySelector('#answered-by').innerText.includes('Tiny Local')",
+                                   timeout=60000)
+        finally:
+            context.close()
+            demo.close()
+            router.close()

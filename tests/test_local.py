@@ -190,13 +190,11 @@ def test_load_reports_progress_in_order(chat_dir):
 
 
 def test_a_hub_id_loads_from_the_local_hf_cache(chat_dir, tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
     repo = tmp_path / "models--tiny-org--tiny-chat"
     shutil.copytree(chat_dir, repo / "snapshots" / ("a" * 40))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))     # read when asked, not when imported
     provider = LocalProvider(ProviderConfig("tiny", "local", "tiny-org/tiny-chat", device="cpu"))
     assert provider.status().ready and not provider.loaded
     assert "".join(provider.stream([Message("user", "hi")], GREEDY, CancelToken()))

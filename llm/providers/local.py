@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 from transformers.generation.streamers import BaseStreamer
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from ..download import model_is_path
+from ..download import hub_location, model_is_path
 from ..errors import CancelledError, ConfigError, InvalidRequestError, NotReadyError, UpstreamError
 from ..types import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -217,7 +217,7 @@ class LocalProvider(Provider):
             path = Path(self.config.model).expanduser()
             return path if (path / "config.json").is_file() else None
         try:
-            cached = try_to_load_from_cache(self.config.model, "config.json")
+            cached = try_to_load_from_cache(self.config.model, "config.json", cache_dir=hub_location()[1])
         except ValueError:      # not a valid repo id
             return None
         return Path(cached).parent if isinstance(cached, str) else None
