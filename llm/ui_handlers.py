@@ -10,6 +10,7 @@ import asyncio
 import html
 import json
 import logging
+import re
 import shlex
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -251,14 +252,23 @@ async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | 
         if not turn.cleared:
             yield before, "Stopped.", question, Sayings.NONE
     except LLMError as e:
-        turn.error = gr.Error(_error_html(e.message, e.fix), title="The assistant could not answer")
-        yield before, f"Not answered: {e.message}", question, Sayings.NONE
+        message = with_labels(router, e.message)
+        turn.error = gr.Error(_error_html(message, e.fix), title="The assistant could not answer")
+        yield before, f"Not answered: {message}", question, Sayings.NONE
     except Exception as e:
         log.exception("unexpected failure in a chat turn")
         turn.error = gr.Error(html.escape(f"Unexpected error: {type(e).__name__}: {e}"))
         yield before, "Not answered: unexpected error", question, Sayings.NONE
     finally:
         turn.done = True
+
+
+def with_labels(router: Router, message: str) -> str:
+    """An error as the page names things: "chatgpt: rate limited" -> "OpenAI ChatGPT: rate limited"."""
+    for name, cfg in router.settings.providers.items():
+        if cfg.display_name != name:
+            message = re.sub(rf"(?<![\w(-]){re.escape(name)}(?=: )", cfg.display_name, message)
+    return message
 
 
 def report(turn: Turn | None) -> None:

@@ -311,3 +311,10 @@ def test_the_avatar_is_given_each_sentence_as_the_tts_should_say_it(router):
     sayings = json.loads(re.sub("<[^>]+>", "", html.unescape(updates[-1][3])))
     assert sayings == [{"text": "今天气温25℃。", "say": "今天气温二十五摄氏度。", "emotion": None},
                        {"text": "明天下雨", "say": "明天下雨", "emotion": None}]   # the unfinished one at the end
+
+
+def test_errors_on_the_page_name_providers_by_their_labels(router):
+    message = "all 2 providers failed: fast: the server answered 500; down: cannot reach it"
+    assert ui.with_labels(router, message) == ("all 2 providers failed: Fake Cloud: the server answered 500; "
+                                               "Down: cannot reach it")
+    assert ui.with_labels(router, "Down (down) is not ready: x") == "Down (down) is not ready: x"
