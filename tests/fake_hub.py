@@ -31,10 +31,12 @@ import re
 import socket
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
+
+from tests import fake_servers
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ot", ".gguf", ".onnx", ".model")
 _API = re.compile(r"^/api/models/(?P<repo>.+?)(?:/(?P<kind>revision|tree)/(?P<rev>[^/]+)(?:/.*)?)?$")
@@ -51,17 +53,11 @@ class RepoFile:
     sha256: str | None      # set for LFS files: their ETag and CDN name
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 30
+class _Handler(fake_servers._Handler):
+    """Keep-alive HTTP/1.1 with connection tracking, as the fake API servers; GET and HEAD only."""
 
-    def setup(self) -> None:
-        super().setup()
-        self.server.fake._connections.add(self.connection)
-
-    def finish(self) -> None:
-        self.server.fake._connections.discard(self.connection)
-        super().finish()
+    def do_POST(self) -> None:
+        self.send_error(405)
 
     def do_GET(self) -> None:
         self.server.fake._serve(self, self.server.role)
