@@ -118,15 +118,17 @@ def test_two_503s_then_fine_is_answered_after_quick_retries(kind):
     assert len(fake.requests) == 3 and took < 3
 
 
-def test_a_429_with_retry_after_is_answered_after_that_wait():
-    with upstreams(("openai", ["status:429:1", "ok"])) as (fake,), served(config("p", "openai", fake)) as s:
+@pytest.mark.parametrize("kind", WIRES)
+def test_a_429_with_retry_after_is_answered_after_that_wait(kind):
+    with upstreams((kind, ["status:429:1", "ok"])) as (fake,), served(config("p", kind, fake)) as s:
         reply, took = ask(s, "p")
     assert reply.status_code == 200 and reply.json()["provider"] == "p", reply.text
     assert len(fake.requests) == 2 and 0.95 <= took < 3
 
 
-def test_a_long_retry_after_is_passed_on_to_the_client_at_once():
-    with upstreams(("openai", ["status:429:30"])) as (fake,), served(config("p", "openai", fake)) as s:
+@pytest.mark.parametrize("kind", WIRES)
+def test_a_long_retry_after_is_passed_on_to_the_client_at_once(kind):
+    with upstreams((kind, ["status:429:30"])) as (fake,), served(config("p", kind, fake)) as s:
         reply, took = ask(s, "p")
         v1 = requests.post(f"{s.url}/v1/chat/completions", timeout=30,
                            json={"model": "p", "messages": [{"role": "user", "content": "hi"}]})
@@ -143,9 +145,10 @@ def test_a_caller_error_is_not_retried():
 
 # ---- cooldown, deadlines, hedging ----------------------------------------------------------------
 
-def test_a_hung_provider_costs_one_timeout_then_is_skipped_while_cooling_down():
-    with upstreams(("openai", ["hang"])) as (fake,), served(
-            config("hung", "openai", fake, first_token_timeout=0.5, fallback=("direct",))) as server:
+@pytest.mark.parametrize("kind", WIRES)
+def test_a_hung_provider_costs_one_timeout_then_is_skipped_while_cooling_down(kind):
+    with upstreams((kind, ["hang"])) as (fake,), served(
+            config("hung", kind, fake, first_token_timeout=0.5, fallback=("direct",))) as server:
         first, took_first = ask(server, "hung")
         assert first.status_code == 200 and first.json()["provider"] == "direct", first.text
         assert 0.5 <= took_first < 2.5
@@ -214,6 +217,15 @@ def test_a_stall_mid_stream_ends_with_504_in_bounded_time(route):
         assert time.perf_counter() - start < 3
         assert error["type"] == "upstream_timeout" and "stalled" in error["message"]
         assert wait_until(lambda: fake.hanging == 0, 2)
+
+
+@pytest.mark.parametrize("kind", ["zhipuai", "gemini"])
+def test_a_stall_is_a_504_in_bounded_time_on_the_other_wires_too(kind):
+    with upstreams((kind, ["stall"])) as (fake,), served(config("p", kind, fake, stall_timeout=0.5)) as s:
+        reply, took = ask(s, "p")
+        assert wait_until(lambda: fake.hanging == 0, 2)
+    assert_error(reply, 504, "upstream_timeout")
+    assert took < 3
 
 
 @pytest.mark.parametrize("kind", WIRES)
