@@ -23,21 +23,20 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from . import speech
 from .api_schemas import ApiError, ChatCompletionRequest, SeedRequest, openapi_with_bodies, read_body
 from .api_server import ServerThread, check_bind_security, serve, start_in_thread
+from .api_turn import EventStream, Turn, begin, drain, rid
 from .errors import LLMError
-from .router import Request as LLMRequest
 from .router import Router
-from .types import CancelToken, Chunk, GenerationParams, ProviderStatus, history_pairs
+from .types import Chunk, GenerationParams, ProviderStatus, history_pairs
 
 __all__ = ["create_app", "ServerThread", "check_bind_security", "serve", "start_in_thread"]
 log = logging.getLogger(__name__)
 OPEN_PATHS = ("/health",)       # the only route that needs no API key
-LOG_PROMPT_CHARS = 50
 
 
 # ---- app -------------------------------------------------------------------------------------
@@ -154,7 +153,7 @@ def _error_response(ctx: _Context, path: str, err: ApiError, headers: dict | Non
 def _error_event(request: Request, exc: Exception) -> dict:
     """An error that happened after the stream began, as the body of one SSE event."""
     ctx: _Context = request.app.state.ctx
-    err = _log_error(ctx, exc, _rid(request))
+    err = _log_error(ctx, exc, rid(request))
     return {"error": json.loads(_error_response(ctx, request.url.path, err).body)["error"]}
 
 
@@ -171,181 +170,9 @@ def _log_error(ctx: _Context, exc: Exception, rid: str = "-", route: str = "") -
 
 async def _handle_error(request: Request, exc: Exception) -> JSONResponse:
     ctx: _Context = request.app.state.ctx
-    err = _log_error(ctx, exc, _rid(request), f"{request.method} {request.url.path}")
+    err = _log_error(ctx, exc, rid(request), f"{request.method} {request.url.path}")
     headers = getattr(exc, "headers", None) if isinstance(exc, HTTPException) else _retry_headers(exc)
     return _error_response(ctx, request.url.path, err, headers)
-
-
-def _rid(request: Request) -> str:
-    return request.scope.get("state", {}).get("request_id", "-")
-
-
-def _clip(text: str) -> str:
-    """A prompt as one short log-safe line."""
-    text = " ".join(text.split())
-    return text if len(text) <= LOG_PROMPT_CHARS else text[:LOG_PROMPT_CHARS - 1] + "…"
-
-
-# ---- one generation --------------------------------------------------------------------------
-
-class _Turn:
-    """One reply in progress: its text, the provider that answered, and timings."""
-
-    def __init__(self, req: LLMRequest):
-        self.req, self.cancel, self.start = req, CancelToken(), time.perf_counter()
-        self.parts: list[str] = []
-        self.provider = req.provider
-        self.ttft_ms: float | None = None
-        self.first_sentence_ms: float | None = None
-        self.total_ms: float | None = None
-        self.last_at: float | None = None     # when the newest chunk was made (buffered replies come late)
-        self.emotion: str | None = None       # the emotion tag starting at the newest chunk
-        self.events: list[dict] = []          # the sentence events so far
-
-    def mark(self, timing: str, at: float | None = None) -> None:
-        """Record the time from the start to `at` (perf_counter; default now) under `timing`, once."""
-        if getattr(self, timing) is None:
-            at = time.perf_counter() if at is None else at
-            setattr(self, timing, round((at - self.start) * 1000, 1))
-
-    async def deltas(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
-        """The reply's text pieces; leaving early cancels the generation."""
-        try:
-            async for chunk in chunks:
-                self.last_at, self.emotion = chunk.at, chunk.emotion
-                self.mark("ttft_ms", chunk.at)
-                self.parts.append(chunk.text)
-                self.provider = chunk.provider
-                yield chunk.text
-        finally:
-            self.cancel.cancel()
-
-    async def sentences(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict]:
-        """Speakable sentences, each as soon as it is complete: `sentence` (as displayed), `speech`
-        (as a TTS engine should read it) and, when emotions are on, `emotion`."""
-        splitter = speech.SentenceSplitter()
-        async with aclosing(self.deltas(chunks)) as texts:
-            async for text in texts:
-                for sentence, emotion in splitter.feed_tagged(text, self.emotion):
-                    self.mark("first_sentence_ms", self.last_at)
-                    yield await self._event(sentence, emotion)
-        for sentence, emotion in splitter.flush_tagged():
-            self.mark("first_sentence_ms", self.last_at)
-            yield await self._event(sentence, emotion)
-
-    async def _event(self, sentence: str, emotion: str | None) -> dict:
-        event = {"sentence": sentence, "speech": await asyncio.to_thread(speech.for_tts, sentence)}
-        if self.req.emotions:
-            event["emotion"] = emotion
-        self.events.append(event)
-        return event
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def timings(self) -> dict[str, float]:
-        self.mark("total_ms")
-        return {"ttft_ms": self.ttft_ms if self.ttft_ms is not None else self.total_ms,
-                "first_sentence_ms": self.first_sentence_ms if self.first_sentence_ms is not None
-                else self.total_ms,
-                "total_ms": self.total_ms}
-
-    def log_done(self, rid: str) -> None:
-        t = self.timings()
-        log.info("%s done provider=%s chars=%d ttft=%.0fms first_sentence=%.0fms total=%.0fms", rid,
-                 self.provider, len(self.text), t["ttft_ms"], t["first_sentence_ms"], t["total_ms"])
-
-
-async def _begin(request: Request, *, hold: str = "none", **kw) -> tuple[_Turn, AsyncIterator[Chunk]]:
-    """Validate the call and wait for its first chunk, so a failure before any text (unknown or
-    unready provider, upstream down) is a real HTTP status rather than an error inside a 200 stream.
-
-    A client that hangs up meanwhile cancels the generation at once (and with it the upstream call).
-    `hold`: how much the route holds back before the client sees it (see `Router.stream`)."""
-    router: Router = request.app.state.ctx.router
-    req = await asyncio.to_thread(router.request, **kw)    # may create the provider: not on the loop
-    log.info("%s %s provider=%s prompt=%r", _rid(request), request.url.path, req.provider, _clip(req.prompt))
-    turn = _Turn(req)
-    chunks = router.astream(req, cancel=turn.cancel, hold=hold)
-    first_chunk = asyncio.ensure_future(anext(chunks))
-    try:
-        await _unless_hung_up(request, turn, first_chunk)
-        first = first_chunk.result()
-    except StopAsyncIteration:
-        return turn, _replay([], chunks)
-    except BaseException:
-        await chunks.aclose()
-        raise
-    turn.mark("ttft_ms", first.at)
-    return turn, _replay([first], chunks)
-
-
-async def _unless_hung_up(request: Request, turn: _Turn, work: asyncio.Future) -> None:
-    """Wait for `work`; if the client hangs up first (uvicorn reports an http.disconnect message),
-    cancel the turn, so no model slot or upstream socket is held for nobody, and raise 499."""
-    async def hang_up() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watch = asyncio.ensure_future(hang_up())
-    try:
-        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not work.done():
-            work.cancel()
-            turn.cancel.cancel()    # even if `work` never got to run
-            await asyncio.wait({work})  # let it unwind before anyone closes what it iterates
-    if work not in done:
-        raise ApiError(499, "client_closed", "the client closed the connection before the reply")
-
-
-async def _replay(head: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    async with aclosing(rest):
-        for chunk in head:
-            yield chunk
-        async for chunk in rest:
-            yield chunk
-
-
-async def _drain(request: Request, turn: _Turn, items: AsyncIterator) -> None:
-    """Consume a whole reply; a client that hangs up meanwhile cancels it."""
-    async def consume() -> None:
-        async with aclosing(items):
-            async for _ in items:
-                pass
-
-    work = asyncio.ensure_future(consume())
-    await _unless_hung_up(request, turn, work)
-    work.result()
-
-
-class _EventStream(StreamingResponse):
-    """Server-sent events for one turn; however the response ends (a gone client included),
-    the turn's generation is cancelled, even if the stream never started."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, turn: _Turn, events: AsyncIterator[dict | str]):
-        self.turn = turn
-        # X-Accel-Buffering: a reverse proxy (nginx) must pass each event on at once
-        super().__init__(_encode_events(events),
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    async def __call__(self, scope, receive, send):
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.turn.cancel.cancel()
-            await self.body_iterator.aclose()
-
-
-async def _encode_events(events: AsyncIterator[dict | str]) -> AsyncIterator[bytes]:
-    async with aclosing(events):
-        async for event in events:
-            data = event if isinstance(event, str) else json.dumps(event, ensure_ascii=False)
-            yield f"data: {data}\n\n".encode()
 
 
 # ---- the seed API ----------------------------------------------------------------------------
@@ -359,31 +186,31 @@ async def seed(request: Request):
     body = await read_body(request, SeedRequest, request.app.state.ctx.max_body_bytes)
     params = GenerationParams(max_new_tokens=body.max_length, temperature=body.temperature, top_p=body.top_p)
     style = None if body.style is None else body.style == "short"
-    turn, chunks = await _begin(request, prompt=body.prompt, provider=body.provider,
+    turn, chunks = await begin(request, prompt=body.prompt, provider=body.provider,
                                 hold="sentence" if body.stream else "all",
                                 history=body.history_data(), system=body.system, params=params, style=style,
                                 max_seconds=body.max_seconds, max_chars=body.max_chars,
                                 emotions=body.emotions)
     if body.stream:
-        return _EventStream(turn, _seed_events(request, turn, chunks))
-    await _drain(request, turn, turn.sentences(chunks))
-    turn.log_done(_rid(request))
+        return EventStream(turn, _seed_events(request, turn, chunks))
+    await drain(request, turn, turn.sentences(chunks))
+    turn.log_done(rid(request))
     return {**_seed_reply(turn), "sentences": turn.events}
 
 
-def _seed_reply(turn: _Turn) -> dict:
+def _seed_reply(turn: Turn) -> dict:
     history = history_pairs(turn.req.history) + [[turn.req.prompt, turn.text]]
     return {"response": turn.text, "history": history, "status": 200,
             "time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
             "provider": turn.provider, "timings": turn.timings()}
 
 
-async def _seed_events(request: Request, turn: _Turn, chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict]:
+async def _seed_events(request: Request, turn: Turn, chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict]:
     try:
         async with aclosing(turn.sentences(chunks)) as sentences:
             async for event in sentences:
                 yield event
-        turn.log_done(_rid(request))
+        turn.log_done(rid(request))
         yield {"done": True, **_seed_reply(turn)}
     except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
         yield _error_event(request, e)
@@ -405,20 +232,20 @@ async def chat_completions(request: Request):
                               temperature=body.temperature, top_p=body.top_p)
     style = None if body.style is None else body.style == "short"
     provider = None if body.model == "default" else body.model
-    turn, chunks = await _begin(request, prompt=body.messages[-1].text(), provider=provider, history=history,
+    turn, chunks = await begin(request, prompt=body.messages[-1].text(), provider=provider, history=history,
                                 system=system, params=params, style=style, max_seconds=body.max_seconds,
                                 hold="none" if body.stream else "all")
-    meta = {"id": f"chatcmpl-{_rid(request)}", "created": int(time.time())}
+    meta = {"id": f"chatcmpl-{rid(request)}", "created": int(time.time())}
     if body.stream:
-        return _EventStream(turn, _openai_events(request, turn, chunks, meta))
-    await _drain(request, turn, turn.deltas(chunks))
-    turn.log_done(_rid(request))
+        return EventStream(turn, _openai_events(request, turn, chunks, meta))
+    await drain(request, turn, turn.deltas(chunks))
+    turn.log_done(rid(request))
     return {**meta, "object": "chat.completion", "model": turn.provider, "timings": turn.timings(),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": turn.text},
                          "finish_reason": "stop"}]}
 
 
-async def _openai_events(request: Request, turn: _Turn, chunks: AsyncIterator[Chunk],
+async def _openai_events(request: Request, turn: Turn, chunks: AsyncIterator[Chunk],
                          meta: dict) -> AsyncIterator[dict | str]:
     def chunk(delta: dict, finish: str | None = None) -> dict:
         return {**meta, "object": "chat.completion.chunk", "model": turn.provider,
@@ -429,7 +256,7 @@ async def _openai_events(request: Request, turn: _Turn, chunks: AsyncIterator[Ch
             async for text in texts:
                 first = len(turn.parts) == 1
                 yield chunk({"role": "assistant", "content": text} if first else {"content": text})
-        turn.log_done(_rid(request))
+        turn.log_done(rid(request))
         yield chunk({}, "stop")
         yield "[DONE]"
     except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
