@@ -161,20 +161,21 @@ class _Attempt:
         t = self.policy.first_token_timeout
         return None if t is None else self.started + t
 
-    def deadline(self) -> tuple[float, UpstreamTimeoutError] | None:
-        """When this attempt times out and the error it then gets, or None."""
+    def deadline(self) -> float | None:
+        """When this attempt times out: no first token, or silence mid-reply; None without a limit."""
         if self.last_token is None:
             limit = self.policy.first_token_timeout
-            if limit is None:
-                return None
-            return self.started + limit, UpstreamTimeoutError(
-                f"{self.name}: no reply within {limit:g} s", fix="raise first_token_timeout in configs.yaml, "
-                                                                  "or add a fallback provider")
+            return None if limit is None else self.started + limit
         limit = self.policy.stall_timeout
-        if limit is None:
-            return None
-        return self.last_token + limit, UpstreamTimeoutError(
-            f"{self.name}: the reply stalled for {limit:g} s mid-stream",
+        return None if limit is None else self.last_token + limit
+
+    def timeout_error(self) -> UpstreamTimeoutError:
+        if self.last_token is None:
+            return UpstreamTimeoutError(
+                f"{self.name}: no reply within {self.policy.first_token_timeout:g} s",
+                fix="raise first_token_timeout in configs.yaml, or add a fallback provider")
+        return UpstreamTimeoutError(
+            f"{self.name}: the reply stalled for {self.policy.stall_timeout:g} s mid-stream",
             fix="raise stall_timeout in configs.yaml, or check the backend's load")
 
     def hedge_at(self) -> float | None:
@@ -277,16 +278,16 @@ class Race:
             timers = []
             for attempt in self.running:
                 if (d := attempt.deadline()) is not None:
-                    timers.append((d[0], attempt, "timeout", d[1]))
+                    timers.append((d, attempt, "timeout"))
                 if self.winner is None and self.pending and len(self.running) == 1 and \
                         (h := attempt.hedge_at()) is not None:
-                    timers.append((h, attempt, "hedge", None))
+                    timers.append((h, attempt, "hedge"))
             soonest = min(timers, key=lambda t: t[0], default=None)
             try:
                 wait = None if soonest is None else max(0.0, soonest[0] - now)
                 return self.events.get(timeout=wait)
             except queue.Empty:
-                _, attempt, kind, error = soonest
+                _, attempt, kind = soonest
                 if kind == "hedge":
                     attempt.hedged = True
                     log.info("%s has said nothing in %g s: starting %s beside it", attempt.name,
@@ -294,7 +295,7 @@ class Race:
                     self._start_next()
                     continue
                 attempt.cancel.cancel()
-                return attempt, "error", error
+                return attempt, "error", attempt.timeout_error()
 
     def _crown(self, attempt: _Attempt) -> None:
         """The first attempt to produce text answers; the others are cancelled."""
