@@ -30,7 +30,7 @@ from . import speech
 from .api_schemas import ApiError, ChatCompletionRequest, SeedRequest, openapi_with_bodies, read_body
 from .api_server import ServerThread, check_bind_security, serve, start_in_thread
 from .api_turn import EventStream, Turn, begin, drain, rid
-from .errors import LLMError
+from .errors import LLMError, UnknownProviderError
 from .router import Router
 from .types import Chunk, GenerationParams, ProviderStatus, history_pairs
 
@@ -77,6 +77,7 @@ def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: in
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"],
                       summary="OpenAI chat completions")
     app.add_api_route("/v1/models", list_models, methods=["GET"], summary="Providers, OpenAI list shape")
+    app.add_api_route("/v1/models/{model_id}", get_model, methods=["GET"], summary="One provider")
     app.add_api_route("/health", health, methods=["GET"], summary="Liveness and provider readiness")
     app.openapi = lambda: openapi_with_bodies(app)
     # The TTS normaliser takes ~0.7 s to import: load it now, not on a user's first sentence with a number.
@@ -143,11 +144,15 @@ def _as_api_error(exc: Exception, route: str = "") -> ApiError:
 
 def _error_response(ctx: _Context, path: str, err: ApiError, headers: dict | None = None) -> JSONResponse:
     message = ctx.redact(err.message)
+    status = err.status
     if path.startswith("/v1/"):
+        # OpenAI answers an invalid request with 400, which the SDKs raise as BadRequestError; a 422
+        # (UnprocessableEntityError) slips past code that catches the former.
+        status = 400 if status == 422 else status
         body: dict = {"error": {"message": message, "type": err.type, "param": err.param, "code": err.type}}
     else:
-        body = {"status": err.status, "error": {"type": err.type, "message": message}}
-    return JSONResponse(body, status_code=err.status, headers=headers)
+        body = {"status": status, "error": {"type": err.type, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _error_event(request: Request, exc: Exception) -> dict:
@@ -266,9 +271,21 @@ async def _openai_events(request: Request, turn: Turn, chunks: AsyncIterator[Chu
 async def list_models(request: Request) -> dict:
     """Provider names in OpenAI's list shape, with readiness."""
     statuses = await _statuses(request.app.state.ctx)
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
-                                        "owned_by": "linly-talker", **status}
-                                       for name, status in statuses.items()]}
+    return {"object": "list", "data": [_model(name, status) for name, status in statuses.items()]}
+
+
+async def get_model(request: Request, model_id: str) -> dict:
+    """One provider in OpenAI's model shape; 404 naming the valid ones."""
+    router: Router = request.app.state.ctx.router
+    if model_id not in router.names():
+        known = ", ".join(router.names())
+        raise UnknownProviderError(f"unknown model {model_id!r}", fix=f"use one of: {known}")
+    statuses = await _statuses(request.app.state.ctx, [model_id])
+    return _model(model_id, statuses[model_id])
+
+
+def _model(name: str, status: dict) -> dict:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "linly-talker", **status}
 
 
 async def health(request: Request) -> dict:
@@ -276,10 +293,10 @@ async def health(request: Request) -> dict:
     return {"status": "ok", "providers": await _statuses(request.app.state.ctx)}
 
 
-async def _statuses(ctx: _Context) -> dict[str, dict]:
+async def _statuses(ctx: _Context, names: list[str] | None = None) -> dict[str, dict]:
     def collect() -> dict[str, dict]:
         out = {}
-        for name in ctx.router.names():
+        for name in names or ctx.router.names():
             try:
                 s = ctx.router.status(name)
             except LLMError as e:

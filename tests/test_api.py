@@ -231,9 +231,9 @@ def test_openai_sdk_streaming(sdk, fake_openai):
 def test_openai_sdk_sees_typed_errors(sdk):
     with pytest.raises(openai.NotFoundError):
         sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.UnprocessableEntityError):
+    with pytest.raises(openai.BadRequestError):         # OpenAI's own status for an invalid request
         sdk.chat.completions.create(model="direct", temperature=2.5, messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.UnprocessableEntityError, match="last message"):
+    with pytest.raises(openai.BadRequestError, match="last message"):
         sdk.chat.completions.create(model="direct", messages=[{"role": "assistant", "content": "hi"}])
     with pytest.raises(openai.APIError, match="dropped the stream"):
         list(sdk.chat.completions.create(model="halfway", stream=True, extra_body={"style": "none"},
@@ -243,9 +243,9 @@ def test_openai_sdk_sees_typed_errors(sdk):
 def test_openai_errors_have_the_openai_shape(served):
     url = f"{served.url}/v1/chat/completions"
     error = assert_openai_error(requests.post(url, json={"model": "direct", "messages": [], "foo": 1},
-                                              timeout=10), 422)
+                                              timeout=10), 400)
     assert error["param"] == "messages"
-    assert_openai_error(requests.post(url, data=b'{"messages": NaN}', headers=JSON, timeout=10), 422)
+    assert_openai_error(requests.post(url, data=b'{"messages": NaN}', headers=JSON, timeout=10), 400)
     assert_openai_error(requests.post(url, data=b"{", headers=JSON, timeout=10), 400)
 
 
@@ -423,3 +423,11 @@ def test_the_listening_socket_lets_asyncio_turn_off_nagle(served):
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_one_model_can_be_fetched_and_an_unknown_one_names_the_valid_ones(sdk, served):
+    model = sdk.models.retrieve("direct")
+    assert model.id == "direct" and model.object == "model" and model.model_extra["ready"] is True
+    with pytest.raises(openai.NotFoundError, match="use one of: direct"):
+        sdk.models.retrieve("gpt-9")
+    assert_openai_error(requests.get(f"{served.url}/v1/models/gpt-9", timeout=10), 404)
