@@ -30,6 +30,7 @@ import json
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -73,12 +74,13 @@ class FakeHub:
     """Serves `repos` ({repo id: folder}); `requests` logs every request, `bytes_served` counts file bytes."""
 
     def __init__(self, repos: dict[str, str | Path] | None = None, *, faults: list[str] | None = None,
-                 fault_paths: str = ""):
+                 fault_paths: str = "", bytes_per_s: int | None = None):
         self.repos: dict[str, dict[str, RepoFile]] = {}
         self.commits: dict[str, str] = {}
         for repo_id, folder in (repos or {}).items():
             self.add(repo_id, folder)
         self.faults, self.fault_paths = list(faults or ["ok"]), fault_paths
+        self.bytes_per_s = bytes_per_s      # a slow link, so a progress bar has time to show
         self.requests: list[dict] = []      # {"server": "hub"|"cdn", "method", "path", "headers"}
         self.bytes_served = 0
         self._lock = threading.Lock()
@@ -239,7 +241,11 @@ class FakeHub:
             return None
         if cut is not None:
             body, h.close_connection = body[:cut], True
-        h.wfile.write(body)
+        step = max(1, self.bytes_per_s // 20) if self.bytes_per_s else len(body) or 1
+        for i in range(0, len(body), step):
+            h.wfile.write(body[i:i + step])
+            if self.bytes_per_s:
+                time.sleep(0.05)
         with self._lock:
             self.bytes_served += len(body)
         return None

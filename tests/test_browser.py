@@ -315,7 +315,8 @@ def test_the_download_button_fetches_a_local_model_and_it_answers_without_a_rest
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     repo = build_llama(tmp_path / "tiny-chat")
-    with FakeHub({"fake-org/tiny-chat": repo}) as hub:
+    size = sum(f.stat().st_size for f in repo.rglob("*") if f.is_file())
+    with FakeHub({"fake-org/tiny-chat": repo}, bytes_per_s=size // 3) as hub:    # about 3 s
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         providers = {"direct": PRESETS["direct"],
                      "tiny": ProviderConfig("tiny", "local", "fake-org/tiny-chat", label="Tiny Local", device="cpu",
@@ -331,6 +332,9 @@ def test_the_download_button_fetches_a_local_model_and_it_answers_without_a_rest
             choose(page, "Tiny Local — not ready")
             page.wait_for_selector("#download", state="visible")
             page.click("#download")
+            # the download's own progress (huggingface_hub's bars, tracked by Gradio) shows while it runs
+            page.wait_for_function("() => [...document.querySelectorAll('.progress-level')]"
+                                   ".some(e => /Fetching \\d+ files - \\d/.test(e.innerText))", timeout=10000)
             page.wait_for_function("() => document.querySelector('#provider-note').innerText.includes('is ready')",
                                    timeout=60000)
             page.wait_for_selector("#download", state="hidden")
