@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llm.errors import ConfigError
-from llm.speech import DEFAULT_EMOTIONS, DEFAULT_MAX_SECONDS
+from llm.speech import DEFAULT_EMOTIONS, DEFAULT_MAX_SECONDS, SECONDS_RULE, valid_seconds
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +251,8 @@ def _style_from(data: Any, where: _Where) -> StyleConfig:
         if k in ("short_answer", "emotions"):
             values[k] = _expect(v, bool, where, key)
         elif k == "max_seconds":
-            if not _is_number(v) or not 0 < v <= 600:
-                where.fail(key, "must be a number of seconds above 0 and at most 600")
+            if not _is_number(v) or not valid_seconds(v):
+                where.fail(key, SECONDS_RULE)
             values[k] = float(v)
         elif k == "max_chars":
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -287,8 +287,8 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
             seconds = float(raw)
         except ValueError:
             seconds = -1.0
-        if not 0 < seconds <= 600:
-            where.fail("LLM_MAX_SECONDS", "must be a number of seconds above 0 and at most 600")
+        if not valid_seconds(seconds):
+            where.fail("LLM_MAX_SECONDS", SECONDS_RULE)
         out = replace(out, style=replace(out.style, max_seconds=seconds))
     return out
 

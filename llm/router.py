@@ -31,7 +31,6 @@ from .types import (
 )
 
 log = logging.getLogger(__name__)
-MAX_SECONDS = 600.0     # the longest answer budget a request may ask for
 
 
 @dataclass(frozen=True)
@@ -164,10 +163,8 @@ class Router:
                 raise InvalidRequestError("max_chars must be a positive integer")
             return speech.Budget(chars=max_chars)
         if max_seconds is not None:
-            if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) \
-                    or not 0 < max_seconds <= MAX_SECONDS:
-                raise InvalidRequestError(f"max_seconds must be a number of seconds, above 0 and at most "
-                                          f"{MAX_SECONDS}")
+            if not speech.valid_seconds(max_seconds):
+                raise InvalidRequestError(f"max_seconds {speech.SECONDS_RULE}")
             return speech.Budget(seconds=float(max_seconds))
         style = self.settings.style
         return speech.Budget(chars=style.max_chars) if style.max_chars else speech.Budget(style.max_seconds)

@@ -16,11 +16,14 @@ it arrives, and text once released is never taken back.
 from .budget import (
     DEFAULT_MAX_SECONDS,
     EN_WORDS_PER_S,
+    MAX_SECONDS,
+    SECONDS_RULE,
     ZH_CHARS_PER_S,
     Budget,
     SpeechFilter,
     fit_to_budget,
     spoken_seconds,
+    valid_seconds,
 )
 from .clean import ReplyFilter, clean_for_speech
 from .emotions import DEFAULT_EMOTIONS, EmotionTags
@@ -35,6 +38,6 @@ def instruction(prompt: str, max_chars: int) -> str:
 
 
 __all__ = ["Budget", "CLAUSE_MARKS", "DEFAULT_EMOTIONS", "DEFAULT_MAX_SECONDS", "EN_WORDS_PER_S",
-           "EmotionTags", "ReplyFilter", "SENTENCE_ENDS", "SentenceSplitter", "SpeechFilter",
-           "ZH_CHARS_PER_S", "clean_for_speech", "fit_to_budget", "for_tts", "instruction", "is_chinese",
-           "speak", "spoken_seconds"]
+           "MAX_SECONDS", "SECONDS_RULE", "EmotionTags", "ReplyFilter", "SENTENCE_ENDS", "SentenceSplitter",
+           "SpeechFilter", "ZH_CHARS_PER_S", "clean_for_speech", "fit_to_budget", "for_tts", "instruction",
+           "is_chinese", "speak", "spoken_seconds", "valid_seconds"]

@@ -18,6 +18,8 @@ from .sentences import _CJK, MARKS, boundaries, is_chinese
 ZH_CHARS_PER_S = 5.0        # a Mandarin TTS voice says about 4-5 characters a second
 EN_WORDS_PER_S = 2.5        # about 150 words a minute
 DEFAULT_MAX_SECONDS = 25 / ZH_CHARS_PER_S
+MAX_SECONDS = 600.0         # the longest budget a config or a request may ask for
+SECONDS_RULE = f"must be a number of seconds above 0 and at most {MAX_SECONDS:g}"
 # Spoken length of digits and symbols, in Chinese characters and English words.
 _DIGIT = {"zh": 1.2, "en": 0.8}                 # 2024 -> 二零二四 / twenty twenty-four
 _SYMBOLS = {"%": (3, 1), "％": (3, 1), "℃": (3, 2), "°": (1, 1), "~": (1, 1), "+": (1, 1), "=": (2, 1)}
@@ -51,6 +53,11 @@ class Budget:
             rule += (f"。每句话以一个情绪标签开头，例如{example}，只能从这些中选：{names}" if zh else
                      f" Start each sentence with one emotion tag such as {example}, chosen from: {names}.")
         return rule
+
+
+def valid_seconds(value: object) -> bool:
+    """Whether `value` is a usable budget in seconds (a finite number, 0 < value <= MAX_SECONDS)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= MAX_SECONDS
 
 
 def spoken_seconds(text: str, lang: str | None = None) -> float:
