@@ -83,7 +83,7 @@
       if (fresh.length) stage.emotion(fresh[fresh.length - 1].emotion);
       return;
     }
-    for (const item of fresh) say(item.say || item.text, item.emotion);
+    for (const item of fresh) say(item.speech || item.sentence, item.emotion);
   };
   const readEmotion = () => {
     const line = $("answered-by");

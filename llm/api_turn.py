@@ -79,9 +79,9 @@ class Turn:
             yield await self._event(sentence, emotion)
 
     async def _event(self, sentence: str, emotion: str | None) -> dict:
-        event = {"sentence": sentence, "speech": await asyncio.to_thread(speech.for_tts, sentence)}
-        if self.req.emotions:
-            event["emotion"] = emotion
+        event = await speech.sentence_event(sentence, emotion)
+        if not self.req.emotions:
+            del event["emotion"]    # the field is for clients that asked for emotions
         self.events.append(event)
         return event
 

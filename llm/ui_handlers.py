@@ -297,8 +297,7 @@ class Sayings:
             await self._say(sentence, feeling)
 
     async def _say(self, sentence: str, emotion: str | None) -> None:
-        spoken = await asyncio.to_thread(speech.for_tts, sentence)     # ms of work, off the event loop
-        self.items.append({"text": sentence, "say": spoken, "emotion": emotion})
+        self.items.append(await speech.sentence_event(sentence, emotion))   # the seed stream's events
 
     def html(self) -> str:
         return f"<pre>{html.escape(json.dumps(self.items, ensure_ascii=False))}</pre>"

@@ -309,8 +309,8 @@ def test_a_new_message_retires_the_turn_still_running():
 def test_the_avatar_is_given_each_sentence_as_the_tts_should_say_it(router):
     updates, _ = run_turn(router, "今天气温25℃。明天下雨", "direct")
     sayings = json.loads(re.sub("<[^>]+>", "", html.unescape(updates[-1][3])))
-    assert sayings == [{"text": "今天气温25℃。", "say": "今天气温二十五摄氏度。", "emotion": None},
-                       {"text": "明天下雨", "say": "明天下雨", "emotion": None}]   # the unfinished one at the end
+    assert sayings == [{"sentence": "今天气温25℃。", "speech": "今天气温二十五摄氏度。", "emotion": None},
+                       {"sentence": "明天下雨", "speech": "明天下雨", "emotion": None}]   # the unfinished one at the end
 
 
 def test_errors_on_the_page_name_providers_by_their_labels(router):

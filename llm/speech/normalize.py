@@ -13,6 +13,7 @@ sentence with nothing to convert (most of them) returns at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
@@ -51,3 +52,9 @@ def for_tts(sentence: str) -> str:
         log.exception("text normalisation failed for %r", sentence[:40])
         return sentence
     return spoken.strip() or sentence
+
+
+async def sentence_event(sentence: str, emotion: str | None = None) -> dict:
+    """A sentence as the seed stream and the page deliver it: `sentence` (as displayed), `speech`
+    (as a TTS engine should read it; normalised off the event loop) and `emotion`."""
+    return {"sentence": sentence, "speech": await asyncio.to_thread(for_tts, sentence), "emotion": emotion}
