@@ -78,8 +78,9 @@ def test_a_broken_reply_is_an_error_and_the_fallback_answers(kind, fault):
         assert reply.json()["provider"] == "direct" and reply.json()["response"] == "你好"
 
 
-def test_an_html_page_says_what_came_back():
-    with upstreams(("openai", ["html"])) as (fake,), served(config("web", "openai", fake)) as server:
+@pytest.mark.parametrize("kind", ["openai", "zhipuai"])     # their streams expose the HTTP response
+def test_an_html_page_says_what_came_back(kind):
+    with upstreams((kind, ["html"])) as (fake,), served(config("web", kind, fake)) as server:
         error = assert_error(ask(server, "web")[0], 502)
     assert "text/html" in error["message"] and "base_url" in error["message"]
 

@@ -41,9 +41,6 @@ class ZhipuAIProvider(CloudProvider):
     def chunk_finished(self, chunk: Any) -> bool:
         return delta_finished(chunk)
 
-    def content_type(self, response: Any) -> str:
-        return str(response.response.headers.get("content-type", ""))
-
     def close_stream(self, response: Any) -> None:
         response.response.close()   # the SDK's stream has no close(); its HTTP response does
 
