@@ -416,7 +416,7 @@ def test_cli_api_only_serves_health():
 
 def test_the_listening_socket_lets_asyncio_turn_off_nagle(served):
     # asyncio sets TCP_NODELAY on accepted connections only if the listening socket's proto is TCP
-    from llm.api_server import _bind
+    from llm.api.server import _bind
 
     sock = _bind("127.0.0.1", 0)
     try:

@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.requests import ClientDisconnect
 
-from .speech import MAX_SECONDS
+from ..speech import MAX_SECONDS
 
 MAX_NEW_TOKENS = 1_000_000    # GenerationParams' own upper bound
 

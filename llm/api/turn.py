@@ -13,11 +13,11 @@ from typing import AsyncIterator
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from . import speech
-from .api_schemas import ApiError
-from .router import Request as LLMRequest
-from .router import Router
-from .types import CancelToken, Chunk
+from .. import speech
+from ..router import Request as LLMRequest
+from ..router import Router
+from ..types import CancelToken, Chunk
+from .schemas import ApiError
 
 log = logging.getLogger("llm.api")
 LOG_PROMPT_CHARS = 50

@@ -1,0 +1,113 @@
+"""The HTTP API: the seed `POST /`, an OpenAI-compatible `/v1`, and `/health`.
+
+Every generation runs through `Router.astream` (a worker thread per call), so the event loop
+never blocks and requests to cloud providers overlap. Bodies are read and parsed here, strictly,
+so every bad input gets a 4xx in the route's error shape instead of a 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from .. import speech
+from ..errors import LLMError
+from ..router import Router
+from .errors import error_response, handle_error
+from .openai import chat_completions, get_model, list_models, statuses
+from .schemas import ApiError, openapi_with_bodies
+from .seed import seed
+
+log = logging.getLogger("llm.api")
+OPEN_PATHS = ("/health",)       # the only route that needs no API key
+
+
+@dataclass
+class Context:
+    """What the routes share: the router, the limits, and the secrets that must never leak."""
+
+    router: Router
+    api_key: str | None
+    max_body_bytes: int
+
+    def authorized(self, scope: dict) -> bool:
+        if not self.api_key or scope["path"] in OPEN_PATHS:
+            return True
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(),
+                                                                           self.api_key.encode())
+        return False
+
+    def redact(self, text: str) -> str:
+        """`text` with the server's key and every provider key replaced by ***."""
+        return self.router.redact(text)
+
+
+def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: int = 1_000_000) -> FastAPI:
+    """The FastAPI app for `router`; with `api_key`, every route but /health needs `Bearer <key>`."""
+    app = FastAPI(title="Linly-Talker LLM API", version="2",
+                  description="Seed API (`POST /`), OpenAI-compatible `/v1`, and `/health`.")
+    app.state.ctx = ctx = Context(router, api_key or None, max_body_bytes)
+    router.add_secret(api_key)
+    for exc_type in (ApiError, LLMError, HTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(exc_type, handle_error)
+    app.add_middleware(_Gate, ctx=ctx)
+    app.add_api_route("/", seed, methods=["POST"], summary="Seed API: prompt in, reply out")
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"],
+                      summary="OpenAI chat completions")
+    app.add_api_route("/v1/models", list_models, methods=["GET"], summary="Providers, OpenAI list shape")
+    app.add_api_route("/v1/models/{model_id}", get_model, methods=["GET"], summary="One provider")
+    app.add_api_route("/health", health, methods=["GET"], summary="Liveness and provider readiness")
+    app.openapi = lambda: openapi_with_bodies(app)
+    # The TTS normaliser takes ~0.7 s to import: load it now, not on a user's first sentence with a number.
+    threading.Thread(target=speech.for_tts, args=("1",), name="tts-warm-up", daemon=True).start()
+    return app
+
+
+class _Gate:
+    """Before every route: a request id (logged and sent back as X-Request-ID), then the API key."""
+
+    def __init__(self, app, ctx: Context):
+        self.app, self.ctx = app, ctx
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = uuid.uuid4().hex[:12]
+        scope.setdefault("state", {})["request_id"] = rid
+        status, start = [0], time.perf_counter()
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self.ctx.authorized(scope):
+                await self.app(scope, receive, send_with_id)
+            else:
+                err = ApiError(401, "unauthorized",
+                               "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+                await error_response(self.ctx, scope["path"], err, {"WWW-Authenticate": "Bearer"})(
+                    scope, receive, send_with_id)
+        finally:
+            log.info("%s %s %s -> %s in %.0f ms", rid, scope["method"], scope["path"], status[0] or "-",
+                     (time.perf_counter() - start) * 1000)
+
+
+async def health(request: Request) -> dict:
+    """Always open (no API key): liveness, and whether each provider could answer now."""
+    return {"status": "ok", "providers": await statuses(request.app.state.ctx)}
+
+

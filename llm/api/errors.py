@@ -1,0 +1,85 @@
+"""The one place that turns any failure into each route's error shape: the seed API's
+`{"status", "error": {"type", "message"}}` and OpenAI's `{"error": {"message", "type", "param", "code"}}`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import traceback
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ..errors import LLMError
+from .schemas import ApiError
+from .turn import rid
+
+if TYPE_CHECKING:
+    from .app import Context
+
+log = logging.getLogger("llm.api")
+
+
+def retry_headers(exc: Exception) -> dict[str, str] | None:
+    """Retry-After for a 429/503 whose cause said when to come back (rounded up to whole seconds)."""
+    wait = getattr(exc, "retry_after", None)
+    if wait is None or getattr(exc, "status", None) not in (429, 503):
+        return None
+    return {"Retry-After": str(max(1, math.ceil(wait)))}
+
+
+def as_api_error(exc: Exception, route: str = "") -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, LLMError):
+        return ApiError(exc.status, exc.type, str(exc))     # str() carries the fix
+    if isinstance(exc, HTTPException):
+        kind, message = {404: ("not_found", f"no route {route}: see /docs for the routes"),
+                         405: ("method_not_allowed", f"method not allowed: {route}")
+                         }.get(exc.status_code, ("http_error", str(exc.detail)))
+        return ApiError(exc.status_code, kind, message)
+    if isinstance(exc, RequestValidationError):
+        return ApiError(422, "invalid_request_error", "; ".join(str(e.get("msg")) for e in exc.errors()[:3]))
+    return ApiError(500, "internal_error", "internal server error: see the server log")
+
+
+def error_response(ctx: Context, path: str, err: ApiError, headers: dict | None = None) -> JSONResponse:
+    message = ctx.redact(err.message)
+    status = err.status
+    if path.startswith("/v1/"):
+        # OpenAI answers an invalid request with 400, which the SDKs raise as BadRequestError; a 422
+        # (UnprocessableEntityError) slips past code that catches the former.
+        status = 400 if status == 422 else status
+        body: dict = {"error": {"message": message, "type": err.type, "param": err.param, "code": err.type}}
+    else:
+        body = {"status": status, "error": {"type": err.type, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_event(request: Request, exc: Exception) -> dict:
+    """An error that happened after the stream began, as the body of one SSE event."""
+    ctx: Context = request.app.state.ctx
+    err = log_error(ctx, exc, rid(request))
+    return {"error": json.loads(error_response(ctx, request.url.path, err).body)["error"]}
+
+
+def log_error(ctx: Context, exc: Exception, rid: str = "-", route: str = "") -> ApiError:
+    err = as_api_error(exc, route)
+    if err.status == 500:   # a bug: keep the traceback, without secrets
+        trace = "".join(traceback.format_exception(exc))
+        log.error("%s internal error: %s", rid, ctx.redact(trace))
+    else:
+        log.log(logging.WARNING if err.status >= 500 else logging.INFO, "%s %s %s: %s", rid, err.status,
+                err.type, ctx.redact(err.message))
+    return err
+
+
+async def handle_error(request: Request, exc: Exception) -> JSONResponse:
+    ctx: Context = request.app.state.ctx
+    err = log_error(ctx, exc, rid(request), f"{request.method} {request.url.path}")
+    headers = getattr(exc, "headers", None) if isinstance(exc, HTTPException) else retry_headers(exc)
+    return error_response(ctx, request.url.path, err, headers)
