@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 KINDS = ("local", "openai", "gemini", "zhipuai", "echo")
 DEFAULT_CONFIG_FILE = "configs.yaml"
 MAX_RETRIES = 10
-GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty")
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed",
+                   "frequency_penalty", "presence_penalty")
 
 # The upstream Linly-AI (Chinese-LLaMA-2) prompt format; {history} holds earlier "User: ... Bot: ..." turns.
 LINLY_TEMPLATE = "{system}{history} ### Instruction:{prompt}  ### Response:"
@@ -51,6 +52,8 @@ class ProviderConfig:
     first_token_timeout: float | None = None  # no text by then: 504, fallback (cloud: 20)
     stall_timeout: float | None = None    # silence mid-reply longer than this: 504 (cloud: 15)
     hedge_after: float | None = None      # no text by then: start the first fallback beside it
+    aliases: tuple[str, ...] = ()         # other model names that reach it (a client fixed on "gpt-4o-mini")
+    stream_usage: bool = True             # openai kind: ask for token usage (off for servers that refuse it)
 
     @property
     def display_name(self) -> str:
@@ -174,12 +177,12 @@ def _provider_from(name: str, entry: Any, base: ProviderConfig | None, where: _W
 
 
 def _convert_provider_field(name: str, value: Any, where: _Where, key: str) -> Any:
-    if name in ("api_key_env", "fallback"):
+    if name in ("api_key_env", "fallback", "aliases"):
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
             where.fail(key, "must be a name or a list of names")
         return tuple(items)
-    if name == "trust_remote_code":
+    if name in ("trust_remote_code", "stream_usage"):
         return _expect(value, bool, where, key)
     if name == "generation":
         value = _expect(value, dict, where, key)
@@ -304,6 +307,11 @@ def _check_references(settings: Settings) -> None:
                 where.fail(f"providers.{cfg.name}.fallback", f"names no provider: {other!r}")
             if other == cfg.name:
                 where.fail(f"providers.{cfg.name}.fallback", "a provider cannot fall back to itself")
+        for alias in cfg.aliases:
+            owners = [c.name for c in settings.providers.values() if alias in c.aliases]
+            if alias in settings.providers or len(owners) > 1:
+                clash = alias if alias in settings.providers else " and ".join(owners)
+                where.fail(f"providers.{cfg.name}.aliases", f"{alias!r} is already the name of {clash}")
         if cfg.hedge_after and not cfg.fallback:
             where.fail(f"providers.{cfg.name}.hedge_after", "needs a fallback to start beside the provider")
 

@@ -32,6 +32,10 @@ class InvalidRequestError(LLMError):
     status = 400
     type = "invalid_request_error"
 
+    def __init__(self, message: str, *, param: str | None = None, **kw):
+        super().__init__(message, **kw)
+        self.param = param      # the request field at fault, when there is one
+
 
 class UnknownProviderError(LLMError):
     status = 404

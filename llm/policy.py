@@ -347,11 +347,16 @@ class Race:
 
     def _tries(self, attempt: _Attempt) -> None:
         for retry in itertools.count():
-            produced = False
+            produced, news = False, []
             try:
                 for chunk in self.stream_one(attempt.name, attempt.cancel, attempt.touch):
+                    if not chunk.substantive and not produced:
+                        news.append(chunk)     # an end with no answer before it is an empty reply
+                        continue
                     produced = attempt.texted = True
-                    self.events.put((attempt, "text", chunk))
+                    for item in (*news, chunk):
+                        self.events.put((attempt, "text", item))
+                    news.clear()
                 if not produced:
                     raise UpstreamError(f"{attempt.name} returned an empty reply", upstream_status=200,
                                         fix="check the model and its prompt; a fallback answers meanwhile")

@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Iterator, Mapping
 from configs import Settings, load_settings
 
 from . import speech
-from .errors import CancelledError, InvalidRequestError, NotReadyError, UnknownProviderError
+from .errors import CancelledError, InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
 from .policy import Breaker, Policy, Race
 from .providers import Provider, provider_class
 from .types import (
@@ -27,6 +27,7 @@ from .types import (
     Message,
     ProviderStatus,
     Reply,
+    StreamEvent,
     normalize_history,
 )
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 class Request:
     """Everything one call needs; built by `Router.request` from loose arguments."""
 
-    prompt: str
+    prompt: str | None      # None: the history ends with tool results the model answers
     provider: str
     history: tuple[Message, ...] = ()
     system: str | None = None
@@ -66,9 +67,18 @@ class Router:
     def names(self) -> list[str]:
         return list(self.settings.providers)
 
-    def provider(self, name: str | None = None) -> Provider:
-        """The (lazily created, then shared) provider for a name; the config default when None."""
+    def resolve(self, name: str | None) -> str:
+        """The provider name for a name or one of a provider's `aliases`; the default for None."""
         name = name or self.settings.default
+        if name not in self.settings.providers:
+            for cfg in self.settings.providers.values():
+                if name in cfg.aliases:
+                    return cfg.name
+        return name
+
+    def provider(self, name: str | None = None) -> Provider:
+        """The (lazily created, then shared) provider for a name or alias; the config default when None."""
+        name = self.resolve(name)
         if name not in self.settings.providers:
             raise UnknownProviderError(f"unknown provider {name!r}",
                                        fix=f"use one of: {', '.join(self.settings.providers)}")
@@ -139,23 +149,55 @@ class Router:
         """Validate loose arguments into a Request (InvalidRequestError on bad input).
 
         The answer budget: `max_chars` if given, else `max_seconds`, else the config's `max_chars`
-        (an explicit override), else its `max_seconds`."""
-        if not isinstance(prompt, str) or not prompt.strip():
+        (an explicit override), else its `max_seconds`. A request for a program (tools, a JSON reply)
+        is not styled unless `style` says so. `prompt` may be None when the history ends with tool results.
+        A field the provider cannot honour (`Provider.unsupported`) is refused, naming both."""
+        messages = tuple(normalize_history(history))
+        tool_turn = prompt is None and bool(messages) and messages[-1].role == "tool"
+        if not tool_turn and (not isinstance(prompt, str) or not prompt.strip()):
             raise InvalidRequestError("prompt must be a non-empty string")
         if system is not None and not isinstance(system, str):
             raise InvalidRequestError("system must be a string")
         if isinstance(params, dict):
             params = GenerationParams(**params)
+        params = params or GenerationParams()
         budget = self._budget(max_chars, max_seconds)
         cfg = self.settings.style
         if emotions is not None and not isinstance(emotions, bool):
             raise InvalidRequestError("emotions must be true or false")
-        name = provider or self.settings.default
-        self.provider(name)     # unknown names fail here, before any work
-        return Request(prompt=prompt, provider=name, history=tuple(normalize_history(history)),
-                       system=system or None, params=params or GenerationParams(),
-                       style=cfg.short_answer if style is None else bool(style), budget=budget,
+        name = self.resolve(provider)
+        self._refuse_unsupported(name, params, messages)    # unknown names fail here too, before any work
+        styled = (cfg.short_answer and not params.for_program) if style is None else bool(style)
+        return Request(prompt=prompt, provider=name, history=messages, system=system or None, params=params,
+                       style=styled, budget=budget,
                        emotions=cfg.emotion_set if (cfg.emotions if emotions is None else emotions) else ())
+
+    def _refuse_unsupported(self, name: str, params: GenerationParams, messages: tuple[Message, ...]) -> None:
+        provider = self.provider(name)
+        field = self._unsupported(provider, params, messages)
+        if field is not None:
+            label = provider.config.display_name
+            who = name if label == name else f"{label} ({name})"
+            able = [n for n in self.names() if n != name and self._can_serve(n, params, messages)]
+            raise InvalidRequestError(
+                f"{who} cannot honour {field!r}: the {provider.kind} backend has no equivalent, and leaving "
+                "it out would change the answer", param=field,
+                fix=f"remove {field!r}, or use a provider that honours it"
+                    + (f": {', '.join(able)}" if able else ""))
+
+    @staticmethod
+    def _unsupported(provider: Provider, params: GenerationParams,
+                     messages: tuple[Message, ...]) -> str | None:
+        if any(m.for_tools for m in messages) and provider.unsupported(_WITH_TOOLS) is not None:
+            return "messages (tool calls)"
+        return provider.unsupported(params)
+
+    def _can_serve(self, name: str, params: GenerationParams, messages: tuple[Message, ...]) -> bool:
+        """Whether `name` honours every field of the call (a fallback that cannot is skipped)."""
+        try:
+            return self._unsupported(self.provider(name), params, messages) is None
+        except LLMError:    # its SDK is missing: it could not answer anyway
+            return False
 
     def _budget(self, max_chars: Any, max_seconds: Any) -> speech.Budget:
         if max_chars is not None:
@@ -179,7 +221,7 @@ class Router:
         req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
         cancel = cancel or CancelToken()
         chain = [req.provider] + [n for n in self.settings.providers[req.provider].fallback
-                                  if n != req.provider]
+                                  if n != req.provider and self._can_serve(n, req.params, req.history)]
 
         def stream_one(name: str, token: CancelToken, progress) -> Iterator[Chunk]:
             return self._stream_one(name, req, token, progress)
@@ -267,22 +309,32 @@ class Router:
             params = params.merged_over(GenerationParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS))
         messages = self._messages(provider, req, styled)
         messages = provider.fit(messages, reserve=params.max_new_tokens)
+        prompt = req.prompt or ""
         with self._slot(name, cancel):
             upstream = _touching(provider.stream(messages, params, cancel), progress)
             try:
                 pieces = speech.speak(upstream, req.budget if styled else None,
                                       emotions=req.emotions if styled else (), verbatim=provider.verbatim,
-                                      lang="zh" if speech.is_chinese(req.prompt) else "en")
-                for text, emotion in pieces:
+                                      lang="zh" if speech.is_chinese(prompt) else "en")
+                said, finish, usage = [], None, None
+                for piece, emotion in pieces:
                     self._check(cancel)
-                    yield Chunk(text, name, emotion)
+                    if isinstance(piece, StreamEvent):
+                        finish, usage = piece.finish_reason or finish, piece.usage or usage
+                        if piece.tool_calls:
+                            yield Chunk("", name, tool_calls=piece.tool_calls)
+                        continue
+                    said.append(piece)
+                    yield Chunk(piece, name, emotion)
                 self._check(cancel)     # a provider that ended because of the cancel
+                yield Chunk("", name, finish_reason=finish or "stop",
+                            usage=usage or _counted(provider, messages, "".join(said)))
             finally:
                 upstream.close()   # stops generation upstream when we stop early
 
     def _messages(self, provider: Provider, req: Request, styled: bool) -> list[Message]:
         prompt, system = req.prompt, req.system
-        if styled:
+        if styled and prompt is not None:
             rule = req.budget.instruction(req.prompt, req.emotions)
             if provider.style == "prefix":
                 prompt = f"{rule} {prompt}" if speech.is_chinese(prompt) else f"{rule}\n{prompt}"
@@ -290,7 +342,8 @@ class Router:
                 system = f"{system}\n{rule}" if system else rule
         messages = [Message("system", system)] if system else []
         messages += [m for m in req.history if m.role != "system"]
-        messages.append(Message("user", prompt))
+        if prompt is not None:
+            messages.append(Message("user", prompt))
         return messages
 
     def _slot(self, name: str, cancel: CancelToken):
@@ -302,6 +355,9 @@ class Router:
             raise CancelledError("generation cancelled")
 
 
+_WITH_TOOLS = GenerationParams(extra={"tools": [{"type": "function"}]})
+
+
 def _touching(upstream: Iterator[str], progress) -> Iterator[str]:
     """`upstream`, calling `progress()` at each delta (the policy's stall clock); closing this closes it."""
     try:
@@ -310,6 +366,12 @@ def _touching(upstream: Iterator[str], progress) -> Iterator[str]:
             yield text
     finally:
         upstream.close()
+
+
+def _counted(provider: Provider, messages: list[Message], reply: str) -> dict[str, int]:
+    """Token usage counted here (the provider's tokenizer, else the estimate) when the upstream gave none."""
+    prompt, completion = provider.count_tokens(messages), provider.text_tokens(reply)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _after_first_sentence():

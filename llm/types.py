@@ -6,22 +6,48 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Mapping
 
 from .errors import InvalidRequestError
 
-Role = Literal["system", "user", "assistant"]
-ROLES = ("system", "user", "assistant")
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_MAX_NEW_TOKENS = 512    # when neither the call nor the provider's config sets one
+# OpenAI request fields that never change the answer: accepted by every provider, passed on where they mean
+# something (an `openai`-kind upstream), dropped elsewhere.
+NEUTRAL_FIELDS = frozenset({"store", "metadata", "user", "service_tier", "safety_identifier",
+                            "prompt_cache_key"})
+
+
+# OpenAI's defaults: sending one asks for nothing a provider must honour.
+_DEFAULTS = {"logprobs": False, "top_logprobs": 0, "parallel_tool_calls": True, "tool_choice": "auto",
+             "response_format": {"type": "text"}}
 
 
 @dataclass(frozen=True)
 class Message:
+    """One chat message. An assistant message may carry `tool_calls` (OpenAI's shape); a "tool" message
+    answers one of them (`tool_call_id`)."""
+
     role: Role
     content: str
+    tool_calls: tuple[dict, ...] = ()
+    tool_call_id: str | None = None
 
-    def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def as_dict(self) -> dict[str, Any]:
+        """OpenAI's message shape."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [dict(c) for c in self.tool_calls]
+            out["content"] = self.content or None
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+    @property
+    def for_tools(self) -> bool:
+        """Part of a tool-calling exchange: only a provider that honours `tools` can take it."""
+        return bool(self.tool_calls) or self.role == "tool"
 
 
 @dataclass(frozen=True)
@@ -33,16 +59,49 @@ class GenerationParams:
     top_p: float | None = None
     top_k: int | None = None
     repetition_penalty: float | None = None
+    stop: tuple[str, ...] | None = None     # end the reply before any of these strings
+    seed: int | None = None                 # for reproducible sampling
+    frequency_penalty: float | None = None  # OpenAI's penalties, -2..2
+    presence_penalty: float | None = None
+    # The other OpenAI request fields, as sent (tools, tool_choice, response_format, logit_bias, ...):
+    # passed on to an OpenAI-compatible upstream, mapped by the providers that can honour them.
+    extra: Mapping[str, Any] | None = None
 
     def __post_init__(self):
         _check_range("max_new_tokens", self.max_new_tokens, 1, 1_000_000, integer=True)
         _check_range("temperature", self.temperature, 0.0, 2.0)
         _check_range("top_k", self.top_k, 0, 1_000_000, integer=True)
         _check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)
+        _check_range("seed", self.seed, -2**63, 2**64 - 1, integer=True)
+        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
         if self.top_p is not None:
             _check_range("top_p", self.top_p, 0.0, 1.0)
             if self.top_p <= 0:
                 raise InvalidRequestError("top_p must be > 0 and <= 1")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        if self.stop is not None and not all(isinstance(s, str) and s for s in self.stop):
+            raise InvalidRequestError("stop must be a non-empty string or a list of them")
+
+    def asked(self) -> list[str]:
+        """The fields set here that change the answer beyond plain sampling: a provider must honour
+        each one or refuse the request (`Provider.unsupported`). A value equal to the default is unset."""
+        names = [n for n in ("stop", "seed", "frequency_penalty", "presence_penalty") if getattr(self, n)
+                 or (n == "seed" and self.seed is not None)]
+        for name, value in (self.extra or {}).items():
+            if name in NEUTRAL_FIELDS or value in (None, [], {}) or value == _DEFAULTS.get(name):
+                continue
+            if name in ("tool_choice", "parallel_tool_calls") and not (self.extra or {}).get("tools"):
+                continue    # about tools, and there are none
+            names.append(name)
+        return names
+
+    @property
+    def for_program(self) -> bool:
+        """Tools or a JSON reply asked for: the answer is for a program, not to be spoken."""
+        extra = self.extra or {}
+        return bool(extra.get("tools")) or extra.get("response_format", {"type": "text"}) != {"type": "text"}
 
     def merged_over(self, defaults: GenerationParams | dict | None) -> GenerationParams:
         """These params, with the unset ones taken from `defaults`."""
@@ -70,14 +129,35 @@ def _check_range(name: str, value: Any, lo: float, hi: float, integer: bool = Fa
 
 
 @dataclass(frozen=True)
+class StreamEvent:
+    """What a provider's stream says besides text: tool-call deltas (OpenAI's streaming shape, each with
+    its `index`), why the reply ended ("stop", "length", "tool_calls", "content_filter"), token usage."""
+
+    tool_calls: tuple[dict, ...] = ()
+    finish_reason: str | None = None
+    usage: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True)
 class Chunk:
     """One item of a reply stream: a piece of text, the provider that produced it, and when
-    (`time.perf_counter()`; a buffered reply arrives later than its text was made)."""
+    (`time.perf_counter()`; a buffered reply arrives later than its text was made).
+
+    The last chunk of a reply has no text; it carries `finish_reason` and `usage`
+    (prompt_tokens, completion_tokens, total_tokens: the upstream's, else counted)."""
 
     text: str
     provider: str
     emotion: str | None = None      # the emotion tag that starts at this text (speech.emotions)
     at: float = field(default_factory=time.perf_counter, compare=False)
+    tool_calls: tuple[dict, ...] = ()
+    finish_reason: str | None = None
+    usage: Mapping[str, int] | None = None
+
+    @property
+    def substantive(self) -> bool:
+        """Part of the answer (text or a tool call), not just news about its end."""
+        return bool(self.text or self.tool_calls)
 
 
 @dataclass
@@ -145,11 +225,16 @@ def normalize_history(history: Iterable[Any] | None) -> list[Message]:
         if isinstance(item, Message):
             messages.append(item)
         elif isinstance(item, dict):
-            role, content = item.get("role"), _text_of(item.get("content"), i)
+            role, content = item.get("role"), item.get("content")
+            calls = tuple(item.get("tool_calls") or ())
+            content = "" if content is None and (calls or role == "tool") else _text_of(content, i)
             if role not in ROLES:
                 raise InvalidRequestError(
                     f"history[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
-            messages.append(Message(role, content))
+            call_id = item.get("tool_call_id")
+            if role == "tool" and not isinstance(call_id, str):
+                raise InvalidRequestError(f"history[{i}]: a tool message needs the tool_call_id it answers")
+            messages.append(Message(role, content, calls, call_id if role == "tool" else None))
         elif isinstance(item, (list, tuple)) and len(item) == 2:
             user, bot = item
             if user is not None:

@@ -146,7 +146,7 @@ def test_a_non_streaming_client_that_hangs_up_stops_the_generation_too(served):
 JSON = {"Content-Type": "application/json"}
 BAD_INPUTS = [
     ("wrong type for max_length", {"prompt": "hi", "max_length": "100"}, 422),
-    ("float for max_length", {"prompt": "hi", "max_length": 1.0}, 422),
+    ("fractional max_length", {"prompt": "hi", "max_length": 1.5}, 422),
     ("bool for max_length", {"prompt": "hi", "max_length": True}, 422),
     ("max_length 0", {"prompt": "hi", "max_length": 0}, 422),
     ("bool for prompt", {"prompt": True}, 422),

@@ -73,7 +73,7 @@ def drain(gen, n: int | None = None) -> list[str]:
     """The first `n` (or all) text deltas of a provider stream ("" is a sign of life, not text)."""
     out = []
     for item in gen:
-        if not item:
+        if not item or not isinstance(item, str):    # "" and StreamEvents (finish, usage) are not text
             continue
         out.append(item)
         if n is not None and len(out) == n:

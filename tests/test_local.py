@@ -98,12 +98,19 @@ def generator_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("generate-")]
 
 
+def text_of(stream) -> str:
+    """The reply text of a provider stream (its StreamEvents, such as the finish reason, left out)."""
+    return "".join(item for item in stream if isinstance(item, str))
+
+
 # ---- streaming -------------------------------------------------------------------------------
 
 def test_chat_model_streams_text_in_several_chunks_through_the_router(router):
-    chunks = list(router.stream("你好", style=False, params={"max_new_tokens": 24, "temperature": 0}))
+    *chunks, end = router.stream("你好", style=False, params={"max_new_tokens": 24, "temperature": 0})
     assert len(chunks) >= 3
     assert all(c.provider == "tiny" and c.text for c in chunks)
+    assert end.text == "" and end.finish_reason in ("stop", "length")
+    assert end.usage["completion_tokens"] > 0 and end.usage["total_tokens"] > end.usage["prompt_tokens"]
 
 
 def test_text_arrives_while_the_model_is_still_generating(shared_chat):
@@ -118,8 +125,8 @@ def test_text_arrives_while_the_model_is_still_generating(shared_chat):
 
 def test_greedy_is_deterministic(shared_chat):
     messages = [Message("user", "如何应对压力")]
-    first = "".join(shared_chat.stream(messages, GREEDY, CancelToken()))
-    second = "".join(shared_chat.stream(messages, GREEDY, CancelToken()))
+    first = text_of(shared_chat.stream(messages, GREEDY, CancelToken()))
+    second = text_of(shared_chat.stream(messages, GREEDY, CancelToken()))
     assert first and first == second
 
 
@@ -169,7 +176,7 @@ def test_two_first_callers_load_once(chat_dir):
     def first_call():
         start.wait()
         provider.load(lambda fraction, message: steps.append(message))
-        replies.append("".join(provider.stream([Message("user", "hi")], GREEDY, CancelToken())))
+        replies.append(text_of(provider.stream([Message("user", "hi")], GREEDY, CancelToken())))
 
     threads = [threading.Thread(target=first_call) for _ in range(3)]
     for t in threads:
@@ -197,7 +204,7 @@ def test_a_hub_id_loads_from_the_local_hf_cache(chat_dir, tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))     # read when asked, not when imported
     provider = LocalProvider(ProviderConfig("tiny", "local", "tiny-org/tiny-chat", device="cpu"))
     assert provider.status().ready and not provider.loaded
-    assert "".join(provider.stream([Message("user", "hi")], GREEDY, CancelToken()))
+    assert text_of(provider.stream([Message("user", "hi")], GREEDY, CancelToken()))
 
 
 def test_missing_weights_are_not_ready_with_the_download_command(router):

@@ -20,7 +20,7 @@ MIXED = "我最近在读 The Little Prince，这本书讲了一个小王子的�
 
 
 def run(deltas, budget=Budget(), **kw) -> str:
-    return "".join(text for text, _ in speak(iter(deltas), budget, **kw))
+    return "".join(text for text, _ in speak(iter(deltas), budget, **kw) if isinstance(text, str))
 
 
 def chars(text: str) -> list[str]:

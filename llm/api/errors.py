@@ -36,7 +36,8 @@ def as_api_error(exc: Exception, route: str = "") -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, LLMError):
-        return ApiError(exc.status, exc.type, str(exc))     # str() carries the fix
+        # str() carries the fix too
+        return ApiError(exc.status, exc.type, str(exc), param=getattr(exc, "param", None))
     if isinstance(exc, HTTPException):
         kind, message = {404: ("not_found", f"no route {route}: see /docs for the routes"),
                          405: ("method_not_allowed", f"method not allowed: {route}")

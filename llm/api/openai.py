@@ -21,48 +21,88 @@ if TYPE_CHECKING:
 
 
 async def chat_completions(request: Request):
-    """OpenAI chat completions. `model` is a provider name or "default".
+    """OpenAI chat completions. `model` is a provider name, one of its `aliases`, or "default".
 
     The speech style (short, speakable answers) follows the server config; turn it off for one
     request with the extra body field `"style": "none"` (openai SDK: `extra_body={"style": "none"}`).
+    A request with tools or a JSON response_format is for a program: it is not styled.
     """
     body = await read_body(request, ChatCompletionRequest, request.app.state.ctx.max_body_bytes)
     system = "\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
-    history = [{"role": m.role, "content": m.text()} for m in body.messages[:-1]
-               if m.role in ("user", "assistant")]
+    talk = [m for m in body.messages if m.role not in ("system", "developer")]
+    last = talk[-1]
+    history = [m.as_history() for m in (talk if last.role == "tool" else talk[:-1])]
     params = GenerationParams(max_new_tokens=body.max_completion_tokens or body.max_tokens,
-                              temperature=body.temperature, top_p=body.top_p)
+                              temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+                              stop=(body.stop,) if isinstance(body.stop, str) else body.stop,
+                              frequency_penalty=body.frequency_penalty,
+                              presence_penalty=body.presence_penalty,
+                              extra=body.passed_on() or None)
     style = None if body.style is None else body.style == "short"
     provider = None if body.model == "default" else body.model
-    turn, chunks = await begin(request, prompt=body.messages[-1].text(), provider=provider, history=history,
-                                system=system, params=params, style=style, max_seconds=body.max_seconds,
-                                hold="none" if body.stream else "all")
+    prompt = None if last.role == "tool" else last.text()     # after tool results: no new prompt
+    turn, chunks = await begin(request, prompt=prompt, provider=provider, history=history, system=system,
+                               params=params, style=style, max_seconds=body.max_seconds,
+                               hold="none" if body.stream else "all")
     meta = {"id": f"chatcmpl-{rid(request)}", "created": int(time.time())}
     if body.stream:
-        return EventStream(turn, _openai_events(request, turn, chunks, meta))
-    await drain(request, turn, turn.deltas(chunks))
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        return EventStream(turn, _openai_events(request, turn, chunks, meta, usage))
+    await drain(request, turn, turn.chunks(chunks))
     turn.log_done(rid(request))
+    message: dict = {"role": "assistant", "content": turn.text}
+    if turn.tool_calls:
+        message.update(content=turn.text or None, tool_calls=turn.tool_calls)
     return {**meta, "object": "chat.completion", "model": turn.provider, "timings": turn.timings(),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": turn.text},
-                         "finish_reason": "stop"}]}
+            "choices": [{"index": 0, "message": message, "finish_reason": turn.finish}],
+            "usage": _usage(turn)}
 
 
-async def _openai_events(request: Request, turn: Turn, chunks: AsyncIterator[Chunk],
-                         meta: dict) -> AsyncIterator[dict | str]:
+def _usage(turn: Turn) -> dict[str, int]:
+    usage = dict(turn.usage or {})
+    for key in ("prompt_tokens", "completion_tokens"):
+        usage.setdefault(key, 0)
+    usage["total_tokens"] = usage.get("total_tokens") or usage["prompt_tokens"] + usage["completion_tokens"]
+    return {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+
+
+async def _openai_events(request: Request, turn: Turn, chunks: AsyncIterator[Chunk], meta: dict,
+                         include_usage: bool) -> AsyncIterator[dict | str]:
+    """chat.completion.chunk events; with include_usage, every chunk has "usage": null and a last one
+    with no choices carries the usage, as OpenAI streams it."""
+    usage_field = {"usage": None} if include_usage else {}
+    started = False
+
     def chunk(delta: dict, finish: str | None = None) -> dict:
+        nonlocal started
+        if not started and delta:
+            delta, started = {"role": "assistant", **delta}, True
         return {**meta, "object": "chat.completion.chunk", "model": turn.provider,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **usage_field}
 
     try:
-        async with aclosing(turn.deltas(chunks)) as texts:
-            async for text in texts:
-                first = len(turn.parts) == 1
-                yield chunk({"role": "assistant", "content": text} if first else {"content": text})
+        async with aclosing(turn.chunks(chunks)) as items:
+            async for item in items:
+                if item.text:
+                    yield chunk({"content": item.text})
+                if item.tool_calls:
+                    yield chunk({"tool_calls": [_streamed_call(c, turn) for c in item.tool_calls]})
         turn.log_done(rid(request))
-        yield chunk({}, "stop")
+        yield chunk({}, turn.finish)
+        if include_usage:
+            yield {**meta, "object": "chat.completion.chunk", "model": turn.provider, "choices": [],
+                   "usage": _usage(turn)}
         yield "[DONE]"
     except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
         yield error_event(request, e)
+
+
+def _streamed_call(delta: dict, turn: Turn) -> dict:
+    """A tool-call delta as OpenAI streams it: always an index; id, type and name on its first delta."""
+    out = {"index": delta.get("index", 0), **{k: v for k, v in delta.items() if k != "index"}}
+    if "function" in out:
+        out["function"] = {k: v for k, v in out["function"].items() if v is not None}
+    return out
 
 
 async def list_models(request: Request) -> dict:

@@ -9,7 +9,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from starlette.requests import ClientDisconnect
 
 from ..speech import MAX_SECONDS
@@ -144,6 +152,15 @@ HistoryPair = Annotated[list[str | None], Field(min_length=2, max_length=2)]
 Style = Literal["short", "none"]
 
 
+def _whole(value: Any) -> Any:
+    """50.0 (what json.dumps makes of a float that holds a count) is 50; 50.5 stays and is refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A count of tokens or characters: a whole number, sent as 50 or 50.0.
+Count = Annotated[int, BeforeValidator(_whole), Field(ge=1, le=MAX_NEW_TOKENS)]
+
+
 # ---- the seed API: POST / ------------------------------------------------------------------
 
 class SeedRequest(BaseModel):
@@ -152,7 +169,7 @@ class SeedRequest(BaseModel):
     model_config = _STRICT
     prompt: str = Field(min_length=1)
     history: list[HistoryPair | HistoryMessage] | None = None
-    max_length: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    max_length: Count | None = None
     top_p: float | None = Field(None, gt=0, le=1)
     temperature: float | None = Field(None, ge=0, le=2)
     provider: str | None = Field(None, min_length=1)
@@ -160,7 +177,7 @@ class SeedRequest(BaseModel):
     style: Style | None = None
     stream: bool = False
     max_seconds: float | None = Field(None, gt=0, le=MAX_SECONDS)  # the answer budget in seconds of speech
-    max_chars: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)   # or in characters
+    max_chars: Count | None = None     # or in characters
     emotions: bool | None = None    # an "emotion" per sentence event (style.emotion_set)
 
     @field_validator("prompt")
@@ -177,42 +194,186 @@ class SeedRequest(BaseModel):
 
 # ---- the OpenAI-compatible API: POST /v1/chat/completions ----------------------------------
 
+_OPEN = ConfigDict(extra="allow", strict=True)     # passed on as sent: newer keys must survive
+
+
+class ToolCallFunction(BaseModel):
+    model_config = _OPEN
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    """A tool call an assistant message made earlier in the conversation."""
+
+    model_config = _OPEN
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
     # OpenAI clients may send `name` and similar keys we have no use for: ignore them.
     model_config = ConfigDict(extra="ignore", strict=True)
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        for part in value if isinstance(value, list) else ():
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(f"content part type {part.get('type')!r} is not supported: send text parts "
+                                 '({"type": "text", "text": ...}) or a string')
+        return value
+
+    @model_validator(mode="after")
+    def _shape_fits_role(self) -> ChatMessage:
+        calls_only = self.role == "assistant" and self.tool_calls
+        if self.content is None and not calls_only and self.role != "tool":
+            raise ValueError(f"a {self.role} message needs content (only an assistant message with "
+                             "tool_calls may have none)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message can carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part["text"] for part in self.content)
+
+    def as_history(self) -> dict[str, Any]:
+        """The message as the router takes it (`types.normalize_history`)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump(exclude_none=True) for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+class FunctionDef(BaseModel):
+    model_config = _OPEN
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(BaseModel):
+    model_config = _OPEN
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = _STRICT
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = _OPEN
+    name: str = Field(min_length=1, max_length=64)
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = _STRICT
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_when_asked(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type 'json_schema', and only then")
+        return self
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    include_usage: bool = False
+
+
+# OpenAI fields handed to the providers as sent (GenerationParams.extra); a provider that cannot honour
+# one refuses the request, naming it. `stop`, `seed` and the penalties are sampling params of their own.
+PASSED_ON = ("tools", "tool_choice", "parallel_tool_calls", "response_format", "logit_bias", "logprobs",
+             "top_logprobs", "store", "metadata", "user", "service_tier", "safety_identifier",
+             "prompt_cache_key", "reasoning_effort", "verbosity", "modalities", "prediction", "audio",
+             "web_search_options")
 
 
 class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's chat completion body this server honours; other fields are refused."""
+    """OpenAI's chat completion body. Unknown fields are refused, as OpenAI does."""
 
     model_config = _STRICT
     model: str = Field("default", min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
     stream: bool = False
-    stream_options: dict[str, Any] | None = None    # accepted; usage is not reported
-    n: int | None = Field(None, ge=1, le=1)     # one choice only
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(None, ge=1)
+    stop: str | list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    seed: int | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
     user: str | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    modalities: list[str] | None = None
+    prediction: dict[str, Any] | None = None
+    audio: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
     style: Style | None = None      # not OpenAI's: send these with the SDK's extra_body
     max_seconds: float | None = Field(None, gt=0, le=MAX_SECONDS)
 
     @model_validator(mode="after")
-    def _last_is_user(self) -> ChatCompletionRequest:
-        if self.messages[-1].role != "user":
-            raise ValueError("the last message must have role 'user'")
-        if not self.messages[-1].text().strip():
+    def _answerable(self) -> ChatCompletionRequest:
+        if self.n is not None and self.n > 1:
+            raise ValueError(f"n={self.n}: this server returns one choice per request; send n=1 or "
+                             "make n requests")
+        last = self.messages[-1]
+        if last.role not in ("user", "tool"):
+            raise ValueError("the last message must have role 'user' (or 'tool', answering a tool call)")
+        if last.role == "user" and not last.text().strip():
             raise ValueError("the last user message must contain text")
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise ValueError("stop takes at most 4 strings")
+        if self.tool_choice is not None and not isinstance(self.tool_choice, str) and not any(
+                t.function.name == self.tool_choice.function.name for t in self.tools or ()):
+            raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
         return self
+
+    def passed_on(self) -> dict[str, Any]:
+        """The fields for GenerationParams.extra, as the client sent them."""
+        sent = self.model_dump(mode="json", include=set(PASSED_ON), exclude_unset=True, by_alias=True)
+        return {k: v for k, v in sent.items() if v is not None}
 
 
 def openapi_with_bodies(app: FastAPI) -> dict:

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from contextlib import aclosing
-from typing import AsyncIterator
+from typing import AsyncIterator, Mapping
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -46,6 +46,9 @@ class Turn:
         self.last_at: float | None = None     # when the newest chunk was made (buffered replies come late)
         self.emotion: str | None = None       # the emotion tag starting at the newest chunk
         self.events: list[dict] = []          # the sentence events so far
+        self.tool_calls: list[dict] = []      # whole tool calls, merged from their deltas
+        self.finish_reason: str | None = None
+        self.usage: Mapping[str, int] | None = None
 
     def mark(self, timing: str, at: float | None = None) -> None:
         """Record the time from the start to `at` (perf_counter; default now) under `timing`, once."""
@@ -53,17 +56,47 @@ class Turn:
             at = time.perf_counter() if at is None else at
             setattr(self, timing, round((at - self.start) * 1000, 1))
 
-    async def deltas(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
-        """The reply's text pieces; leaving early cancels the generation."""
+    async def chunks(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        """The reply's chunks, recorded on the way (text, tool calls, finish reason, usage); leaving
+        early cancels the generation."""
         try:
             async for chunk in chunks:
-                self.last_at, self.emotion = chunk.at, chunk.emotion
-                self.mark("ttft_ms", chunk.at)
-                self.parts.append(chunk.text)
                 self.provider = chunk.provider
-                yield chunk.text
+                if chunk.substantive:
+                    self.last_at, self.emotion = chunk.at, chunk.emotion
+                    self.mark("ttft_ms", chunk.at)
+                if chunk.text:
+                    self.parts.append(chunk.text)
+                for call in chunk.tool_calls:
+                    self._add_call(call)
+                self.finish_reason = chunk.finish_reason or self.finish_reason
+                self.usage = chunk.usage or self.usage
+                yield chunk
         finally:
             self.cancel.cancel()
+
+    async def deltas(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
+        """The reply's text pieces; leaving early cancels the generation."""
+        async with aclosing(self.chunks(chunks)) as items:
+            async for chunk in items:
+                if chunk.text:
+                    yield chunk.text
+
+    def _add_call(self, delta: dict) -> None:
+        """Merge one streamed tool-call delta (OpenAI's shape) into the whole calls."""
+        index = delta.get("index", len(self.tool_calls))
+        while len(self.tool_calls) <= index:
+            self.tool_calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call, function = self.tool_calls[index], delta.get("function") or {}
+        call["id"] = delta.get("id") or call["id"]
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
+
+    @property
+    def finish(self) -> str:
+        """Why the reply ended, in OpenAI's words."""
+        reason = self.finish_reason or "stop"
+        return "tool_calls" if self.tool_calls and reason == "stop" else reason
 
     async def sentences(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict]:
         """Speakable sentences, each as soon as it is complete: `sentence` (as displayed), `speech`

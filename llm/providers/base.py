@@ -18,7 +18,7 @@ from ..errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from ..types import CancelToken, GenerationParams, Message, ProviderStatus
+from ..types import CancelToken, GenerationParams, Message, ProviderStatus, StreamEvent
 from .transport import abortable_client
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ class Provider(ABC):
     default_retries: ClassVar[int] = 0
     default_first_token_timeout: ClassVar[float | None] = None
     default_stall_timeout: ClassVar[float | None] = None
+    # The OpenAI request fields beyond sampling (GenerationParams.asked) this kind can honour.
+    honours: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: ProviderConfig, env: Mapping[str, str] | None = None):
         self.config = config
@@ -54,8 +56,14 @@ class Provider(ABC):
 
     @abstractmethod
     def stream(self, messages: list[Message], params: GenerationParams,
-               cancel: CancelToken) -> Iterator[str]:
-        """Yield the reply as text deltas; "" may come too, as a sign of life (e.g. a reasoning chunk)."""
+               cancel: CancelToken) -> Iterator[str | StreamEvent]:
+        """Yield the reply as text deltas; "" may come too, as a sign of life (e.g. a reasoning chunk).
+        A StreamEvent carries tool-call deltas, the finish reason or token usage, when the backend says."""
+
+    def unsupported(self, params: GenerationParams) -> str | None:
+        """The first field the call asks for that this provider cannot honour; None when it can honour all.
+        Never dropped silently: the router refuses the request naming it."""
+        return next((name for name in params.asked() if name not in self.honours), None)
 
     def status(self) -> ProviderStatus:
         """Ready, or not ready with the reason and the fix. Must be cheap and never load a model."""
@@ -133,12 +141,13 @@ class Provider(ABC):
         return self.config.context_window or DEFAULT_CONTEXT_WINDOW
 
     def count_tokens(self, messages: list[Message]) -> int:
+        """Tokens of a message list: each message's text plus ~4 for its role and framing."""
+        return sum(4 + self.text_tokens(m.content) for m in messages)
+
+    def text_tokens(self, text: str) -> int:
         """An estimate for backends without a local tokenizer: a CJK char ~ 1 token, else 4 chars ~ 1."""
-        total = 0
-        for m in messages:
-            cjk = len(_CJK.findall(m.content))
-            total += 4 + cjk + (len(m.content) - cjk + 3) // 4
-        return total
+        cjk = len(_CJK.findall(text))
+        return cjk + (len(text) - cjk + 3) // 4
 
     def fit(self, messages: list[Message], reserve: int) -> list[Message]:
         """Drop the oldest non-system turns until the messages plus `reserve` new tokens fit
@@ -230,6 +239,11 @@ class CloudProvider(Provider):
     def chunk_finished(self, chunk: Any) -> bool:
         """Whether this chunk carries the stream's end marker (a finish reason)."""
 
+    def chunk_event(self, chunk: Any, state: dict) -> StreamEvent | None:
+        """Tool calls, finish reason or usage in this chunk, in OpenAI's terms (None: nothing of that).
+        `state` is this stream's own scratch dict (e.g. to number tool calls across chunks)."""
+        return None
+
     @abstractmethod
     def translate(self, e: BaseException) -> LLMError:
         """The typed error for an SDK exception, without the API key in its text."""
@@ -247,7 +261,7 @@ class CloudProvider(Provider):
         """The reply's text; a stream that ends without its end marker is an error, never a short reply."""
         if cancel.cancelled:
             raise CancelledError("generation cancelled")
-        response, finished, text_seen, chunk_seen = None, False, False, False
+        response, finished, text_seen, chunk_seen, state = None, False, False, False, {}
         try:
             response = self.open_stream(messages, params)
             for chunk in response:
@@ -256,9 +270,12 @@ class CloudProvider(Provider):
                     raise CancelledError("generation cancelled")
                 finished = finished or self.chunk_finished(chunk)
                 text = self.chunk_text(chunk)
-                text_seen = text_seen or bool(text)
+                event = self.chunk_event(chunk, state)
+                text_seen = text_seen or bool(text) or bool(event and event.tool_calls)
                 # "" too: a reasoning or keep-alive chunk says the backend is alive (the stall clock)
                 yield text
+                if event is not None:
+                    yield event
             if not finished:
                 raise self.unfinished_error(response, text_seen)
         except (*self.sdk_errors, *TRANSPORT_ERRORS) as e:
@@ -290,6 +307,32 @@ class CloudProvider(Provider):
         if isinstance(e, TIMEOUT_ERRORS):
             return self.timeout_error()
         return self.unreachable_error(lost=not isinstance(e, CONNECT_ERRORS))
+
+
+class StopAt:
+    """Ends a text stream before the first of some stop strings (OpenAI's `stop`: not part of the reply).
+    Holds back just enough text to see a stop string split across deltas."""
+
+    def __init__(self, stops: Iterable[str] | None):
+        self.stops = tuple(s for s in stops or () if s)
+        self.keep = max((len(s) for s in self.stops), default=1) - 1
+        self.held, self.hit = "", False
+
+    def feed(self, text: str) -> str:
+        """The text that is safe to pass on now; after a hit, nothing more."""
+        if not self.stops or self.hit:
+            return "" if self.hit else text
+        self.held += text
+        cut = min((i for i in (self.held.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.hit, out, self.held = True, self.held[:cut], ""
+            return out
+        out, self.held = self.held[:len(self.held) - self.keep], self.held[len(self.held) - self.keep:]
+        return out
+
+    def flush(self) -> str:
+        out, self.held = ("" if self.hit else self.held), ""
+        return out
 
 
 def _httpx_modules() -> tuple[Any, ...]:
@@ -357,3 +400,21 @@ def delta_text(chunk: Any) -> str:
 def delta_finished(chunk: Any) -> bool:
     """Whether an OpenAI-shaped stream chunk carries a finish_reason (the end of the reply)."""
     return bool(chunk.choices) and chunk.choices[0].finish_reason is not None
+
+
+def delta_event(chunk: Any) -> StreamEvent | None:
+    """Tool-call deltas, finish reason and usage of an OpenAI-shaped stream chunk (the SDKs' objects)."""
+    choice = chunk.choices[0] if chunk.choices else None
+    calls = getattr(choice.delta, "tool_calls", None) if choice is not None and choice.delta else None
+    usage = getattr(chunk, "usage", None)
+    finish = choice.finish_reason if choice is not None else None
+    if not (calls or usage or finish):
+        return None
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return StreamEvent(tool_calls=tuple(_plain(c) for c in calls or ()), finish_reason=finish,
+                       usage={k: int(getattr(usage, k, 0) or 0) for k in counts} if usage else None)
+
+
+def _plain(obj: Any) -> dict:
+    """An SDK model as a plain dict without its unset (None) fields."""
+    return obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else dict(obj)

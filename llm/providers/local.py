@@ -27,9 +27,10 @@ from ..types import (
     GenerationParams,
     Message,
     ProviderStatus,
+    StreamEvent,
     history_pairs,
 )
-from .base import Provider
+from .base import Provider, StopAt
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -128,6 +129,7 @@ class LocalProvider(Provider):
     kind = "local"
     style_mode = "prefix"       # small local models follow an instruction in the prompt best
     default_concurrency = 1     # one generation at a time per model: they share the GPU anyway
+    honours = frozenset({"stop", "seed"})
 
     def __init__(self, config, env=None):
         super().__init__(config, env)
@@ -285,11 +287,11 @@ class LocalProvider(Provider):
                                   "with {system}, {history} and {prompt}")
         return render_template(self.config.prompt_template, messages)
 
-    def count_tokens(self, messages: list[Message]) -> int:
-        """Tokenizer counts once loaded (plus a few per message for the template); an estimate before."""
+    def text_tokens(self, text: str) -> int:
+        """The tokenizer's count once loaded; an estimate before."""
         if self._tokenizer is None:
-            return super().count_tokens(messages)
-        return sum(4 + len(self._tokenizer.encode(m.content, add_special_tokens=False)) for m in messages)
+            return super().text_tokens(text)
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     @property
     def context_window(self) -> int:
@@ -318,8 +320,10 @@ class LocalProvider(Provider):
         return kw
 
     def stream(self, messages: list[Message], params: GenerationParams,
-               cancel: CancelToken) -> Iterator[str]:
-        """Generate in a worker thread; yield text as tokens arrive; stop it when closed or cancelled."""
+               cancel: CancelToken) -> Iterator[str | StreamEvent]:
+        """Generate in a worker thread; yield text as tokens arrive; stop it when closed or cancelled,
+        or at a `stop` string (which is not part of the reply, as with OpenAI). Ends with the finish
+        reason: "length" when max_new_tokens ran out."""
         self.load()
         model, tokenizer = self._model, self._tokenizer
         inputs = tokenizer(self.render_prompt(messages), return_tensors="pt",
@@ -327,24 +331,34 @@ class LocalProvider(Provider):
         tokens, closed = _TokenQueue(), threading.Event()
         kwargs = self.generate_kwargs(params) | {
             "streamer": tokens, "stopping_criteria": StoppingCriteriaList([_StopWhen(cancel, closed)])}
+        if params.seed is not None:
+            torch.manual_seed(params.seed)  # the sampling RNG; one generation per model at a time (the slot)
         worker = threading.Thread(target=_generate, args=(model, dict(inputs), kwargs, tokens.queue),
                                   name=f"generate-{self.name}", daemon=True)
         worker.start()
-        detokenizer = IncrementalDetokenizer(tokenizer)
+        detokenizer, stop = IncrementalDetokenizer(tokenizer), StopAt(params.stop)
+        eos = self._special["eos_token_id"]
+        eos = set(eos) if isinstance(eos, list) else {eos}
         try:
             while (item := tokens.queue.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise self._generation_error(item) from item
                 if cancel.cancelled:
                     break
-                text = detokenizer.add(item)
+                text = stop.feed(detokenizer.add(item))
                 if text:
                     yield text
+                if stop.hit:
+                    yield StreamEvent(finish_reason="stop")
+                    return
             if cancel.cancelled:
                 raise CancelledError("generation cancelled")
-            rest = detokenizer.flush()
+            rest = stop.feed(detokenizer.flush()) + stop.flush()
             if rest:
                 yield rest
+            ids = detokenizer.ids
+            ran_out = len(ids) >= kwargs["max_new_tokens"] and not (ids and ids[-1] in eos)
+            yield StreamEvent(finish_reason="length" if ran_out else "stop")
         finally:    # also runs when the caller closes us early: stop generating, free the GPU slot
             closed.set()
             worker.join()

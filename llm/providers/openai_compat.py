@@ -9,7 +9,7 @@ import openai
 
 from ..errors import LLMError, UpstreamError
 from ..types import GenerationParams, Message
-from .base import CloudProvider, backend_message, delta_finished, delta_text
+from .base import CloudProvider, backend_message, delta_event, delta_finished, delta_text
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local servers ignore the key, but the SDK refuses to build a client without one.
@@ -22,6 +22,8 @@ class OpenAIProvider(CloudProvider):
     default_base_url = DEFAULT_BASE_URL
     key_required = False        # vLLM, Ollama and llama.cpp servers need no key
     sdk_errors = (openai.OpenAIError,)
+    def unsupported(self, params: GenerationParams) -> str | None:
+        return None     # every OpenAI field is passed on as sent: the upstream decides
 
     def make_client(self, http: httpx2.Client) -> openai.OpenAI:
         key = self.api_key(required=not self.config.base_url) or PLACEHOLDER_KEY
@@ -37,18 +39,29 @@ class OpenAIProvider(CloudProvider):
     def chunk_finished(self, chunk: Any) -> bool:
         return delta_finished(chunk)
 
+    def chunk_event(self, chunk: Any, state: dict) -> Any:
+        return delta_event(chunk)
+
     def request_body(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
-        """The chat.completions arguments for these messages and sampling params."""
+        """The chat.completions arguments for these messages and params. The OpenAI fields beyond
+        sampling (tools, response_format, logit_bias, ...) go in `extra_body`, as the client sent them."""
         body: dict[str, Any] = {"model": self.config.model, "messages": [m.as_dict() for m in messages]}
         # temperature 0 is sent as is: OpenAI and vLLM treat it as greedy decoding.
         for name, value in (("temperature", params.temperature), ("top_p", params.top_p),
-                            ("max_tokens", params.max_new_tokens)):
+                            ("max_tokens", params.max_new_tokens), ("seed", params.seed),
+                            ("frequency_penalty", params.frequency_penalty),
+                            ("presence_penalty", params.presence_penalty),
+                            ("stop", list(params.stop) if params.stop else None)):
             if value is not None:
                 body[name] = value
-        extra = {"top_k": params.top_k, "repetition_penalty": params.repetition_penalty}
-        extra = {k: v for k, v in extra.items() if v is not None}
-        if self.config.base_url and extra:
-            body["extra_body"] = extra    # vLLM's sampling extensions; api.openai.com rejects them
+        if self.config.stream_usage:    # the usage chunk (stream_options.include_usage)
+            body["stream_options"] = {"include_usage": True}
+        extra = dict(params.extra or {})
+        if self.config.base_url:    # vLLM's sampling extensions; api.openai.com rejects them
+            extra |= {k: v for k, v in (("top_k", params.top_k),
+                                        ("repetition_penalty", params.repetition_penalty)) if v is not None}
+        if extra:
+            body["extra_body"] = extra
         return body
 
     # ---- errors ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from ..types import CancelToken
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0      # seconds; a dead host must not hold a thread for the read timeout
+DRAIN_TIMEOUT = 0.25        # seconds to read what follows an event stream's [DONE] before dropping it
 _scope: contextvars.ContextVar[_AbortScope | None] = contextvars.ContextVar("llm_abort_scope", default=None)
 
 
@@ -133,20 +134,81 @@ def _nothing() -> Iterator[None]:
     yield
 
 
-def abortable_client(httpx_module: Any, timeout: float) -> Any:
-    """An `httpx_module.Client` (httpx or httpx2) whose calls `abort_scope` can interrupt.
+def _sync_stream_bases() -> tuple[type, ...]:
+    """httpx checks a response body's type: be a SyncByteStream of both stacks."""
+    import importlib
+    bases = []
+    for name in ("httpx", "httpx2"):
+        try:
+            bases.append(importlib.import_module(name).SyncByteStream)
+        except ImportError:  # pragma: no cover - depends on the environment
+            pass
+    return tuple(bases)
 
-    Keep-alive connections are pooled (the SDKs still drop one after a stream they stop reading at
-    its [DONE]: reuse after streams is for the hot-path work of issue #9). The wrapping reaches
-    into the transport's connection pool; if a future httpx moves it, the client still works and a
-    warning says that cancel then waits for the next chunk."""
+
+class _ReusableStream(*_sync_stream_bases()):
+    """A response body that, closed just after its SSE `data: [DONE]`, first reads the few bytes left
+    (the chunked terminator) so its connection goes back to the pool.
+
+    The openai SDK stops reading at [DONE] and closes the response: httpx then drops the connection,
+    and the next request pays a new connection (with a real cloud, a TLS handshake). Closed before
+    [DONE] (a cancel, the speech budget) it is dropped as before: that is what stops the upstream.
+    The drain is bounded: a server that sends nothing more is cut off after DRAIN_TIMEOUT."""
+
+    MARK = b"data: [DONE]"
+
+    def __init__(self, inner: Any, response: Any):
+        self._inner, self._response = inner, response
+        self._tail, self.done = b"", False
+        self._chunks = self._read()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks     # one iteration, which close() can carry on to the end
+
+    def _read(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            if not self.done:
+                self._tail = (self._tail + chunk)[-64:]
+                self.done = self.MARK in self._tail
+            yield chunk
+
+    def close(self) -> None:
+        if self.done:
+            stream = self._response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            timer = threading.Timer(DRAIN_TIMEOUT, _shutdown, (sock,)) if sock is not None else None
+            if timer is not None:
+                timer.start()
+            try:
+                for _ in self._chunks:
+                    pass
+            except Exception:   # noqa: BLE001 - cut off or reset: the connection is dropped, as before
+                pass
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        self._inner.close()
+
+
+def _reuse_after_done(response: Any) -> None:
+    """httpx response hook: event streams get a `_ReusableStream` body."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        response.stream = _ReusableStream(response.stream, response)
+
+
+def abortable_client(httpx_module: Any, timeout: float) -> Any:
+    """An `httpx_module.Client` (httpx or httpx2) whose calls `abort_scope` can interrupt, and whose
+    connections stay pooled after event streams that ended with [DONE] (`_ReusableStream`).
+
+    The wrapping reaches into the transport's connection pool; if a future httpx moves it, the client
+    still works and a warning says that cancel then waits for the next chunk."""
     import importlib
 
     core = importlib.import_module("httpcore" if httpx_module.__name__ == "httpx" else "httpcore2")
     client = httpx_module.Client(
         timeout=httpx_module.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
         limits=httpx_module.Limits(max_connections=256, max_keepalive_connections=32, keepalive_expiry=30),
-        follow_redirects=True)
+        follow_redirects=True, event_hooks={"response": [_reuse_after_done]})
     transports = [client._transport, *client._mounts.values()]   # the mounts serve env proxies
     for transport in filter(None, transports):     # a mount of None: no proxy for that pattern
         pool = getattr(transport, "_pool", None)

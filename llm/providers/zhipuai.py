@@ -12,7 +12,7 @@ from ..errors import (
     UpstreamError,
 )
 from ..types import GenerationParams, Message
-from .base import CloudProvider, backend_message, delta_finished, delta_text
+from .base import CloudProvider, backend_message, delta_event, delta_finished, delta_text
 
 DEFAULT_BASE_URL = "https://open.bigmodel.cn/api/paas/v4"
 GREEDY_TEMPERATURE = 0.01   # ZhipuAI rejects temperature 0; greedy is do_sample=False instead
@@ -23,6 +23,15 @@ class ZhipuAIProvider(CloudProvider):
     style_mode = "system"
     default_base_url = DEFAULT_BASE_URL
     sdk_errors = (zhipuai.ZhipuAIError,)   # key required: the SDK won't start without
+    honours = frozenset({"stop", "seed", "tools", "tool_choice", "response_format"})
+
+    def unsupported(self, params: GenerationParams) -> str | None:
+        extra = params.extra or {}
+        if extra.get("tools") and extra.get("tool_choice", "auto") != "auto":
+            return "tool_choice"        # ZhipuAI only decides for itself ("auto")
+        if extra.get("response_format", {}).get("type") == "json_schema":
+            return "response_format"    # JSON mode yes, a schema no
+        return super().unsupported(params)
 
     def make_client(self, http: httpx.Client) -> zhipuai.ZhipuAI:
         # The SDK sends the "id.secret" key as a bearer token (its JWT signing is off by default).
@@ -41,11 +50,15 @@ class ZhipuAIProvider(CloudProvider):
     def chunk_finished(self, chunk: Any) -> bool:
         return delta_finished(chunk)
 
+    def chunk_event(self, chunk: Any, state: dict) -> Any:
+        return delta_event(chunk)
+
     def close_stream(self, response: Any) -> None:
         response.response.close()   # the SDK's stream has no close(); its HTTP response does
 
     def request_body(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
-        """The chat.completions arguments; top_k and repetition_penalty have no ZhipuAI equivalent."""
+        """The chat.completions arguments; top_k and repetition_penalty have no ZhipuAI equivalent
+        (penalties neither: `unsupported` refuses them)."""
         body: dict[str, Any] = {"model": self.config.model, "messages": [m.as_dict() for m in messages]}
         if params.greedy:
             body.update(temperature=GREEDY_TEMPERATURE, do_sample=False)
@@ -55,6 +68,14 @@ class ZhipuAIProvider(CloudProvider):
             body["top_p"] = params.top_p               # the SDK turns 1.0, which ZhipuAI rejects, into 0.99
         if params.max_new_tokens is not None:
             body["max_tokens"] = params.max_new_tokens
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if params.seed is not None:
+            body["seed"] = params.seed
+        extra = params.extra or {}
+        for name in ("tools", "tool_choice", "response_format"):
+            if extra.get(name) is not None:
+                body[name] = extra[name]
         return body
 
     # ---- errors ----------------------------------------------------------------------------

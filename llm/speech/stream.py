@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from ..types import StreamEvent
 from .budget import Budget, SpeechFilter
 from .clean import ReplyFilter
 from .emotions import DEFAULT_EMOTIONS, EmotionTags
 
 
-def speak(deltas: Iterator[str], budget: Budget | None, *, emotions: tuple[str, ...] = (),
-          lang: str = "zh", verbatim: bool = False) -> Iterator[tuple[str, str | None]]:
+def speak(deltas: Iterator[str | StreamEvent], budget: Budget | None, *, emotions: tuple[str, ...] = (),
+          lang: str = "zh", verbatim: bool = False) -> Iterator[tuple[str | StreamEvent, str | None]]:
     """The reply as (text, emotion starting there) pieces.
+
+    StreamEvents (tool calls, finish reason, usage) pass through untouched, in place; when the budget
+    ends the reply, a last StreamEvent says finish_reason "length".
 
     `verbatim`: the text as it came (Direct Reply). Otherwise reasoning and control characters are
     always dropped; with a `budget` (the speech style) the text is also cleaned for speech and cut
@@ -37,6 +41,9 @@ def speak(deltas: Iterator[str], budget: Budget | None, *, emotions: tuple[str, 
                 pending = None
 
     for delta in deltas:
+        if isinstance(delta, StreamEvent):
+            yield delta, None
+            continue
         text = reply.feed(delta)
         if tags:
             text = tags.feed(text)
@@ -44,6 +51,7 @@ def speak(deltas: Iterator[str], budget: Budget | None, *, emotions: tuple[str, 
             text = speaker.feed(text)
         yield from pieces(text)
         if speaker and speaker.done:
+            yield StreamEvent(finish_reason="length"), None
             return
     text = reply.finish()
     if tags:
