@@ -6,6 +6,10 @@ the same bytes a cloud backend would send: JSON replies, SSE streams, error bodi
     with FakeOpenAIServer(["你好"], chunk_delay=0.01) as fake:   # or FakeGeminiServer, FakeZhipuAIServer
         ...  # point ProviderConfig.base_url at fake.base_url; then inspect fake.requests, fake.chunks_sent
 
+Replies: a string is a text answer (one stream event per character, or `chunks` pieces; cut to `max_tokens`
+characters with finish reason "length"); `tool_calls("name", '{"arg": 1}', ...)` is an answer that calls tools.
+An OpenAI stream sends the usage chunk when the request asks for it (stream_options.include_usage).
+
 Faults: `faults=[...]` scripts what each request meets, in order (the last one repeats; "ok" is a
 normal answer):
     "html"          200 with an HTML page instead of an event stream
@@ -17,6 +21,7 @@ normal answer):
     "status:503"    that HTTP error in the backend's own error shape
     "status:429:2"  a 429 with `Retry-After: 2`
     "detail:400"    a FastAPI/vLLM-style error body {"detail": "..."}
+`connections` counts the TCP connections accepted (keep-alive reuse keeps it low).
 `hanging` counts requests parked in "hang"/"stall" right now: 0 again once their clients left.
 """
 
@@ -52,6 +57,7 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.server.fake._connections.add(self.connection)
+        self.server.fake.connections += 1
 
     def finish(self) -> None:
         self.server.fake._connections.discard(self.connection)
@@ -85,6 +91,7 @@ class _FakeServer:
         self.fail_status, self.fail_body = fail_status, fail_body
         self.requests: list[dict] = []
         self.chunks_sent = 0
+        self.connections = 0    # TCP connections accepted, ever
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
@@ -153,12 +160,18 @@ class _FakeServer:
         fault = self._next_fault()
         if fault != "ok":
             return self._inject(handler, fault, model)
-        text = self._next_reply()
+        reply = self._next_reply()
+        if isinstance(reply, ToolCalls):
+            if stream:
+                return self._send_stream(handler, self._tool_events(model, reply.calls, body))
+            return self._send_json(handler, 200, self._tool_completion(model, reply.calls))
+        limit = self._max_tokens(body)
+        text, finish = (reply[:limit], "length") if limit is not None and len(reply) > limit else (reply, "stop")
         pieces = _split(text, self.chunks)
         if stream:
-            return self._send_stream(handler, self._events(model, pieces))
+            return self._send_stream(handler, self._events(model, pieces, finish, body))
         self._stopping.wait(self.chunk_delay * len(pieces))   # a non-streamed reply takes as long
-        self._send_json(handler, 200, self._completion(model, text))
+        self._send_json(handler, 200, self._completion(model, text, finish))
 
     def _next_fault(self) -> str:
         with self._lock:
@@ -207,7 +220,7 @@ class _FakeServer:
                 self.hanging -= 1
             handler.close_connection = True
 
-    def _next_reply(self) -> str:
+    def _next_reply(self) -> str | ToolCalls:
         with self._lock:
             return self._replies.pop(0) if len(self._replies) > 1 else self._replies[0]
 
@@ -253,11 +266,21 @@ class _FakeServer:
         """(model, streamed) for a known endpoint, None for an unknown one."""
         raise NotImplementedError
 
-    def _completion(self, model: str, text: str) -> dict:
+    def _completion(self, model: str, text: str, finish: str = "stop") -> dict:
         raise NotImplementedError
 
-    def _events(self, model: str, pieces: list[str]) -> Iterator[Event]:
+    def _events(self, model: str, pieces: list[str], finish: str = "stop", body: dict | None = None
+                ) -> Iterator[Event]:
         raise NotImplementedError
+
+    def _tool_events(self, model: str, calls: list[tuple[str, str]], body: dict) -> Iterator[Event]:
+        raise NotImplementedError
+
+    def _tool_completion(self, model: str, calls: list[tuple[str, str]]) -> dict:
+        raise NotImplementedError
+
+    def _max_tokens(self, body: dict) -> int | None:
+        return body.get("max_tokens") or body.get("max_completion_tokens")
 
     def error_body(self, status: int, message: str) -> dict:
         """The backend's own error JSON (also handy for building a `fail_body`)."""
@@ -274,19 +297,46 @@ class FakeOpenAIServer(_FakeServer):
             return None
         return body.get("model", ""), bool(body.get("stream"))
 
-    def _completion(self, model: str, text: str) -> dict:
+    def _completion(self, model: str, text: str, finish: str = "stop") -> dict:
         return {**_openai_head(model, "chat.completion"), "usage": _usage(text),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop"}]}
+                             "finish_reason": finish}]}
 
-    def _events(self, model: str, pieces: list[str]) -> Iterator[Event]:
+    def _events(self, model: str, pieces: list[str], finish: str = "stop", body: dict | None = None
+                ) -> Iterator[Event]:
         head = _openai_head(model, "chat.completion.chunk")
         yield {**head, "choices": []}, False     # Azure-style filter results: a chunk with no choices
         yield {**head, "choices": [_delta({"role": "assistant", "content": ""})]}, False
         for piece in pieces:
             yield {**head, "choices": [_delta({"content": piece})]}, True
-        yield {**head, "choices": [_delta({}, "stop")]}, False
+        yield {**head, "choices": [_delta({}, finish)]}, False
+        yield from self._usage_chunk(head, "".join(pieces), body)
         yield "[DONE]", False
+
+    def _tool_events(self, model: str, calls: list[tuple[str, str]], body: dict) -> Iterator[Event]:
+        """As OpenAI streams tool calls: id, type and name first, then the arguments in pieces."""
+        head = _openai_head(model, "chat.completion.chunk")
+        yield {**head, "choices": [_delta({"role": "assistant", "content": None})]}, False
+        for i, (name, arguments) in enumerate(calls):
+            first = {"index": i, "id": f"call_{i}_{name}", "type": "function",
+                     "function": {"name": name, "arguments": ""}}
+            yield {**head, "choices": [_delta({"tool_calls": [first]})]}, True
+            for piece in _split(arguments, 3):
+                yield {**head, "choices": [_delta({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})]}, True
+        yield {**head, "choices": [_delta({}, "tool_calls")]}, False
+        yield from self._usage_chunk(head, "".join(a for _, a in calls), body)
+        yield "[DONE]", False
+
+    def _tool_completion(self, model: str, calls: list[tuple[str, str]]) -> dict:
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": f"call_{i}_{name}", "type": "function", "function": {"name": name, "arguments": arguments}}
+            for i, (name, arguments) in enumerate(calls)]}
+        return {**_openai_head(model, "chat.completion"), "usage": _usage("".join(a for _, a in calls)),
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]}
+
+    def _usage_chunk(self, head: dict, text: str, body: dict | None) -> Iterator[Event]:
+        if ((body or {}).get("stream_options") or {}).get("include_usage"):
+            yield {**head, "choices": [], "usage": _usage(text)}, False
 
     def error_body(self, status: int, message: str) -> dict:
         kind = "server_error" if status >= 500 else {429: "requests"}.get(status, "invalid_request_error")
@@ -300,12 +350,22 @@ class FakeZhipuAIServer(FakeOpenAIServer):
     prefix = "/api/paas/v4"
     _codes = {400: "1214", 401: "1000", 403: "1220", 404: "1211", 429: "1302", 500: "500"}
 
-    def _events(self, model: str, pieces: list[str]) -> Iterator[Event]:
+    def _events(self, model: str, pieces: list[str], finish: str = "stop", body: dict | None = None
+                ) -> Iterator[Event]:
         head = {"id": "fake-zhipu", "created": int(time.time()), "model": model}
         for piece in pieces:
             yield {**head, "choices": [_delta({"role": "assistant", "content": piece})]}, True
-        yield {**head, "choices": [_delta({"role": "assistant", "content": ""}, "stop")],
+        yield {**head, "choices": [_delta({"role": "assistant", "content": ""}, finish)],
                "usage": _usage("".join(pieces))}, False
+        yield "[DONE]", False
+
+    def _tool_events(self, model: str, calls: list[tuple[str, str]], body: dict) -> Iterator[Event]:
+        """ZhipuAI sends each tool call whole, in the finishing chunk."""
+        head = {"id": "fake-zhipu", "created": int(time.time()), "model": model}
+        tool_calls = [{"index": i, "id": f"call_{i}_{name}", "type": "function",
+                       "function": {"name": name, "arguments": arguments}} for i, (name, arguments) in enumerate(calls)]
+        yield {**head, "choices": [_delta({"role": "assistant", "tool_calls": tool_calls}, "tool_calls")],
+               "usage": _usage("")}, True
         yield "[DONE]", False
 
     def error_body(self, status: int, message: str) -> dict:
@@ -324,17 +384,42 @@ class FakeGeminiServer(_FakeServer):
         match = self._path.match(path)
         return (match[2], match[3] == "streamGenerateContent") if match else None
 
-    def _completion(self, model: str, text: str) -> dict:
-        return _gemini_chunk(model, text, "STOP")
+    def _completion(self, model: str, text: str, finish: str = "stop") -> dict:
+        return _gemini_chunk(model, text, "MAX_TOKENS" if finish == "length" else "STOP")
 
-    def _events(self, model: str, pieces: list[str]) -> Iterator[Event]:
-        for piece in pieces:
-            yield _gemini_chunk(model, piece), True
-        yield _gemini_chunk(model, "", "STOP"), False
+    def _events(self, model: str, pieces: list[str], finish: str = "stop", body: dict | None = None
+                ) -> Iterator[Event]:
+        for i, piece in enumerate(pieces):
+            yield _gemini_chunk(model, piece, counted="".join(pieces[:i + 1])), True
+        yield _gemini_chunk(model, "", "MAX_TOKENS" if finish == "length" else "STOP", "".join(pieces)), False
+
+    def _tool_events(self, model: str, calls: list[tuple[str, str]], body: dict) -> Iterator[Event]:
+        yield self._tool_completion(model, calls), True
+
+    def _tool_completion(self, model: str, calls: list[tuple[str, str]]) -> dict:
+        parts = [{"functionCall": {"name": name, "args": json.loads(arguments)}} for name, arguments in calls]
+        chunk = _gemini_chunk(model, "", "STOP")
+        chunk["candidates"][0]["content"]["parts"] = parts
+        return chunk
+
+    def _max_tokens(self, body: dict) -> int | None:
+        return (body.get("generationConfig") or {}).get("maxOutputTokens")
 
     def error_body(self, status: int, message: str) -> dict:
         status_name = self._statuses.get(status, "UNKNOWN")
         return {"error": {"code": status, "message": message, "status": status_name}}
+
+
+class ToolCalls:
+    """A scripted answer that calls tools instead of replying with text."""
+
+    def __init__(self, *pairs: str):
+        self.calls = list(zip(pairs[::2], pairs[1::2], strict=True))    # (name, JSON arguments)
+
+
+def tool_calls(*pairs: str) -> ToolCalls:
+    """`tool_calls("get_weather", '{"city": "北京"}')`: a reply that calls these tools."""
+    return ToolCalls(*pairs)
 
 
 FAKES = {"openai": FakeOpenAIServer, "gemini": FakeGeminiServer, "zhipuai": FakeZhipuAIServer}
@@ -384,10 +469,11 @@ def _delta(delta: dict, finish: str | None = None) -> dict:
     return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
 
-def _gemini_chunk(model: str, text: str, finish: str | None = None) -> dict:
+def _gemini_chunk(model: str, text: str, finish: str | None = None, counted: str | None = None) -> dict:
+    """One Gemini response; its usageMetadata counts `counted` (Gemini's counts are running totals)."""
     candidate: dict = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
     if finish:
         candidate["finishReason"] = finish
     return {"candidates": [candidate], "modelVersion": model, "responseId": "fake-gemini",
-            "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": len(text),
-                              "totalTokenCount": 8 + len(text)}}
+            "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": len(counted or text),
+                              "totalTokenCount": 8 + len(counted or text)}}

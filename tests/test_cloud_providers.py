@@ -370,3 +370,30 @@ def test_a_server_that_wants_a_key_nobody_configured_says_where_to_name_it():
         with pytest.raises(UpstreamError, match="wants an API key") as info:
             drain(provider.stream([Message("user", "hi")], GenerationParams(), CancelToken()))
     assert info.value.upstream_status == 401 and "api_key_env" in info.value.fix
+
+
+# ---- connection reuse ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_back_to_back_streams_reuse_one_upstream_connection(kind):
+    """The openai SDK stops reading at [DONE] and closes the response; without reading the rest of the
+    body first, httpx dropped the connection and every request paid a new one (with a cloud: TLS too)."""
+    with FAKES[kind](["好的。"]) as fake:
+        provider = provider_for(kind, fake.base_url)
+        for _ in range(5):
+            assert drain(provider.stream([Message("user", "hi")], GenerationParams(), CancelToken())) == list("好的。")
+        assert fake.connections == 1
+        provider.close()
+
+
+def test_a_stream_left_early_is_still_cut_so_the_upstream_stops():
+    with FakeOpenAIServer([LONG_REPLY], chunk_delay=0.01) as fake:
+        provider = provider_for("openai", fake.base_url)
+        stream = provider.stream([Message("user", "hi")], GenerationParams(), CancelToken())
+        assert len(drain(stream, 3)) == 3
+        stream.close()
+        time.sleep(0.3)
+        assert fake.chunks_sent < len(LONG_REPLY) / 2
+        drain(provider.stream([Message("user", "hi")], GenerationParams(), CancelToken()), 1)
+        assert fake.connections == 2    # the cut connection was not put back in the pool
+        provider.close()
