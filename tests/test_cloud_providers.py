@@ -167,7 +167,7 @@ def test_openai_sends_vllm_sampling_extensions_only_to_custom_servers():
     assert fake.requests[0]["top_k"] == 20 and fake.requests[0]["repetition_penalty"] == 1.15
     cloud = provider_class("openai")(PRESETS["chatgpt"], {"OPENAI_API_KEY": "k"})
     body = cloud.request_body([Message("user", "hi")], params)
-    assert "extra_body" not in body and body["temperature"] == 1.0
+    assert "top_k" not in body and "repetition_penalty" not in body and body["temperature"] == 1.0
 
 
 # ---- keys ---------------------------------------------------------------------------------------

@@ -195,7 +195,7 @@ def test_a_provider_without_settings_gets_live_avatar_deadlines():
         assert (policy.retries, policy.first_token_timeout, policy.stall_timeout) == (2, 20, 15)
         assert provider.timeout == 30       # per connect/read, not the SDKs' 600 s
     http = provider_class("openai")(ProviderConfig("p", "openai", "m", base_url="http://127.0.0.1:9"), ENV)
-    assert http.client().timeout == 30
+    assert http.client().timeout.read == 30
 
 
 @pytest.mark.parametrize("route", ["seed", "seed-stream", "v1", "v1-stream"])

@@ -143,7 +143,8 @@ async def begin(request: Request, *, hold: str = "none", **kw) -> tuple[Turn, As
     `hold`: how much the route holds back before the client sees it (see `Router.stream`)."""
     router: Router = request.app.state.ctx.router
     req = await asyncio.to_thread(router.request, **kw)    # may create the provider: not on the loop
-    log.info("%s %s provider=%s prompt=%r", rid(request), request.url.path, req.provider, _clip(req.prompt or "(tool results)"))
+    log.info("%s %s provider=%s prompt=%r", rid(request), request.url.path, req.provider,
+             _clip(req.prompt or "(tool results)"))
     turn = Turn(req)
     chunks = router.astream(req, cancel=turn.cancel, hold=hold)
     first_chunk = asyncio.ensure_future(anext(chunks))
