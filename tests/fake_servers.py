@@ -18,6 +18,7 @@ normal answer):
     "drop"          half the text, then the connection is cut mid-body
     "hang"          the request is read and never answered (until the client goes away)
     "stall"         half the text, then silence (until the client goes away)
+    "linger"        the whole stream, [DONE] included, then the body is never ended (until the client goes away)
     "status:503"    that HTTP error in the backend's own error shape
     "status:429:2"  a 429 with `Retry-After: 2`
     "detail:400"    a FastAPI/vLLM-style error body {"detail": "..."}
@@ -198,6 +199,9 @@ class _FakeServer:
             return self._park(handler)
         events = list(self._events(model, _split(self._next_reply(), self.chunks)))
         texts = [i for i, (_, is_text) in enumerate(events) if is_text]
+        if kind == "linger":
+            self._send_stream(handler, iter(events), end=False)
+            return self._park(handler)
         if kind == "empty":
             events = [e for e in events if not e[1]]
         elif kind in ("truncate", "drop", "stall"):

@@ -397,3 +397,13 @@ def test_a_stream_left_early_is_still_cut_so_the_upstream_stops():
         drain(provider.stream([Message("user", "hi")], GenerationParams(), CancelToken()), 1)
         assert fake.connections == 2    # the cut connection was not put back in the pool
         provider.close()
+
+
+def test_a_server_that_never_ends_the_body_after_done_costs_at_most_the_drain_bound():
+    """Reading past [DONE] (for reuse) must not wait for the read timeout on a server that keeps the body open."""
+    with FakeOpenAIServer(["好的。"], faults=["linger"]) as fake:
+        provider = provider_for("openai", fake.base_url, timeout=20.0)
+        start = time.monotonic()
+        assert drain(provider.stream([Message("user", "hi")], GenerationParams(), CancelToken())) == list("好的。")
+        assert time.monotonic() - start < 5     # not the 20 s read timeout
+        provider.close()

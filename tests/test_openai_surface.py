@@ -345,3 +345,9 @@ def test_langchain_structured_output(chat, fakes):
     result = chat.with_structured_output(Weather, method="json_schema").invoke("北京天气？")
     assert result == Weather(city="北京", sky="晴")
     assert sent(fakes.openai)["response_format"]["type"] == "json_schema"
+
+
+def test_aliases_are_listed_and_fetched(sdk):
+    listed = {m.id: m for m in sdk.models.list()}
+    assert listed["gpt-4o-mini"].alias_of == "up" and "up" in listed
+    assert sdk.models.retrieve("gpt-4o-mini").alias_of == "up"

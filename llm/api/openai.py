@@ -106,23 +106,29 @@ def _streamed_call(delta: dict, turn: Turn) -> dict:
 
 
 async def list_models(request: Request) -> dict:
-    """Provider names in OpenAI's list shape, with readiness."""
+    """Provider names in OpenAI's list shape, with readiness; each alias too, saying whose it is."""
+    router: Router = request.app.state.ctx.router
     found = await statuses(request.app.state.ctx)
-    return {"object": "list", "data": [_model(name, status) for name, status in found.items()]}
+    data = [_model(name, status) for name, status in found.items()]
+    data += [_model(alias, found[name], alias_of=name) for name in found
+             for alias in router.settings.providers[name].aliases]
+    return {"object": "list", "data": data}
 
 
 async def get_model(request: Request, model_id: str) -> dict:
-    """One provider in OpenAI's model shape; 404 naming the valid ones."""
+    """One provider (or alias) in OpenAI's model shape; 404 naming the valid ones."""
     router: Router = request.app.state.ctx.router
-    if model_id not in router.names():
+    name = router.resolve(model_id)
+    if name not in router.names():
         known = ", ".join(router.names())
         raise UnknownProviderError(f"unknown model {model_id!r}", fix=f"use one of: {known}")
-    found = await statuses(request.app.state.ctx, [model_id])
-    return _model(model_id, found[model_id])
+    found = await statuses(request.app.state.ctx, [name])
+    return _model(model_id, found[name], alias_of=name if name != model_id else None)
 
 
-def _model(name: str, status: dict) -> dict:
-    return {"id": name, "object": "model", "created": 0, "owned_by": "linly-talker", **status}
+def _model(name: str, status: dict, alias_of: str | None = None) -> dict:
+    alias = {"alias_of": alias_of} if alias_of else {}
+    return {"id": name, "object": "model", "created": 0, "owned_by": "linly-talker", **alias, **status}
 
 
 async def statuses(ctx: Context, names: list[str] | None = None) -> dict[str, dict]:

@@ -15,6 +15,7 @@ import contextvars
 import logging
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -176,18 +177,56 @@ class _ReusableStream(*_sync_stream_bases()):
         if self.done:
             stream = self._response.extensions.get("network_stream")
             sock = stream.get_extra_info("socket") if stream is not None else None
-            timer = threading.Timer(DRAIN_TIMEOUT, _shutdown, (sock,)) if sock is not None else None
-            if timer is not None:
-                timer.start()
+            token = _WATCHDOG.guard(sock, DRAIN_TIMEOUT) if sock is not None else None
             try:
                 for _ in self._chunks:
                     pass
             except Exception:   # noqa: BLE001 - cut off or reset: the connection is dropped, as before
                 pass
             finally:
-                if timer is not None:
-                    timer.cancel()
+                _WATCHDOG.release(token)
         self._inner.close()
+
+
+class _Watchdog:
+    """One thread that shuts down the sockets whose drain outlived its deadline (a timer thread per
+    drain cost more than the drain itself: drains almost always end within microseconds)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[object, tuple[float, socket.socket]] = {}
+        self._thread: threading.Thread | None = None
+
+    def guard(self, sock: socket.socket, seconds: float) -> object:
+        token = object()
+        with self._cond:
+            self._due[token] = (time.monotonic() + seconds, sock)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="drain-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return token
+
+    def release(self, token: object | None) -> None:
+        if token is not None:
+            with self._cond:
+                self._due.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                late = [token for token, (due, _) in self._due.items() if due <= now]
+                socks = [self._due.pop(token)[1] for token in late]
+                if not socks:
+                    soonest = min((due for due, _ in self._due.values()), default=None)
+                    self._cond.wait(None if soonest is None else soonest - now)
+                    continue
+            for sock in socks:
+                _shutdown(sock)
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _reuse_after_done(response: Any) -> None:
