@@ -152,7 +152,7 @@ class _Attempt:
         self.last_token: float | None = None     # the last raw token from the backend
         self.texted = False                      # text was sent on to the caller
         self.hedged = False
-        self.thread: threading.Thread | None = None
+        self.finished = threading.Event()       # its thread has let go of the provider
 
     def touch(self) -> None:
         self.last_token = time.monotonic()
@@ -247,7 +247,7 @@ class Race:
             attempt.cancel.cancel()
         deadline = time.monotonic() + STOP_WAIT
         for attempt in self.running:
-            attempt.thread.join(max(0.0, deadline - time.monotonic()))
+            attempt.finished.wait(max(0.0, deadline - time.monotonic()))
 
     # ---- scheduling --------------------------------------------------------------------------
 
@@ -264,9 +264,7 @@ class Race:
                 continue
             attempt = _Attempt(name, policy, self.cancel)
             self.running.append(attempt)
-            attempt.thread = threading.Thread(target=self._work, args=(attempt,), name=f"llm-{name}",
-                                              daemon=True)
-            attempt.thread.start()
+            spawn(self._work, attempt, name=f"llm-{name}")
             return
         if not self.running:
             raise self._final_error()
@@ -344,6 +342,8 @@ class Race:
             self.events.put((attempt, "error", e))
         else:
             self.events.put((attempt, "done", None))
+        finally:
+            attempt.finished.set()
 
     def _tries(self, attempt: _Attempt) -> None:
         for retry in itertools.count():
@@ -380,3 +380,52 @@ class Race:
         if wait is None or (deadline is not None and time.monotonic() + wait >= deadline):
             return None     # the fallback (or the client, told Retry-After) does better than waiting
         return wait
+
+
+# ---- threads -----------------------------------------------------------------------------------
+
+IDLE_NAME = "pool-idle"
+IDLE_SECONDS = 60.0     # an idle pooled thread ends after this long
+
+
+class _Worker:
+    """A daemon thread that runs one job at a time for `spawn`, then waits for the next."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name=IDLE_NAME, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                job = self.jobs.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with _IDLE_LOCK:
+                    if self in _IDLE:       # still idle, and nobody can hand us a job now
+                        _IDLE.remove(self)
+                        return
+                continue                    # taken just now: its job is on the way
+            fn, args, name = job
+            self.thread.name = name         # while it runs, the thread says whose it is (leak checks)
+            try:
+                fn(*args)
+            except BaseException:  # noqa: BLE001 - a job reports its own errors; keep the thread
+                log.exception("unhandled error in %s", name)
+            finally:
+                self.thread.name = IDLE_NAME
+                with _IDLE_LOCK:
+                    _IDLE.append(self)
+
+
+_IDLE: list[_Worker] = []
+_IDLE_LOCK = threading.Lock()
+
+
+def spawn(fn: Callable, *args: object, name: str) -> None:
+    """Run `fn(*args)` in a thread of its own, reusing an idle one: a new thread per request cost
+    more than the rest of a short request's bookkeeping. Threads are daemons, named `name` while
+    they work, and never shared by two jobs at once (a job may block as long as it needs)."""
+    with _IDLE_LOCK:
+        worker = _IDLE.pop() if _IDLE else None
+    (worker or _Worker()).jobs.put((fn, args, name))

@@ -17,7 +17,7 @@ from configs import Settings, load_settings
 
 from . import speech
 from .errors import CancelledError, InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
-from .policy import Breaker, Policy, Race
+from .policy import Breaker, Policy, Race, spawn
 from .providers import Provider, provider_class
 from .types import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -273,8 +273,7 @@ class Router:
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting side
                 post(e)
 
-        worker = threading.Thread(target=produce, name=f"llm-{req.provider}", daemon=True)
-        worker.start()
+        spawn(produce, name=f"llm-{req.provider}")
         # A cancel wakes the consumer at once, even while the worker still waits on a slow upstream.
         cancel.on_cancel(lambda: post(CancelledError("generation cancelled")))
         try:

@@ -85,6 +85,7 @@ class FakeHub:
         self.bytes_served = 0
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
+        self.connections = 0    # accepted, ever (the shared handler counts them)
         self._servers: dict[str, ThreadingHTTPServer] = {}
 
     def add(self, repo_id: str, folder: str | Path) -> None:

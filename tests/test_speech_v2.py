@@ -106,12 +106,12 @@ def test_control_characters_go_and_no_reply_ends_in_white_space():
 class ReasoningServer(FakeOpenAIServer):
     """An OpenAI-compatible server that streams `reasoning_content` deltas before the answer (vLLM, DeepSeek)."""
 
-    def _events(self, model, pieces):
+    def _events(self, model, pieces, finish="stop", body=None):
         head = _openai_head(model, "chat.completion.chunk")
         for thought in ("Let me think", " about the weather."):
             yield {**head, "choices": [_delta({"role": "assistant", "content": None,
                                                "reasoning_content": thought})]}, False
-        yield from super()._events(model, pieces)
+        yield from super()._events(model, pieces, finish, body)
 
 
 @pytest.mark.parametrize("route", ["seed", "v1"])
