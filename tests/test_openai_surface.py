@@ -351,3 +351,9 @@ def test_aliases_are_listed_and_fetched(sdk):
     listed = {m.id: m for m in sdk.models.list()}
     assert listed["gpt-4o-mini"].alias_of == "up" and "up" in listed
     assert sdk.models.retrieve("gpt-4o-mini").alias_of == "up"
+
+
+def test_direct_reply_takes_sampling_controls_it_cannot_be_changed_by(sdk):
+    reply = sdk.chat.completions.create(model="direct", messages=[{"role": "user", "content": "原样读出"}],
+                                        seed=1, frequency_penalty=1.0, presence_penalty=0.5)
+    assert reply.choices[0].message.content == "原样读出"

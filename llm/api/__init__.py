@@ -8,7 +8,8 @@ the route's error shape instead of a 500.
     errors.py   any failure -> each route's error shape
     seed.py     POST /
     openai.py   /v1/chat/completions, /v1/models
-    schemas.py  request bodies (strict parsing) and the OpenAPI document
+    schemas.py  request bodies (strict parsing)
+    openapi.py  the OpenAPI document: request bodies, every reply and event stream, errors, auth
     turn.py     one generation behind a route: first-chunk wait, hang-ups, SSE
     server.py   binding the port and serving
 """

@@ -23,7 +23,8 @@ from ..errors import LLMError
 from ..router import Router
 from .errors import error_response, handle_error
 from .openai import chat_completions, get_model, list_models, statuses
-from .schemas import ApiError, openapi_with_bodies
+from .openapi import openapi_document
+from .schemas import ApiError
 from .seed import seed
 
 log = logging.getLogger("llm.api")
@@ -68,7 +69,7 @@ def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: in
     app.add_api_route("/v1/models", list_models, methods=["GET"], summary="Providers, OpenAI list shape")
     app.add_api_route("/v1/models/{model_id}", get_model, methods=["GET"], summary="One provider")
     app.add_api_route("/health", health, methods=["GET"], summary="Liveness and provider readiness")
-    app.openapi = lambda: openapi_with_bodies(app)
+    app.openapi = lambda: openapi_document(app)
     # The TTS normaliser takes ~0.7 s to import: load it now, not on a user's first sentence with a number.
     threading.Thread(target=speech.for_tts, args=("1",), name="tts-warm-up", daemon=True).start()
     return app

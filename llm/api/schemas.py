@@ -7,8 +7,7 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
+from fastapi import Request
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -158,7 +157,10 @@ def _whole(value: Any) -> Any:
 
 
 # A count of tokens or characters: a whole number, sent as 50 or 50.0.
-Count = Annotated[int, BeforeValidator(_whole), Field(ge=1, le=MAX_NEW_TOKENS)]
+Count = Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS), BeforeValidator(_whole)]
+Whole = Annotated[int, BeforeValidator(_whole)]
+StopList = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=4)]
+Stop = Annotated[str, Field(min_length=1)] | StopList
 
 
 # ---- the seed API: POST / ------------------------------------------------------------------
@@ -212,9 +214,24 @@ class ToolCall(BaseModel):
     function: ToolCallFunction
 
 
+_NONEMPTY_CALLS = {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}}
+_HAS_CONTENT = {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}}
+_MESSAGE_RULES = {"allOf": [    # _text_parts_only and _shape_fits_role, for the OpenAPI document
+    {"properties": {"content": {"anyOf": [{"type": "string"}, {"type": "null"}, {"type": "array", "items": {
+        "type": "object", "required": ["type", "text"],
+        "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]}}},
+    {"if": {"properties": {"role": {"const": "tool"}}},
+     "then": {"required": ["tool_call_id"],
+              "properties": {"tool_call_id": {"type": "string", "minLength": 1}}}},
+    {"if": {"properties": {"role": {"enum": ["system", "developer", "user"]}}}, "then": _HAS_CONTENT},
+    {"if": {"properties": {"role": {"const": "assistant"}}},
+     "then": {"anyOf": [_HAS_CONTENT, _NONEMPTY_CALLS]}, "else": {"not": _NONEMPTY_CALLS}},
+]}
+
+
 class ChatMessage(BaseModel):
     # OpenAI clients may send `name` and similar keys we have no use for: ignore them.
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_MESSAGE_RULES)
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     tool_calls: list[ToolCall] | None = None
@@ -290,7 +307,10 @@ class JsonSchemaFormat(BaseModel):
 
 
 class ResponseFormat(BaseModel):
-    model_config = _STRICT
+    model_config = ConfigDict(**_STRICT, json_schema_extra={
+        "if": {"properties": {"type": {"const": "json_schema"}}},
+        "then": {"required": ["json_schema"], "properties": {"json_schema": {"type": "object"}}},
+        "else": {"properties": {"json_schema": {"type": "null"}}}})
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -326,14 +346,15 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: Count | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(None, ge=1)
-    stop: str | list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
-    seed: int | None = None
+    # n's maximum is in the document only, so that n=2 gets the message of `_answerable`
+    n: Annotated[int, Field(ge=1, json_schema_extra={"maximum": 1}), BeforeValidator(_whole)] | None = None
+    stop: Stop | None = None
+    seed: Whole | None = None
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100), BeforeValidator(_whole)]] | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: Annotated[int, Field(ge=0, le=20), BeforeValidator(_whole)] | None = None
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -363,8 +384,6 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("the last message must have role 'user' (or 'tool', answering a tool call)")
         if last.role == "user" and not last.text().strip():
             raise ValueError("the last user message must contain text")
-        if isinstance(self.stop, list) and len(self.stop) > 4:
-            raise ValueError("stop takes at most 4 strings")
         if self.tool_choice is not None and not isinstance(self.tool_choice, str) and not any(
                 t.function.name == self.tool_choice.function.name for t in self.tools or ()):
             raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
@@ -374,20 +393,3 @@ class ChatCompletionRequest(BaseModel):
         """The fields for GenerationParams.extra, as the client sent them."""
         sent = self.model_dump(mode="json", include=set(PASSED_ON), exclude_unset=True, by_alias=True)
         return {k: v for k, v in sent.items() if v is not None}
-
-
-def openapi_with_bodies(app: FastAPI) -> dict:
-    """The generated schema plus the request bodies, which the routes parse themselves."""
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                             routes=app.routes)
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for path, model in (("/", SeedRequest), ("/v1/chat/completions", ChatCompletionRequest)):
-            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(body.pop("$defs", {}))
-            components[model.__name__] = body
-            ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-            schema["paths"][path]["post"]["requestBody"] = {"required": True,
-                                                            "content": {"application/json": {"schema": ref}}}
-        app.openapi_schema = schema
-    return app.openapi_schema

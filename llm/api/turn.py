@@ -21,6 +21,8 @@ from .schemas import ApiError
 
 log = logging.getLogger("llm.api")
 LOG_PROMPT_CHARS = 50
+# OpenAI's finish reasons; another an upstream sends (vLLM's "abort", a legacy "function_call") reads "stop"
+FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter")
 
 
 def rid(request: Request) -> str:
@@ -95,7 +97,7 @@ class Turn:
     @property
     def finish(self) -> str:
         """Why the reply ended, in OpenAI's words."""
-        reason = self.finish_reason or "stop"
+        reason = self.finish_reason if self.finish_reason in FINISH_REASONS else "stop"
         return "tool_calls" if self.tool_calls and reason == "stop" else reason
 
     async def sentences(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict]:

@@ -12,6 +12,8 @@ class EchoProvider(Provider):
     kind = "echo"
     styled = False      # Direct Reply is never styled
     verbatim = True     # and the avatar reads it exactly as typed
+    # Sampling controls cannot change a reply that is the typed text; stop strings, tools or JSON would.
+    honours = frozenset({"seed", "frequency_penalty", "presence_penalty"})
 
     def stream(self, messages: list[Message], params: GenerationParams,
                cancel: CancelToken) -> Iterator[str]:
