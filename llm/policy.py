@@ -21,14 +21,16 @@ took more code than the loop below.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import queue
 import random
 import threading
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
 from .errors import (
     AllProvidersFailedError,
@@ -215,30 +217,35 @@ class Race:
         try:
             self._start_next()
             while True:
-                attempt, kind, payload = self._next_event()
-                if kind == "cancel" or self.cancel.cancelled:
-                    raise CancelledError("generation cancelled")
-                if attempt not in self.running:
-                    continue    # a late word from an attempt already timed out or cancelled
-                if kind == "text":
-                    if self.winner is None:
-                        self._crown(attempt)
-                    if self.shown:
-                        yield payload
-                        continue
-                    self.buffer.append(payload)
-                    if self._may_show(payload.text):
-                        self.shown, held, self.buffer = True, self.buffer, []
-                        yield from held
-                elif kind == "done":
-                    self.running.remove(attempt)
-                    self.breaker(attempt.name).record(None, attempt.policy.cooldown)
-                    yield from self.buffer
+                out, ended = self._on_event(*self._next_event())
+                yield from out
+                if ended:
                     return
-                else:
-                    self._failed(attempt, payload)
         finally:
             self._stop_all()
+
+    def _on_event(self, attempt: _Attempt | None, kind: str, payload: object) -> tuple[list[Chunk], bool]:
+        """One event from an attempt: the chunks the caller may see now, and whether the reply ended."""
+        if kind == "cancel" or self.cancel.cancelled:
+            raise CancelledError("generation cancelled")
+        if attempt not in self.running:
+            return [], False    # a late word from an attempt already timed out or cancelled
+        if kind == "text":
+            if self.winner is None:
+                self._crown(attempt)
+            if self.shown:
+                return [payload], False
+            self.buffer.append(payload)
+            if self._may_show(payload.text):
+                self.shown, held, self.buffer = True, self.buffer, []
+                return held, False
+            return [], False
+        if kind == "done":
+            self.running.remove(attempt)
+            self.breaker(attempt.name).record(None, attempt.policy.cooldown)
+            return self.buffer, True
+        self._failed(attempt, payload)
+        return [], False
 
     def _stop_all(self) -> None:
         """Cancel what still runs (closing its upstream stream), then wait briefly for it to end, so
@@ -264,36 +271,46 @@ class Race:
                 continue
             attempt = _Attempt(name, policy, self.cancel)
             self.running.append(attempt)
-            spawn(self._work, attempt, name=f"llm-{name}")
+            self._launch(attempt)
             return
         if not self.running:
             raise self._final_error()
 
+    def _launch(self, attempt: _Attempt) -> None:
+        spawn(self._work, attempt, name=f"llm-{attempt.name}")
+
     def _next_event(self) -> tuple[_Attempt | None, str, object]:
         """The next event, or a timeout/hedge event made here when a clock runs out first."""
         while True:
-            now = time.monotonic()
-            timers = []
-            for attempt in self.running:
-                if (d := attempt.deadline()) is not None:
-                    timers.append((d, attempt, "timeout"))
-                if self.winner is None and self.pending and len(self.running) == 1 and \
-                        (h := attempt.hedge_at()) is not None:
-                    timers.append((h, attempt, "hedge"))
-            soonest = min(timers, key=lambda t: t[0], default=None)
+            soonest = self._soonest()
             try:
-                wait = None if soonest is None else max(0.0, soonest[0] - now)
-                return self.events.get(timeout=wait)
+                return self.events.get(timeout=_seconds_to(soonest))
             except queue.Empty:
-                _, attempt, kind = soonest
-                if kind == "hedge":
-                    attempt.hedged = True
-                    log.info("%s has said nothing in %g s: starting %s beside it", attempt.name,
-                             attempt.policy.hedge_after, self.pending[0])
-                    self._start_next()
-                    continue
-                attempt.cancel.cancel()
-                return attempt, "error", attempt.timeout_error()
+                if (event := self._expire(soonest)) is not None:
+                    return event
+
+    def _soonest(self) -> tuple[float, _Attempt, str] | None:
+        """The next clock to run out: an attempt's deadline, or when to hedge it."""
+        timers = []
+        for attempt in self.running:
+            if (d := attempt.deadline()) is not None:
+                timers.append((d, attempt, "timeout"))
+            if self.winner is None and self.pending and len(self.running) == 1 and \
+                    (h := attempt.hedge_at()) is not None:
+                timers.append((h, attempt, "hedge"))
+        return min(timers, key=lambda t: t[0], default=None)
+
+    def _expire(self, timer: tuple[float, _Attempt, str]) -> tuple[_Attempt, str, object] | None:
+        """A clock ran out: start the hedge (None), or end the attempt with a timeout (its error event)."""
+        _, attempt, kind = timer
+        if kind == "hedge":
+            attempt.hedged = True
+            log.info("%s has said nothing in %g s: starting %s beside it", attempt.name,
+                     attempt.policy.hedge_after, self.pending[0])
+            self._start_next()
+            return None
+        attempt.cancel.cancel()
+        return attempt, "error", attempt.timeout_error()
 
     def _crown(self, attempt: _Attempt) -> None:
         """The first attempt to produce text answers; the others are cancelled."""
@@ -334,44 +351,36 @@ class Race:
 
     # ---- one attempt, in its own thread ------------------------------------------------------
 
+    def _post(self, event: tuple[_Attempt | None, str, object]) -> None:
+        self.events.put(event)
+
     def _work(self, attempt: _Attempt) -> None:
         try:
             with abort_scope(attempt.cancel):
                 self._tries(attempt)
         except BaseException as e:  # noqa: BLE001 - handed to the scheduling thread
-            self.events.put((attempt, "error", e))
+            self._post((attempt, "error", e))
         else:
-            self.events.put((attempt, "done", None))
+            self._post((attempt, "done", None))
         finally:
             attempt.finished.set()
 
     def _tries(self, attempt: _Attempt) -> None:
         for retry in itertools.count():
-            produced, news = False, []
+            out = _Output(self, attempt)
             try:
                 for chunk in self.stream_one(attempt.name, attempt.cancel, attempt.touch):
-                    if not chunk.substantive and not produced:
-                        news.append(chunk)     # an end with no answer before it is an empty reply
-                        continue
-                    produced = attempt.texted = True
-                    for item in (*news, chunk):
-                        self.events.put((attempt, "text", item))
-                    news.clear()
-                if not produced:
-                    raise UpstreamError(f"{attempt.name} returned an empty reply", upstream_status=200,
-                                        fix="check the model and its prompt; a fallback answers meanwhile")
-                return
+                    out.put(chunk)
+                return out.end()
             except UpstreamError as e:
-                wait = self._retry_wait(attempt, e, retry, produced)
+                wait = self._retry_wait(attempt, e, retry, out.produced)
                 if wait is None:
                     raise
-                log.info("%s failed (%s): retry %d of %d in %.2f s", attempt.name, self.redact(e.message),
-                         retry + 1, attempt.policy.retries, wait)
                 if attempt.cancel.wait(wait):
                     raise CancelledError("generation cancelled") from e
 
-    @staticmethod
-    def _retry_wait(attempt: _Attempt, error: UpstreamError, retry: int, produced: bool) -> float | None:
+    def _retry_wait(self, attempt: _Attempt, error: UpstreamError, retry: int,
+                    produced: bool) -> float | None:
         """Seconds to wait before trying again, or None when this error is final."""
         if produced or not error.transient or retry >= attempt.policy.retries or attempt.cancel.cancelled:
             return None
@@ -379,7 +388,122 @@ class Race:
         deadline = attempt.first_token_deadline()
         if wait is None or (deadline is not None and time.monotonic() + wait >= deadline):
             return None     # the fallback (or the client, told Retry-After) does better than waiting
+        log.info("%s failed (%s): retry %d of %d in %.2f s", attempt.name, self.redact(error.message),
+                 retry + 1, attempt.policy.retries, wait)
         return wait
+
+
+def _seconds_to(timer: tuple[float, _Attempt, str] | None) -> float | None:
+    return None if timer is None else max(0.0, timer[0] - time.monotonic())
+
+
+class AsyncRace(Race):
+    """`Race` on the event loop, for chains whose providers all have an async client: each attempt is a
+    task instead of a thread, and the events never cross a thread. Same policy, same events, same
+    outcome; `stream_one` gives an async iterator of Chunks."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+        self.tasks: dict[_Attempt, asyncio.Task] = {}
+
+    async def arun(self) -> AsyncIterator[Chunk]:
+        self.cancel.on_cancel(lambda: self._post((None, "cancel", None)))
+        try:
+            self._start_next()
+            while True:
+                out, ended = self._on_event(*await self._anext_event())
+                for chunk in out:
+                    yield chunk
+                if ended:
+                    return
+        finally:
+            await self._astop_all()
+
+    def _post(self, event: tuple[_Attempt | None, str, object]) -> None:
+        if threading.get_ident() == self.thread:
+            self.events.put_nowait(event)
+        elif not self.loop.is_closed():     # a cancel from another thread
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def _launch(self, attempt: _Attempt) -> None:
+        task = self.tasks[attempt] = self.loop.create_task(self._awork(attempt), name=f"llm-{attempt.name}")
+
+        def stop() -> None:
+            if threading.get_ident() == self.thread:
+                task.cancel()
+            elif not self.loop.is_closed():
+                self.loop.call_soon_threadsafe(task.cancel)
+        attempt.cancel.on_cancel(stop)
+
+    async def _anext_event(self) -> tuple[_Attempt | None, str, object]:
+        while True:
+            if not self.events.empty():     # the common case: no timer task per chunk
+                return self.events.get_nowait()
+            soonest = self._soonest()
+            try:
+                return await asyncio.wait_for(self.events.get(), _seconds_to(soonest))
+            except asyncio.TimeoutError:
+                if (event := self._expire(soonest)) is not None:
+                    return event
+
+    async def _awork(self, attempt: _Attempt) -> None:
+        try:
+            await self._atries(attempt)
+        except asyncio.CancelledError:
+            self._post((attempt, "error", CancelledError("generation cancelled")))
+        except BaseException as e:  # noqa: BLE001 - handed to the scheduling loop
+            self._post((attempt, "error", e))
+        else:
+            self._post((attempt, "done", None))
+        finally:
+            attempt.finished.set()
+
+    async def _atries(self, attempt: _Attempt) -> None:
+        for retry in itertools.count():
+            out = _Output(self, attempt)
+            try:
+                async with aclosing(self.stream_one(attempt.name, attempt.cancel, attempt.touch)) as chunks:
+                    async for chunk in chunks:
+                        out.put(chunk)
+                return out.end()
+            except UpstreamError as e:
+                wait = self._retry_wait(attempt, e, retry, out.produced)
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)   # a cancel cancels the task, and so this sleep
+
+    async def _astop_all(self) -> None:
+        for attempt in self.running:
+            attempt.cancel.cancel()
+        tasks = [self.tasks[a] for a in self.running if not self.tasks[a].done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_WAIT)
+
+
+class _Output:
+    """One try's chunks on their way to the race. An end with no answer before it (finish reason,
+    usage) is held back: a reply with neither text nor tool calls is an empty reply, an error."""
+
+    def __init__(self, race: Race, attempt: _Attempt):
+        self.race, self.attempt = race, attempt
+        self.produced, self.news = False, []
+
+    def put(self, chunk: Chunk) -> None:
+        if not chunk.substantive and not self.produced:
+            self.news.append(chunk)
+            return
+        self.produced = self.attempt.texted = True
+        for item in (*self.news, chunk):
+            self.race._post((self.attempt, "text", item))
+        self.news.clear()
+
+    def end(self) -> None:
+        if not self.produced:
+            raise UpstreamError(f"{self.attempt.name} returned an empty reply", upstream_status=200,
+                                fix="check the model and its prompt; a fallback answers meanwhile")
 
 
 # ---- threads -----------------------------------------------------------------------------------

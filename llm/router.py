@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, Mapping
 
@@ -17,8 +18,8 @@ from configs import Settings, load_settings
 
 from . import speech
 from .errors import CancelledError, InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
-from .policy import Breaker, Policy, Race, spawn
-from .providers import Provider, provider_class
+from .policy import AsyncRace, Breaker, Policy, Race, spawn
+from .providers import Provider, kind_honours, provider_class
 from .types import (
     DEFAULT_MAX_NEW_TOKENS,
     CancelToken,
@@ -87,6 +88,12 @@ class Router:
                 cfg = self.settings.providers[name]
                 self._add(name, provider_class(cfg.kind)(cfg, self.env))
             return self._providers[name]
+
+    def built(self, name: str | None) -> bool:
+        """Whether the provider for `name` (and its fallbacks) exist already, so using them costs nothing."""
+        name = self.resolve(name)
+        cfg = self.settings.providers.get(name)
+        return cfg is not None and all(n in self._providers for n in (name, *cfg.fallback))
 
     def _add(self, name: str, p: Provider) -> None:
         limit = p.config.max_concurrency or p.default_concurrency
@@ -178,7 +185,9 @@ class Router:
         if field is not None:
             label = provider.config.display_name
             who = name if label == name else f"{label} ({name})"
-            able = [n for n in self.names() if n != name and self._can_serve(n, params, messages)]
+            needs = params.asked() + (["tools"] if any(m.for_tools for m in messages) else [])
+            able = [n for n, cfg in self.settings.providers.items()
+                    if n != name and kind_honours(cfg.kind, needs)]
             raise InvalidRequestError(
                 f"{who} cannot honour {field!r}: the {provider.kind} backend has no equivalent, and leaving "
                 "it out would change the answer", param=field,
@@ -220,8 +229,7 @@ class Router:
         sentences); "all" (a non-streaming reply, which comes at once when complete)."""
         req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
         cancel = cancel or CancelToken()
-        chain = [req.provider] + [n for n in self.settings.providers[req.provider].fallback
-                                  if n != req.provider and self._can_serve(n, req.params, req.history)]
+        chain = self._chain(req)
 
         def stream_one(name: str, token: CancelToken, progress) -> Iterator[Chunk]:
             return self._stream_one(name, req, token, progress)
@@ -231,6 +239,18 @@ class Router:
         race = Race(chain, stream_one, self.policy, self.breaker, cancel, show=HOLDS[hold],
                     redact=self.redact)
         yield from race.run()
+
+    def _chain(self, req: Request) -> list[str]:
+        """The provider, then its fallbacks that can honour the request."""
+        return [req.provider] + [n for n in self.settings.providers[req.provider].fallback
+                                 if n != req.provider and self._can_serve(n, req.params, req.history)]
+
+    def _on_loop(self, chain: list[str]) -> bool:
+        """Whether the whole chain can run on the event loop: async clients, no generation slots."""
+        try:
+            return all(self.provider(n).supports_async and self._slots.get(n) is None for n in chain)
+        except LLMError:
+            return False    # a missing SDK: the threaded path reports it
 
     def chat(self, prompt: str | Request, *, cancel: CancelToken | None = None, **kw) -> Reply:
         """The whole reply, with the provider that answered and timings in ms."""
@@ -249,10 +269,28 @@ class Router:
 
     async def astream(self, prompt: str | Request, *, cancel: CancelToken | None = None,
                       hold: str = "none", **kw) -> AsyncIterator[Chunk]:
-        """`stream` run in a worker thread; the event loop never blocks. Leaving the loop early
-        (or the task being cancelled) cancels the generation."""
+        """`stream` for the event loop, which never blocks: a chain of providers with async clients
+        runs on the loop itself (AsyncRace: no thread), any other in worker threads. Leaving the loop
+        early (or the task being cancelled) cancels the generation."""
         req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
         cancel = cancel or CancelToken()
+        if hold not in HOLDS:
+            raise ValueError(f"hold must be one of {', '.join(HOLDS)}")
+        # the chain builds its fallbacks on first use (an SDK import): not on the loop
+        chain = self._chain(req) if self.built(req.provider) else await asyncio.to_thread(self._chain, req)
+        if self._on_loop(chain):
+            def stream_one(name: str, token: CancelToken, progress) -> AsyncIterator[Chunk]:
+                return self._astream_one(name, req, token, progress)
+
+            race = AsyncRace(chain, stream_one, self.policy, self.breaker, cancel, show=HOLDS[hold],
+                             redact=self.redact)
+            try:
+                async with aclosing(race.arun()) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+            finally:
+                cancel.cancel()
+            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
@@ -292,9 +330,8 @@ class Router:
 
     # ---- one provider ----------------------------------------------------------------------
 
-    def _stream_one(self, name: str, req: Request, cancel: CancelToken,
-                    progress=lambda: None) -> Iterator[Chunk]:
-        """One try at one provider: readiness, the speech style, history fitting, a generation slot."""
+    def _prepare(self, name: str, req: Request) -> _Try:
+        """One try at one provider, made ready: readiness, the speech style, params, history fitting."""
         provider = self.provider(name)
         status = provider.status()
         if not status.ready:
@@ -302,34 +339,42 @@ class Router:
             who = name if label == name else f"{label} ({name})"
             raise NotReadyError(f"{who} is not ready: {status.reason}", fix=status.fix)
         styled = req.style and provider.styled
-        cfg = provider.config
-        params = req.params.merged_over(dict(cfg.generation))
+        params = req.params.merged_over(dict(provider.config.generation))
         if params.max_new_tokens is None:
             params = params.merged_over(GenerationParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS))
-        messages = self._messages(provider, req, styled)
-        messages = provider.fit(messages, reserve=params.max_new_tokens)
-        prompt = req.prompt or ""
+        messages = provider.fit(self._messages(provider, req, styled), reserve=params.max_new_tokens)
+        return _Try(name, provider, params, messages, req.budget if styled else None,
+                    {"emotions": req.emotions if styled else (), "verbatim": provider.verbatim,
+                     "lang": "zh" if speech.is_chinese(req.prompt or "") else "en"})
+
+    def _stream_one(self, name: str, req: Request, cancel: CancelToken,
+                    progress=lambda: None) -> Iterator[Chunk]:
+        """One try at one provider, in the calling thread, holding one of its generation slots."""
+        one = self._prepare(name, req)
         with self._slot(name, cancel):
-            upstream = _touching(provider.stream(messages, params, cancel), progress)
+            upstream = _touching(one.provider.stream(one.messages, one.params, cancel), progress)
             try:
-                pieces = speech.speak(upstream, req.budget if styled else None,
-                                      emotions=req.emotions if styled else (), verbatim=provider.verbatim,
-                                      lang="zh" if speech.is_chinese(prompt) else "en")
-                said, finish, usage = [], None, None
-                for piece, emotion in pieces:
+                for piece, emotion in speech.speak(upstream, one.budget, **one.speech):
                     self._check(cancel)
-                    if isinstance(piece, StreamEvent):
-                        finish, usage = piece.finish_reason or finish, piece.usage or usage
-                        if piece.tool_calls:
-                            yield Chunk("", name, tool_calls=piece.tool_calls)
-                        continue
-                    said.append(piece)
-                    yield Chunk(piece, name, emotion)
+                    if (chunk := one.chunk(piece, emotion)) is not None:
+                        yield chunk
                 self._check(cancel)     # a provider that ended because of the cancel
-                yield Chunk("", name, finish_reason=finish or "stop",
-                            usage=usage or _counted(provider, messages, "".join(said)))
+                yield one.last()
             finally:
                 upstream.close()   # stops generation upstream when we stop early
+
+    async def _astream_one(self, name: str, req: Request, cancel: CancelToken,
+                           progress=lambda: None) -> AsyncIterator[Chunk]:
+        """`_stream_one` on the event loop, for a provider with an async client (and no slot limit)."""
+        one = self._prepare(name, req)
+        upstream = _atouching(one.provider.astream(one.messages, one.params, cancel), progress)
+        async with aclosing(upstream), aclosing(speech.aspeak(upstream, one.budget, **one.speech)) as pieces:
+            async for piece, emotion in pieces:
+                self._check(cancel)
+                if (chunk := one.chunk(piece, emotion)) is not None:
+                    yield chunk
+        self._check(cancel)
+        yield one.last()
 
     def _messages(self, provider: Provider, req: Request, styled: bool) -> list[Message]:
         prompt, system = req.prompt, req.system
@@ -357,6 +402,14 @@ class Router:
 _WITH_TOOLS = GenerationParams(extra={"tools": [{"type": "function"}]})
 
 
+async def _atouching(upstream: AsyncIterator, progress) -> AsyncIterator:
+    """`_touching` for an async stream."""
+    async with aclosing(upstream):
+        async for text in upstream:
+            progress()
+            yield text
+
+
 def _touching(upstream: Iterator[str], progress) -> Iterator[str]:
     """`upstream`, calling `progress()` at each delta (the policy's stall clock); closing this closes it."""
     try:
@@ -365,6 +418,30 @@ def _touching(upstream: Iterator[str], progress) -> Iterator[str]:
             yield text
     finally:
         upstream.close()
+
+
+class _Try:
+    """One try at one provider: what is sent, and how the speech stages' pieces become Chunks (the
+    last one with the finish reason and the usage: the upstream's, else counted here)."""
+
+    def __init__(self, name: str, provider: Provider, params: GenerationParams, messages: list[Message],
+                 budget: speech.Budget | None, speech_options: dict):
+        self.name, self.provider, self.params, self.messages = name, provider, params, messages
+        self.budget, self.speech = budget, speech_options
+        self.said: list[str] = []
+        self.finish: str | None = None
+        self.usage: Mapping[str, int] | None = None
+
+    def chunk(self, piece: str | StreamEvent, emotion: str | None) -> Chunk | None:
+        if isinstance(piece, StreamEvent):
+            self.finish, self.usage = piece.finish_reason or self.finish, piece.usage or self.usage
+            return Chunk("", self.name, tool_calls=piece.tool_calls) if piece.tool_calls else None
+        self.said.append(piece)
+        return Chunk(piece, self.name, emotion)
+
+    def last(self) -> Chunk:
+        return Chunk("", self.name, finish_reason=self.finish or "stop",
+                     usage=self.usage or _counted(self.provider, self.messages, "".join(self.said)))
 
 
 def _counted(provider: Provider, messages: list[Message], reply: str) -> dict[str, int]:

@@ -407,3 +407,18 @@ def test_a_server_that_never_ends_the_body_after_done_costs_at_most_the_drain_bo
         assert drain(provider.stream([Message("user", "hi")], GenerationParams(), CancelToken())) == list("好的。")
         assert time.monotonic() - start < 5     # not the 20 s read timeout
         provider.close()
+
+
+def test_an_async_client_belongs_to_its_event_loop():
+    """The API's loop and Gradio's each get their own async client: a connection opened on one loop
+    cannot be used from another."""
+    import asyncio
+
+    with FakeOpenAIServer(["好的。"]) as fake:
+        router = router_for("openai", fake)
+
+        async def reply() -> str:
+            return "".join([c.text async for c in router.astream("你好", style=False)])
+
+        assert asyncio.run(reply()) == asyncio.run(reply()) == "好的。"
+        router.close()

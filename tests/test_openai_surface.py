@@ -357,3 +357,34 @@ def test_direct_reply_takes_sampling_controls_it_cannot_be_changed_by(sdk):
     reply = sdk.chat.completions.create(model="direct", messages=[{"role": "user", "content": "原样读出"}],
                                         seed=1, frequency_penalty=1.0, presence_penalty=0.5)
     assert reply.choices[0].message.content == "原样读出"
+
+
+# ---- the hot path ------------------------------------------------------------------------------
+
+def test_an_openai_upstream_is_served_on_the_event_loop_over_one_connection(sdk, fakes):
+    """No thread per request (the provider has an async client) and one upstream connection reused
+    across plain and streamed requests."""
+    import threading
+
+    before = fakes.openai.connections
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.update(t.name for t in threading.enumerate())
+            stop.wait(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(3):
+            sdk.chat.completions.create(model="up", messages=[{"role": "user", "content": "hi"}],
+                                        extra_body={"style": "none"})
+            list(sdk.chat.completions.create(model="up", messages=[{"role": "user", "content": "hi"}],
+                                             stream=True, extra_body={"style": "none"}))
+    finally:
+        stop.set()
+        watcher.join()
+    assert "llm-up" not in seen
+    assert fakes.openai.connections - before <= 1

@@ -144,7 +144,10 @@ async def begin(request: Request, *, hold: str = "none", **kw) -> tuple[Turn, As
     A client that hangs up meanwhile cancels the generation at once (and with it the upstream call).
     `hold`: how much the route holds back before the client sees it (see `Router.stream`)."""
     router: Router = request.app.state.ctx.router
-    req = await asyncio.to_thread(router.request, **kw)    # may create the provider: not on the loop
+    if router.built(kw.get("provider")):
+        req = router.request(**kw)
+    else:   # creating a provider may import a heavy SDK or read a model's files: not on the loop
+        req = await asyncio.to_thread(router.request, **kw)
     log.info("%s %s provider=%s prompt=%r", rid(request), request.url.path, req.provider,
              _clip(req.prompt or "(tool results)"))
     turn = Turn(req)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import os
 import re
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterable, Iterator, Mapping
 
 from ..errors import (
     CancelledError,
@@ -19,7 +21,7 @@ from ..errors import (
     UpstreamTimeoutError,
 )
 from ..types import CancelToken, GenerationParams, Message, ProviderStatus, StreamEvent
-from .transport import abortable_client
+from .transport import abortable_client, async_client
 
 if TYPE_CHECKING:
     from configs import ProviderConfig
@@ -40,6 +42,7 @@ class Provider(ABC):
     kind: ClassVar[str]
     style_mode: ClassVar[str] = "system"        # how the speech style is given: system | prefix
     default_concurrency: ClassVar[int | None] = None   # None: no limit
+    supports_async: ClassVar[bool] = False      # True: `astream` runs on the event loop, no thread
     styled: ClassVar[bool] = True               # False: the speech style never applies
     verbatim: ClassVar[bool] = False            # True: the text is passed on exactly as it came
     # Reliability defaults for this kind (seconds; None = no deadline); a config value overrides them.
@@ -184,6 +187,8 @@ class CloudProvider(Provider):
         self._client: Any = None
         self._http: Any = None
         self._lock = threading.Lock()
+        # one async client per event loop (the API's, Gradio's): a connection belongs to its loop
+        self._aclients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     @property
     def base_url(self) -> str:
@@ -206,12 +211,25 @@ class CloudProvider(Provider):
                 self._client = self.make_client(self._http)
             return self._client
 
+    def async_http(self) -> Any:
+        """The async HTTP client for the running event loop, created on first use there."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._aclients.get(loop)
+            if client is None:
+                client = self._aclients[loop] = async_client(self.http_module(), self.timeout)
+            return client
+
     def close(self) -> None:
         with self._lock:
             if self._client is not None:
                 self._client.close()
                 self._http.close()      # not every SDK closes a client it was given
                 self._client = self._http = None
+            aclients, self._aclients = list(self._aclients.items()), weakref.WeakKeyDictionary()
+        for loop, client in aclients:   # closed on their own loop, if it still runs
+            if loop.is_running():
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
 
     def http_module(self) -> Any:
         """The httpx package this SDK sends through: httpx2 when installed (openai, google-genai)."""
@@ -261,36 +279,56 @@ class CloudProvider(Provider):
         """The reply's text; a stream that ends without its end marker is an error, never a short reply."""
         if cancel.cancelled:
             raise CancelledError("generation cancelled")
-        response, finished, text_seen, chunk_seen, state = None, False, False, False, {}
+        response, seen = None, _Seen()
         try:
             response = self.open_stream(messages, params)
             for chunk in response:
-                chunk_seen = True
                 if cancel.cancelled:
                     raise CancelledError("generation cancelled")
-                finished = finished or self.chunk_finished(chunk)
-                text = self.chunk_text(chunk)
-                event = self.chunk_event(chunk, state)
-                text_seen = text_seen or bool(text) or bool(event and event.tool_calls)
-                # "" too: a reasoning or keep-alive chunk says the backend is alive (the stall clock)
-                yield text
-                if event is not None:
-                    yield event
-            if not finished:
-                raise self.unfinished_error(response, text_seen)
+                yield from seen.take(self, chunk)
+            if not seen.finished:
+                raise self.unfinished_error(response, seen.text)
         except (*self.sdk_errors, *TRANSPORT_ERRORS) as e:
-            if cancel.cancelled:    # the cancel shut the socket: that is not the backend's fault
-                raise CancelledError("generation cancelled") from e
-            error = self.transport_error(e) if isinstance(e, TRANSPORT_ERRORS) else self.translate(e)
-            lost = isinstance(error, UpstreamError) and error.transient and error.upstream_status is None
-            connected = chunk_seen or (response is not None and not self.lazy_stream)
-            if connected and lost and not isinstance(error, UpstreamTimeoutError):
-                # the SDKs call a cut mid-stream a "connection error": it did connect, then lost it
-                error = self.unreachable_error(lost=True, text_seen=text_seen)
-            raise error from e
+            raise self.failure(e, cancel, response, seen) from e
         finally:
             if response is not None:
                 self.close_stream(response)
+
+    async def astream(self, messages: list[Message], params: GenerationParams,
+                      cancel: CancelToken) -> AsyncIterator[str | StreamEvent]:
+        """`stream` on the event loop, for kinds with `supports_async` (no thread per request).
+        Cancelling the task that iterates it closes the HTTP stream."""
+        if cancel.cancelled:
+            raise CancelledError("generation cancelled")
+        response, seen = None, _Seen()
+        try:
+            response = await self.aopen_stream(messages, params)
+            async for chunk in response:
+                for item in seen.take(self, chunk):
+                    yield item
+            if not seen.finished:
+                raise self.unfinished_error(response, seen.text)
+        except (*self.sdk_errors, *TRANSPORT_ERRORS) as e:
+            raise self.failure(e, cancel, response, seen) from e
+        finally:
+            if response is not None:
+                await response.aclose()
+
+    async def aopen_stream(self, messages: list[Message], params: GenerationParams) -> Any:
+        """Start the streaming call on the event loop (kinds with `supports_async`)."""
+        raise NotImplementedError
+
+    def failure(self, e: BaseException, cancel: CancelToken, response: Any, seen: _Seen) -> LLMError:
+        """The typed error for an SDK or transport exception met while streaming."""
+        if cancel.cancelled:    # the cancel shut the socket: that is not the backend's fault
+            return CancelledError("generation cancelled")
+        error = self.transport_error(e) if isinstance(e, TRANSPORT_ERRORS) else self.translate(e)
+        lost = isinstance(error, UpstreamError) and error.transient and error.upstream_status is None
+        connected = seen.chunk or (response is not None and not self.lazy_stream)
+        if connected and lost and not isinstance(error, UpstreamTimeoutError):
+            # the SDKs call a cut mid-stream a "connection error": it did connect, then lost it
+            error = self.unreachable_error(lost=True, text_seen=seen.text)
+        return error
 
     def unfinished_error(self, response: Any, text_seen: bool) -> LLMError:
         ctype = self.content_type(response).split(";")[0].strip()
@@ -333,6 +371,24 @@ class StopAt:
     def flush(self) -> str:
         out, self.held = ("" if self.hit else self.held), ""
         return out
+
+
+class _Seen:
+    """What one stream has shown so far: a chunk, text (or a tool call), its end marker."""
+
+    def __init__(self) -> None:
+        self.chunk = self.text = self.finished = False
+        self.state: dict = {}   # the provider's scratch space for this stream (chunk_event)
+
+    def take(self, provider: CloudProvider, chunk: Any) -> list[str | StreamEvent]:
+        """The chunk's text ("" too: a reasoning or keep-alive chunk says the backend is alive, for the
+        stall clock), then its StreamEvent if it has one."""
+        self.chunk = True
+        self.finished = self.finished or provider.chunk_finished(chunk)
+        text = provider.chunk_text(chunk)
+        event = provider.chunk_event(chunk, self.state)
+        self.text = self.text or bool(text) or bool(event and event.tool_calls)
+        return [text] if event is None else [text, event]
 
 
 def _httpx_modules() -> tuple[Any, ...]:

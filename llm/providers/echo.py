@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from ..types import CancelToken, GenerationParams, Message
+from . import HONOURS
 from .base import Provider
 
 
@@ -13,7 +14,7 @@ class EchoProvider(Provider):
     styled = False      # Direct Reply is never styled
     verbatim = True     # and the avatar reads it exactly as typed
     # Sampling controls cannot change a reply that is the typed text; stop strings, tools or JSON would.
-    honours = frozenset({"seed", "frequency_penalty", "presence_penalty"})
+    honours = HONOURS["echo"]
 
     def stream(self, messages: list[Message], params: GenerationParams,
                cancel: CancelToken) -> Iterator[str]:

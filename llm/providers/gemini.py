@@ -15,6 +15,7 @@ from ..errors import (
     UpstreamError,
 )
 from ..types import GenerationParams, Message, StreamEvent
+from . import HONOURS
 from .base import CloudProvider, backend_message
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -31,8 +32,7 @@ class GeminiProvider(CloudProvider):
     # key required even with a custom base_url: without one the SDK sends no request
     sdk_errors = (genai_errors.APIError, genai_errors.UnknownApiResponseError)
     lazy_stream = True      # generate_content_stream connects on the first next()
-    honours = frozenset({"stop", "seed", "frequency_penalty", "presence_penalty", "response_format", "tools",
-                         "tool_choice"})
+    honours = HONOURS["gemini"]
 
     def make_client(self, http: Any) -> genai.Client:
         # HttpOptions.timeout is in milliseconds; no retry_options means the SDK never retries.

@@ -30,6 +30,7 @@ from ..types import (
     StreamEvent,
     history_pairs,
 )
+from . import HONOURS
 from .base import Provider, StopAt
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class LocalProvider(Provider):
     kind = "local"
     style_mode = "prefix"       # small local models follow an instruction in the prompt best
     default_concurrency = 1     # one generation at a time per model: they share the GPU anyway
-    honours = frozenset({"stop", "seed"})
+    honours = HONOURS["local"]
 
     def __init__(self, config, env=None):
         super().__init__(config, env)

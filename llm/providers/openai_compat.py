@@ -8,14 +8,16 @@ The wire format is plain: POST {base_url}/chat/completions, bearer key, JSON in,
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import httpx2
 
 from ..errors import LLMError, UpstreamError
 from ..types import GenerationParams, Message, StreamEvent
 from .base import CloudProvider, backend_message
+from .transport import DRAIN_TIMEOUT
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local servers ignore the key; some proxies in front of them want a bearer token all the same.
@@ -27,6 +29,7 @@ class OpenAIProvider(CloudProvider):
     style_mode = "system"
     default_base_url = DEFAULT_BASE_URL
     key_required = False        # vLLM, Ollama and llama.cpp servers need no key
+    supports_async = True       # the API serves it on its event loop: no thread per request
     sdk_errors = ()             # set below: StreamError
 
     def unsupported(self, params: GenerationParams) -> str | None:
@@ -37,22 +40,39 @@ class OpenAIProvider(CloudProvider):
 
     def open_stream(self, messages: list[Message], params: GenerationParams) -> EventStream:
         """Send the request; an error status is raised here as the typed error, with the backend's words."""
-        key = self.api_key(required=not self.config.base_url) or PLACEHOLDER_KEY
-        headers = {"Authorization": f"Bearer {key}"}
         http = self.client()
-        request = http.build_request("POST", f"{self.base_url.rstrip('/')}/chat/completions",
-                                     json=self.request_body(messages, params), headers=headers)
-        response = http.send(request, stream=True)
+        response = http.send(self._request(http, messages, params), stream=True)
         if response.status_code >= 400:
             try:
                 response.read()
-                response.raise_for_status()
-            except httpx2.HTTPStatusError as e:
-                detail = backend_message(_json(response), response.text[:300])
-                raise self.status_error(response.status_code, detail, headers=response.headers) from e
             finally:
                 response.close()
+            self._raise_status(response)
         return EventStream(response)
+
+    async def aopen_stream(self, messages: list[Message], params: GenerationParams) -> AsyncEventStream:
+        http = self.async_http()
+        response = await http.send(self._request(http, messages, params), stream=True)
+        if response.status_code >= 400:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            self._raise_status(response)
+        return AsyncEventStream(response)
+
+    def _request(self, http: Any, messages: list[Message], params: GenerationParams) -> httpx2.Request:
+        key = self.api_key(required=not self.config.base_url) or PLACEHOLDER_KEY
+        return http.build_request("POST", f"{self.base_url.rstrip('/')}/chat/completions",
+                                  json=self.request_body(messages, params),
+                                  headers={"Authorization": f"Bearer {key}"})
+
+    def _raise_status(self, response: httpx2.Response) -> None:
+        try:
+            response.raise_for_status()
+        except httpx2.HTTPStatusError as e:
+            detail = backend_message(_json(response), response.text[:300])
+            raise self.status_error(response.status_code, detail, headers=response.headers) from e
 
     def chunk_text(self, chunk: dict) -> str:
         delta = _delta(chunk)
@@ -117,23 +137,63 @@ class EventStream:
 
     def __iter__(self) -> Iterator[dict]:
         for line in self.response.iter_lines():
-            if not line.startswith("data:"):
-                continue    # blank separators, comments (keep-alives), `event:` names
-            data = line[5:].strip()
-            if data == "[DONE]":
+            chunk = _event(line)
+            if chunk is _DONE:
                 return
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                chunk = None
-            if not isinstance(chunk, dict):
-                raise StreamError(f"unreadable stream event: {data[:80]!r}")
-            if chunk.get("error"):      # an error reported inside a 200 stream
-                raise StreamError(backend_message(chunk, "error in the stream"))
-            yield chunk
+            if chunk is not None:
+                yield chunk
 
     def close(self) -> None:
         self.response.close()
+
+
+class AsyncEventStream(EventStream):
+    """`EventStream` on the event loop. After [DONE] it reads the few bytes left (at most DRAIN_TIMEOUT),
+    so the connection goes back to the pool."""
+
+    def __init__(self, response: httpx2.Response):
+        super().__init__(response)
+        self._lines = response.aiter_lines()
+
+    async def __aiter__(self) -> AsyncIterator[dict]:
+        async for line in self._lines:
+            chunk = _event(line)
+            if chunk is _DONE:
+                try:
+                    await asyncio.wait_for(self._drain(), DRAIN_TIMEOUT)
+                except (asyncio.TimeoutError, httpx2.TransportError):
+                    pass    # the connection is dropped instead of reused
+                return
+            if chunk is not None:
+                yield chunk
+
+    async def _drain(self) -> None:
+        async for _ in self._lines:
+            pass
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
+_DONE = object()
+
+
+def _event(line: str) -> dict | object | None:
+    """One SSE line: a chunk dict, _DONE, or None for blank lines, comments (keep-alives) and `event:`."""
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return _DONE
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        chunk = None
+    if not isinstance(chunk, dict):
+        raise StreamError(f"unreadable stream event: {data[:80]!r}")
+    if chunk.get("error"):      # an error reported inside a 200 stream
+        raise StreamError(backend_message(chunk, "error in the stream"))
+    return chunk
 
 
 def _delta(chunk: dict) -> dict | None:

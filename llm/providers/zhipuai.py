@@ -12,6 +12,7 @@ from ..errors import (
     UpstreamError,
 )
 from ..types import GenerationParams, Message
+from . import HONOURS
 from .base import CloudProvider, backend_message, delta_event, delta_finished, delta_text
 
 DEFAULT_BASE_URL = "https://open.bigmodel.cn/api/paas/v4"
@@ -23,7 +24,7 @@ class ZhipuAIProvider(CloudProvider):
     style_mode = "system"
     default_base_url = DEFAULT_BASE_URL
     sdk_errors = (zhipuai.ZhipuAIError,)   # key required: the SDK won't start without
-    honours = frozenset({"stop", "seed", "tools", "tool_choice", "response_format"})
+    honours = HONOURS["zhipuai"]
 
     def unsupported(self, params: GenerationParams) -> str | None:
         extra = params.extra or {}

@@ -10,7 +10,7 @@ it arrives, and text once released is never taken back.
     budget      Budget (seconds or characters), instruction, SpeechFilter (the enforced cut)
     emotions    EmotionTags: [joy] tags -> Chunk.emotion
     normalize   for_tts: numbers, units and symbols in words
-    stream      speak: one reply stream through all of the above
+    stream      Speaker, speak, aspeak: one reply stream through all of the above
 """
 
 from .budget import (
@@ -29,7 +29,7 @@ from .clean import ReplyFilter, clean_for_speech
 from .emotions import DEFAULT_EMOTIONS, EmotionTags
 from .normalize import for_tts, sentence_event
 from .sentences import CLAUSE_MARKS, SENTENCE_ENDS, SentenceSplitter, is_chinese
-from .stream import speak
+from .stream import Speaker, aspeak, speak
 
 
 def instruction(prompt: str, max_chars: int) -> str:
@@ -40,4 +40,4 @@ def instruction(prompt: str, max_chars: int) -> str:
 __all__ = ["Budget", "CLAUSE_MARKS", "DEFAULT_EMOTIONS", "DEFAULT_MAX_SECONDS", "EN_WORDS_PER_S",
            "MAX_SECONDS", "SECONDS_RULE", "EmotionTags", "ReplyFilter", "SENTENCE_ENDS", "SentenceSplitter",
            "SpeechFilter", "ZH_CHARS_PER_S", "clean_for_speech", "fit_to_budget", "for_tts", "instruction",
-           "is_chinese", "sentence_event", "speak", "spoken_seconds", "valid_seconds"]
+           "is_chinese", "sentence_event", "speak", "aspeak", "Speaker", "spoken_seconds", "valid_seconds"]

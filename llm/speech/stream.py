@@ -2,60 +2,91 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 from ..types import StreamEvent
 from .budget import Budget, SpeechFilter
 from .clean import ReplyFilter
 from .emotions import DEFAULT_EMOTIONS, EmotionTags
 
+Piece = tuple["str | StreamEvent", "str | None"]
 
-def speak(deltas: Iterator[str | StreamEvent], budget: Budget | None, *, emotions: tuple[str, ...] = (),
-          lang: str = "zh", verbatim: bool = False) -> Iterator[tuple[str | StreamEvent, str | None]]:
-    """The reply as (text, emotion starting there) pieces.
 
-    StreamEvents (tool calls, finish reason, usage) pass through untouched, in place; when the budget
-    ends the reply, a last StreamEvent says finish_reason "length".
+class Speaker:
+    """The speech stages as one push-based filter: `feed` each delta, then `finish`; each returns the
+    (text, emotion starting there) pieces now ready. StreamEvents (tool calls, finish reason, usage)
+    pass through untouched, in place; when the budget ends the reply, `done` turns true and a last
+    StreamEvent says finish_reason "length".
 
     `verbatim`: the text as it came (Direct Reply). Otherwise reasoning and control characters are
     always dropped; with a `budget` (the speech style) the text is also cleaned for speech and cut
     to the budget, and emotion [tag]s are removed, and reported as emotions when `emotions` names
-    the set the model was asked for. Ends as soon as the budget is spent: the caller then closes
-    `deltas`, which stops the upstream generation."""
-    if verbatim:
-        for text in deltas:
-            if text:
-                yield text, None
-        return
-    reply = ReplyFilter()
-    tags = EmotionTags(emotions or DEFAULT_EMOTIONS) if budget is not None else None
-    speaker = SpeechFilter(budget, lang=lang) if budget is not None else None
-    pending: str | None = None      # an emotion whose text has not come yet
+    the set the model was asked for."""
 
-    def pieces(text: str) -> Iterator[tuple[str, str | None]]:
-        nonlocal pending
-        for piece, emotion in (tags.split(text) if tags else [(text, None)]):
-            pending = (emotion if emotions else None) or pending
-            if piece:
-                yield piece, pending
-                pending = None
+    def __init__(self, budget: Budget | None, *, emotions: tuple[str, ...] = (), lang: str = "zh",
+                 verbatim: bool = False):
+        self.verbatim, self.emotions = verbatim, emotions
+        self.reply = ReplyFilter()
+        self.tags = EmotionTags(emotions or DEFAULT_EMOTIONS) if budget is not None else None
+        self.speech = SpeechFilter(budget, lang=lang) if budget is not None else None
+        self.pending: str | None = None      # an emotion whose text has not come yet
+        self.done = False                    # the budget is spent: stop reading the upstream
 
-    for delta in deltas:
+    def feed(self, delta: str | StreamEvent) -> list[Piece]:
         if isinstance(delta, StreamEvent):
-            yield delta, None
-            continue
-        text = reply.feed(delta)
-        if tags:
-            text = tags.feed(text)
-        if speaker:
-            text = speaker.feed(text)
-        yield from pieces(text)
-        if speaker and speaker.done:
-            yield StreamEvent(finish_reason="length"), None
+            return [(delta, None)]
+        if self.verbatim:
+            return [(delta, None)] if delta else []
+        text = self.reply.feed(delta)
+        if self.tags:
+            text = self.tags.feed(text)
+        if self.speech:
+            text = self.speech.feed(text)
+        out = self._pieces(text)
+        if self.speech and self.speech.done:
+            self.done = True
+            out.append((StreamEvent(finish_reason="length"), None))
+        return out
+
+    def finish(self) -> list[Piece]:
+        if self.verbatim or self.done:
+            return []
+        text = self.reply.finish()
+        if self.tags:
+            text = self.tags.feed(text) + self.tags.finish()
+        if self.speech:
+            text = self.speech.feed(text) + self.speech.finish()
+        return self._pieces(text)
+
+    def _pieces(self, text: str) -> list[Piece]:
+        out = []
+        for piece, emotion in (self.tags.split(text) if self.tags else [(text, None)]):
+            self.pending = (emotion if self.emotions else None) or self.pending
+            if piece:
+                out.append((piece, self.pending))
+                self.pending = None
+        return out
+
+
+def speak(deltas: Iterator[str | StreamEvent], budget: Budget | None, **kw) -> Iterator[Piece]:
+    """The reply as (text, emotion starting there) pieces (see `Speaker`; `kw` are its options).
+    Ends as soon as the budget is spent: the caller then closes `deltas`, which stops the upstream."""
+    speaker = Speaker(budget, **kw)
+    for delta in deltas:
+        yield from speaker.feed(delta)
+        if speaker.done:
             return
-    text = reply.finish()
-    if tags:
-        text = tags.feed(text) + tags.finish()
-    if speaker:
-        text = speaker.feed(text) + speaker.finish()
-    yield from pieces(text)
+    yield from speaker.finish()
+
+
+async def aspeak(deltas: AsyncIterator[str | StreamEvent], budget: Budget | None,
+                 **kw) -> AsyncIterator[Piece]:
+    """`speak` for an async stream of deltas."""
+    speaker = Speaker(budget, **kw)
+    async for delta in deltas:
+        for piece in speaker.feed(delta):
+            yield piece
+        if speaker.done:
+            return
+    for piece in speaker.finish():
+        yield piece
