@@ -361,12 +361,14 @@ def test_direct_reply_takes_sampling_controls_it_cannot_be_changed_by(sdk):
 
 # ---- the hot path ------------------------------------------------------------------------------
 
-def test_an_openai_upstream_is_served_on_the_event_loop_over_one_connection(sdk, fakes):
-    """No thread per request (the provider has an async client) and one upstream connection reused
-    across plain and streamed requests."""
+@pytest.mark.parametrize("model", ["up", "gem"])
+def test_an_async_client_serves_on_the_event_loop_over_one_connection(sdk, fakes, model):
+    """No thread per request (the openai kind and google-genai's aio have async clients) and one
+    upstream connection reused across plain and streamed requests."""
     import threading
 
-    before = fakes.openai.connections
+    fake = fakes.openai if model == "up" else fakes.gemini
+    before = fake.connections
     seen: set[str] = set()
     stop = threading.Event()
 
@@ -379,12 +381,12 @@ def test_an_openai_upstream_is_served_on_the_event_loop_over_one_connection(sdk,
     watcher.start()
     try:
         for _ in range(3):
-            sdk.chat.completions.create(model="up", messages=[{"role": "user", "content": "hi"}],
+            sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
                                         extra_body={"style": "none"})
-            list(sdk.chat.completions.create(model="up", messages=[{"role": "user", "content": "hi"}],
+            list(sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
                                              stream=True, extra_body={"style": "none"}))
     finally:
         stop.set()
         watcher.join()
-    assert "llm-up" not in seen
-    assert fakes.openai.connections - before <= 1
+    assert f"llm-{model}" not in seen
+    assert fake.connections - before <= 1

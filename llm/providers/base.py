@@ -211,14 +211,19 @@ class CloudProvider(Provider):
                 self._client = self.make_client(self._http)
             return self._client
 
-    def async_http(self) -> Any:
-        """The async HTTP client for the running event loop, created on first use there."""
+    def async_client(self) -> Any:
+        """The async SDK client for the running event loop, created on first use there."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            client = self._aclients.get(loop)
-            if client is None:
-                client = self._aclients[loop] = async_client(self.http_module(), self.timeout)
-            return client
+            pair = self._aclients.get(loop)
+            if pair is None:
+                http = async_client(self.http_module(), self.timeout)
+                pair = self._aclients[loop] = (self.make_async_client(http), http)
+            return pair[0]
+
+    def make_async_client(self, http: Any) -> Any:
+        """A new async SDK client that sends through the async `http` client (kinds with `supports_async`)."""
+        return http
 
     def close(self) -> None:
         with self._lock:
@@ -227,9 +232,9 @@ class CloudProvider(Provider):
                 self._http.close()      # not every SDK closes a client it was given
                 self._client = self._http = None
             aclients, self._aclients = list(self._aclients.items()), weakref.WeakKeyDictionary()
-        for loop, client in aclients:   # closed on their own loop, if it still runs
+        for loop, (_, http) in aclients:    # closed on their own loop, if it still runs
             if loop.is_running():
-                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+                asyncio.run_coroutine_threadsafe(http.aclose(), loop)
 
     def http_module(self) -> Any:
         """The httpx package this SDK sends through: httpx2 when installed (openai, google-genai)."""

@@ -32,18 +32,27 @@ class GeminiProvider(CloudProvider):
     # key required even with a custom base_url: without one the SDK sends no request
     sdk_errors = (genai_errors.APIError, genai_errors.UnknownApiResponseError)
     lazy_stream = True      # generate_content_stream connects on the first next()
+    supports_async = True   # client.aio: served on the API's event loop
     honours = HONOURS["gemini"]
 
-    def make_client(self, http: Any) -> genai.Client:
+    def make_client(self, http: Any, async_http: Any = None) -> genai.Client:
         # HttpOptions.timeout is in milliseconds; no retry_options means the SDK never retries.
         options = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout * 1000),
-                                    httpx_client=http)
+                                    httpx_client=http, httpx_async_client=async_http)
         # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI in the environment must not reroute calls.
         return genai.Client(api_key=self.api_key(), vertexai=False, http_options=options)
+
+    def make_async_client(self, http: Any) -> genai.Client:
+        return self.make_client(None, http)
 
     def open_stream(self, messages: list[Message], params: GenerationParams) -> Any:
         system, contents = to_contents(messages)
         return self.client().models.generate_content_stream(
+            model=self.config.model, contents=contents, config=generation_config(system, params))
+
+    async def aopen_stream(self, messages: list[Message], params: GenerationParams) -> Any:
+        system, contents = to_contents(messages)
+        return await self.async_client().aio.models.generate_content_stream(
             model=self.config.model, contents=contents, config=generation_config(system, params))
 
     def chunk_text(self, chunk: Any) -> str:

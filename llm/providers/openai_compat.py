@@ -51,7 +51,7 @@ class OpenAIProvider(CloudProvider):
         return EventStream(response)
 
     async def aopen_stream(self, messages: list[Message], params: GenerationParams) -> AsyncEventStream:
-        http = self.async_http()
+        http = self.async_client()
         response = await http.send(self._request(http, messages, params), stream=True)
         if response.status_code >= 400:
             try:
