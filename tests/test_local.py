@@ -355,3 +355,40 @@ def test_a_chat_template_that_rejects_the_messages_is_an_invalid_request(shared_
             list(shared_chat.stream([Message("system", "S"), Message("user", "hi")], GREEDY, CancelToken()))
     finally:
         shared_chat.tokenizer.chat_template = original
+
+
+# ---- no torch until a local model is used ----------------------------------------------------------
+
+def test_readiness_is_decided_from_files_without_importing_torch(chat_dir, remote_dir, tmp_path):
+    """A process that never generates with a local model never imports torch or transformers (seconds,
+    and libtorch mapped): /health, the page's dropdown and `python -m llm status` all ask status()."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    unknown = tmp_path / "unknown-type"
+    unknown.mkdir()
+    (unknown / "config.json").write_text(json.dumps({"model_type": "no_such_model_type"}))
+    code = f"""
+import json, sys
+from configs import ProviderConfig, Settings, PRESETS
+from llm.router import Router
+providers = {{**PRESETS,
+    "tiny": ProviderConfig("tiny", "local", {str(chat_dir)!r}),
+    "remote": ProviderConfig("remote", "local", {str(remote_dir)!r}),
+    "trusted": ProviderConfig("trusted", "local", {str(remote_dir)!r}, trust_remote_code=True),
+    "unknown": ProviderConfig("unknown", "local", {str(unknown)!r}),
+    "absent": ProviderConfig("absent", "local", "linly-tests/never-downloaded")}}
+router = Router(Settings(providers=providers, default="direct"), env={{}})
+ready = {{name: s.ready for name, s in router.statuses().items()}}
+print(json.dumps({{"ready": ready, "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}}))
+"""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["torch"] is False and result["transformers"] is False
+    ready = result["ready"]
+    assert ready["tiny"] and ready["trusted"] and ready["direct"]
+    assert not ready["remote"] and not ready["unknown"] and not ready["absent"] and not ready["qwen"]

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import gc
+import importlib.metadata
+import importlib.util
 import json
 import logging
-import queue
 import re
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import torch
-import transformers
-from huggingface_hub import try_to_load_from_cache
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
 from ..download import hub_location, model_is_path
-from ..errors import CancelledError, ConfigError, InvalidRequestError, NotReadyError, UpstreamError
+from ..errors import CancelledError, ConfigError, InvalidRequestError, NotReadyError
 from ..types import (
     DEFAULT_MAX_NEW_TOKENS,
     CancelToken,
@@ -36,9 +31,7 @@ from .base import Provider, StopAt
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
 MAX_CONTEXT = 32768          # cap on a model's own max_position_embeddings (memory, not the model, limits us)
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _PLACEHOLDER = re.compile(r"\{(system|history|prompt)\}")
-_END = object()
 
 
 class IncrementalDetokenizer:
@@ -85,33 +78,6 @@ class IncrementalDetokenizer:
         self.decoded_tokens += end - start
         return self.tokenizer.decode(self.ids[start:end], skip_special_tokens=self.skip_special_tokens,
                                      clean_up_tokenization_spaces=False)
-
-
-class _TokenQueue(BaseStreamer):
-    """Hands each generated token id list to the consuming generator (generate's first put is the prompt)."""
-
-    def __init__(self) -> None:
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if self.prompt_seen:
-            self.queue.put(value.reshape(-1).tolist())
-        self.prompt_seen = True
-
-    def end(self) -> None:
-        """Nothing: the worker thread queues the end itself, after errors too."""
-
-
-class _StopWhen(StoppingCriteria):
-    """Stops generate at the next token once the call is cancelled or its generator closed."""
-
-    def __init__(self, cancel: CancelToken, closed: threading.Event):
-        self.cancel, self.closed = cancel, closed
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs) -> torch.BoolTensor:
-        stop = self.cancel.cancelled or self.closed.is_set()
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 def render_template(template: str, messages: list[Message]) -> str:
@@ -168,57 +134,22 @@ class LocalProvider(Provider):
             problem = self._code_problem(path)
             if problem is not None:
                 raise problem
-            device, dtype = self._placement()
+            engine = _engine(self.name)     # torch and transformers: only now
+            device, dtype = engine.placement(self.config, log)
             start = time.perf_counter()
-            tokenizer, model = self._load_from(path, device, dtype, report)
-            self._special = _special_ids(tokenizer, model)
+            tokenizer, model = engine.load(self.config, path, device, dtype, report, self._fix())
+            self._special = engine.special_ids(tokenizer, model)
             self._tokenizer, self._device, self._model = tokenizer, device, model
             log.info("%s: loaded %s on %s (%s) in %.1fs", self.name, self.config.model, device, dtype,
                      time.perf_counter() - start)
             report(1.0, f"{self.config.display_name} is ready")
-
-    def _load_from(self, path: Path, device: str, dtype: torch.dtype, report: Progress) -> tuple[Any, Any]:
-        trust = self.config.trust_remote_code
-        label = self.config.display_name
-        try:
-            report(0.1, f"{label}: loading the tokenizer")
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-            report(0.3, f"{label}: loading the weights ({str(dtype).removeprefix('torch.')})")
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
-            report(0.8, f"{label}: moving the model to {device}")
-            if device.startswith("cuda"):
-                # cuDNN attention builds a graph per new sequence length, cached per thread: decoding
-                # ran ~3x slower (bench/local_bench.py); flash/mem-efficient need none. Process-wide.
-                torch.backends.cuda.enable_cudnn_sdp(False)
-            return tokenizer, model.to(device).eval()
-        except torch.cuda.OutOfMemoryError as e:
-            raise NotReadyError(f"not enough GPU memory to load {self.config.model}",
-                                fix=f"use a smaller model or set dtype/device for provider {self.name} "
-                                    "in configs.yaml") from e
-        except (OSError, ValueError, RuntimeError, ImportError, KeyError) as e:
-            raise NotReadyError(f"could not load {self.config.model}: {e}", fix=self._fix()) from e
-
-    def _placement(self) -> tuple[str, torch.dtype]:
-        device = self.config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            if device == "cpu":
-                log.warning("%s: no CUDA GPU found, running %s on the CPU: expect slow replies",
-                            self.name, self.config.model)
-        elif device.startswith("cuda") and not torch.cuda.is_available():
-            raise NotReadyError(f"{self.name}: device {device} is set but CUDA is not available",
-                                fix=f"set device: auto or cpu for provider {self.name} in configs.yaml")
-        if self.config.dtype != "auto":
-            return device, _DTYPES[self.config.dtype]
-        if not device.startswith("cuda"):
-            return device, torch.float32    # CPU half precision is slow or unsupported
-        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def _files(self) -> Path | None:
         """The folder holding config.json: the local dir, or the hub id's cached snapshot; None if absent."""
         if model_is_path(self.config):
             path = Path(self.config.model).expanduser()
             return path if (path / "config.json").is_file() else None
+        from huggingface_hub import try_to_load_from_cache
         try:
             cached = try_to_load_from_cache(self.config.model, "config.json", cache_dir=hub_location()[1])
         except ValueError:      # not a valid repo id
@@ -232,14 +163,16 @@ class LocalProvider(Provider):
         except (OSError, ValueError) as e:
             return NotReadyError(f"{path / 'config.json'} is unreadable: {e}", fix=self._fix())
         model_type = config.get("model_type")
-        if model_type in CONFIG_MAPPING or (self.config.trust_remote_code and "auto_map" in config):
+        known, version = transformers_model_types()
+        native = str(model_type).replace("-", "_") in known
+        if native or (self.config.trust_remote_code and "auto_map" in config):
             return None
         if "auto_map" in config:
             return NotReadyError(f"{self.config.model} needs custom code from its repository",
                                  fix=f"set trust_remote_code: true for provider {self.name} in configs.yaml "
                                      "(only for repositories you trust)")
         return NotReadyError(f"{self.config.model}: model type {model_type!r} is unknown to transformers "
-                             f"{transformers.__version__}", fix="pip install -U transformers")
+                             f"{version}", fix="pip install -U transformers")
 
     def _fix(self) -> str:
         if model_is_path(self.config) and not self.config.download:
@@ -248,9 +181,14 @@ class LocalProvider(Provider):
         return f"python -m llm download {self.name}"
 
     def status(self) -> ProviderStatus:
-        """Ready if loaded or the files are on disk; reads at most config.json, never the weights."""
+        """Ready if loaded or the files are on disk; reads at most config.json, never the weights, and
+        imports neither torch nor transformers (a process that never uses a local model never does)."""
         if self.loaded:
             return ProviderStatus(True)
+        missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
+        if missing:
+            return ProviderStatus(False, f"{' and '.join(missing)} not installed",
+                                  f"pip install {' '.join(missing)}")
         path = self._files()
         if path is None:
             return ProviderStatus(False, f"weights for {self.config.model} not found locally", self._fix())
@@ -266,8 +204,7 @@ class LocalProvider(Provider):
                 return
             self._model = self._tokenizer = None
         gc.collect()    # module graphs hold reference cycles: free the weights now, not at some later GC
-        if self._device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        _engine(self.name).free(self._device)
 
     # ---- prompts and tokens ----------------------------------------------------------------
 
@@ -326,24 +263,25 @@ class LocalProvider(Provider):
         or at a `stop` string (which is not part of the reply, as with OpenAI). Ends with the finish
         reason: "length" when max_new_tokens ran out."""
         self.load()
+        engine = _engine(self.name)
         model, tokenizer = self._model, self._tokenizer
         inputs = tokenizer(self.render_prompt(messages), return_tensors="pt",
                            add_special_tokens=not tokenizer.chat_template).to(self._device)
-        tokens, closed = _TokenQueue(), threading.Event()
-        kwargs = self.generate_kwargs(params) | {
-            "streamer": tokens, "stopping_criteria": StoppingCriteriaList([_StopWhen(cancel, closed)])}
+        tokens, closed = engine.TokenQueue(), threading.Event()
+        kwargs = self.generate_kwargs(params) | {"streamer": tokens,
+                                                  "stopping_criteria": engine.stopping(cancel, closed)}
         if params.seed is not None:
-            torch.manual_seed(params.seed)  # the sampling RNG; one generation per model at a time (the slot)
-        worker = threading.Thread(target=_generate, args=(model, dict(inputs), kwargs, tokens.queue),
+            engine.seed(params.seed)
+        worker = threading.Thread(target=engine.generate, args=(model, dict(inputs), kwargs, tokens.queue),
                                   name=f"generate-{self.name}", daemon=True)
         worker.start()
         detokenizer, stop = IncrementalDetokenizer(tokenizer), StopAt(params.stop)
         eos = self._special["eos_token_id"]
         eos = set(eos) if isinstance(eos, list) else {eos}
         try:
-            while (item := tokens.queue.get()) is not _END:
+            while (item := tokens.queue.get()) is not engine.END:
                 if isinstance(item, BaseException):
-                    raise self._generation_error(item) from item
+                    raise engine.generation_error(self.name, item) from item
                 if cancel.cancelled:
                     break
                 text = stop.feed(detokenizer.add(item))
@@ -364,29 +302,27 @@ class LocalProvider(Provider):
             closed.set()
             worker.join()
 
-    def _generation_error(self, e: BaseException) -> UpstreamError:
-        if isinstance(e, torch.cuda.OutOfMemoryError):
-            return UpstreamError(f"{self.name} ran out of GPU memory while generating", status=503,
-                                 fix="lower max_new_tokens, shorten the history or use a smaller model")
-        return UpstreamError(f"{self.name} failed while generating: {type(e).__name__}: {e}")
 
-
-def _special_ids(tokenizer: Any, model: Any) -> dict[str, Any]:
-    """eos from the generation config (else the tokenizer); pad = eos when the tokenizer has none."""
-    eos = model.generation_config.eos_token_id
-    eos = eos if eos is not None else tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = eos[0] if isinstance(eos, list) else eos
-    return {"eos_token_id": eos, "pad_token_id": pad}
-
-
-def _generate(model: Any, inputs: dict, kwargs: dict, out: queue.SimpleQueue) -> None:
-    """The worker thread: run generate; queue any error, then the end marker."""
+@functools.cache
+def transformers_model_types() -> tuple[frozenset[str], str]:
+    """The model types the installed transformers ships (its `models/` folders) and its version, read
+    from its files: importing transformers to ask would import torch, seconds for a status check."""
     try:
-        with torch.inference_mode():
-            model.generate(**inputs, **kwargs)
-    except BaseException as e:  # noqa: BLE001 - re-raised as a typed error by the consumer
-        out.put(e)
-    finally:
-        out.put(_END)
+        version = importlib.metadata.version("transformers")
+        spec = importlib.util.find_spec("transformers")
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return frozenset(), "(not installed)"
+    if spec is None or spec.origin is None:
+        return frozenset(), version
+    models = Path(spec.origin).parent / "models"
+    return frozenset(p.name for p in models.iterdir() if p.is_dir() and not p.name.startswith("_")), version
+
+
+def _engine(name: str) -> Any:
+    """The torch side of local models (`local_engine`), imported on first use."""
+    try:
+        from . import local_engine
+    except ImportError as e:
+        raise NotReadyError(f"{name} needs torch and transformers: {e}",
+                            fix="pip install torch transformers") from e
+    return local_engine

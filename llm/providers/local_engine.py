@@ -1,0 +1,130 @@
+"""The part of local models that needs torch and transformers, imported with the first load, so a
+process that never uses a local model never imports them (they take seconds and map libtorch)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from ..errors import NotReadyError, UpstreamError
+from ..types import CancelToken
+
+Progress = Callable[[float, str], None]
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+END = object()      # queued after the last token (and after an error)
+
+
+class TokenQueue(BaseStreamer):
+    """Hands each generated token id list to the consuming generator (generate's first put is the prompt)."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt_seen:
+            self.queue.put(value.reshape(-1).tolist())
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        """Nothing: the worker thread queues the end itself, after errors too."""
+
+
+class StopWhen(StoppingCriteria):
+    """Stops generate at the next token once the call is cancelled or its generator closed."""
+
+    def __init__(self, cancel: CancelToken, closed: threading.Event):
+        self.cancel, self.closed = cancel, closed
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs) -> torch.BoolTensor:
+        stop = self.cancel.cancelled or self.closed.is_set()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+def stopping(cancel: CancelToken, closed: threading.Event) -> StoppingCriteriaList:
+    return StoppingCriteriaList([StopWhen(cancel, closed)])
+
+
+def placement(cfg: Any, log: Any) -> tuple[str, torch.dtype]:
+    """The device and dtype for a provider's config: a CUDA GPU when there is one, bf16 where it can."""
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            log.warning("%s: no CUDA GPU found, running %s on the CPU: expect slow replies",
+                        cfg.name, cfg.model)
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise NotReadyError(f"{cfg.name}: device {device} is set but CUDA is not available",
+                            fix=f"set device: auto or cpu for provider {cfg.name} in configs.yaml")
+    if cfg.dtype != "auto":
+        return device, DTYPES[cfg.dtype]
+    if not device.startswith("cuda"):
+        return device, torch.float32    # CPU half precision is slow or unsupported
+    return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load(cfg: Any, path: Path, device: str, dtype: torch.dtype, report: Progress,
+         fix: str) -> tuple[Any, Any]:
+    """The tokenizer and the model, on `device`; NotReadyError with the fix when they cannot load."""
+    trust = cfg.trust_remote_code
+    label = cfg.display_name
+    try:
+        report(0.1, f"{label}: loading the tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+        report(0.3, f"{label}: loading the weights ({str(dtype).removeprefix('torch.')})")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
+        report(0.8, f"{label}: moving the model to {device}")
+        if device.startswith("cuda"):
+            # cuDNN attention builds a graph per new sequence length, cached per thread: decoding
+            # ran ~3x slower (bench/local_bench.py); flash/mem-efficient need none. Process-wide.
+            torch.backends.cuda.enable_cudnn_sdp(False)
+        return tokenizer, model.to(device).eval()
+    except torch.cuda.OutOfMemoryError as e:
+        raise NotReadyError(f"not enough GPU memory to load {cfg.model}",
+                            fix=f"use a smaller model or set dtype/device for provider {cfg.name} "
+                                "in configs.yaml") from e
+    except (OSError, ValueError, RuntimeError, ImportError, KeyError) as e:
+        raise NotReadyError(f"could not load {cfg.model}: {e}", fix=fix) from e
+
+
+def special_ids(tokenizer: Any, model: Any) -> dict[str, Any]:
+    """eos from the generation config (else the tokenizer); pad = eos when the tokenizer has none."""
+    eos = model.generation_config.eos_token_id
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = eos[0] if isinstance(eos, list) else eos
+    return {"eos_token_id": eos, "pad_token_id": pad}
+
+
+def generate(model: Any, inputs: dict, kwargs: dict, out: queue.SimpleQueue) -> None:
+    """The worker thread: run generate; queue any error, then the end marker."""
+    try:
+        with torch.inference_mode():
+            model.generate(**inputs, **kwargs)
+    except BaseException as e:  # noqa: BLE001 - re-raised as a typed error by the consumer
+        out.put(e)
+    finally:
+        out.put(END)
+
+
+def generation_error(name: str, e: BaseException) -> UpstreamError:
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return UpstreamError(f"{name} ran out of GPU memory while generating", status=503,
+                             fix="lower max_new_tokens, shorten the history or use a smaller model")
+    return UpstreamError(f"{name} failed while generating: {type(e).__name__}: {e}")
+
+
+def seed(value: int) -> None:
+    torch.manual_seed(value)    # the sampling RNG; one generation per model at a time (the slot)
+
+
+def free(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
