@@ -41,6 +41,7 @@ class ProviderConfig:
     prompt_template: str | None = None    # for base models without a chat template
     device: str = "auto"                  # auto | cuda | cpu | cuda:N
     dtype: str = "auto"                   # auto | bfloat16 | float16 | float32
+    quantization: str | None = None       # local: 8bit | 4bit (bitsandbytes), for small GPUs
     generation: Mapping[str, Any] = field(default_factory=dict)   # default sampling params
     context_window: int | None = None     # tokens; None = the model's own (local) or 8192
     style_mode: str | None = None         # how the speech style is given: system | prefix
@@ -222,7 +223,9 @@ def _convert_provider_field(name: str, value: Any, where: _Where, key: str) -> A
         where.fail(key, "must be system or prefix")
     if name == "dtype" and value not in ("auto", "bfloat16", "float16", "float32"):
         where.fail(key, "must be auto, bfloat16, float16 or float32")
-    if name in ("prompt_template", "style_mode", "base_url", "download") and value is None:
+    if name == "quantization" and value not in (None, "8bit", "4bit"):
+        where.fail(key, "must be 8bit, 4bit or null (bitsandbytes; pre-quantized AWQ/GPTQ models need none)")
+    if name in ("prompt_template", "style_mode", "base_url", "download", "quantization") and value is None:
         return None
     return _expect(value, str, where, key)
 

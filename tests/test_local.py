@@ -167,8 +167,13 @@ def test_loading_is_lazy_and_the_model_is_shared(router):
     assert provider.model is model
 
 
-def test_two_first_callers_load_once(chat_dir):
-    provider = local(chat_dir)
+def own_copy(chat_dir, tmp_path):
+    """The tiny chat model in a folder of its own: the pool shares weights loaded from the same folder."""
+    return shutil.copytree(chat_dir, tmp_path / "own-copy")
+
+
+def test_two_first_callers_load_once(chat_dir, tmp_path):
+    provider = local(own_copy(chat_dir, tmp_path))
     steps: list[str] = []
     start = threading.Barrier(3)
     replies: list[str] = []
@@ -187,8 +192,8 @@ def test_two_first_callers_load_once(chat_dir):
     assert len(replies) == 3 and len(set(replies)) == 1
 
 
-def test_load_reports_progress_in_order(chat_dir):
-    provider = local(chat_dir)
+def test_load_reports_progress_in_order(chat_dir, tmp_path):
+    provider = local(own_copy(chat_dir, tmp_path))
     progress: list[float] = []
     provider.load(lambda fraction, message: progress.append(fraction))
     assert progress == sorted(progress) and len(progress) >= 3 and progress[-1] == 1.0

@@ -27,9 +27,13 @@ from ..types import (
 )
 from . import HONOURS
 from .base import Provider, StopAt
+from .local_pool import ModelPool, Weights, estimate_bytes
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
+# Pre-quantized checkpoints (config.json quantization_config.quant_method) -> {module: pip package}
+QUANT_PACKAGES = {"awq": {"awq": "autoawq"}, "gptq": {"gptqmodel": "gptqmodel", "optimum": "optimum"},
+                  "bitsandbytes": {"bitsandbytes": "bitsandbytes"}}
 MAX_CONTEXT = 32768          # cap on a model's own max_position_embeddings (memory, not the model, limits us)
 _PLACEHOLDER = re.compile(r"\{(system|history|prompt)\}")
 
@@ -101,48 +105,76 @@ class LocalProvider(Provider):
     def __init__(self, config, env=None):
         super().__init__(config, env)
         self._lock = threading.Lock()
-        self._model: Any = None
-        self._tokenizer: Any = None
+        self._weights: Weights | None = None   # from the pool: maybe shared with another provider
         self._device = "cpu"
-        self._special: dict[str, Any] = {}     # pad and eos ids for generate
 
     # ---- loading ---------------------------------------------------------------------------
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        return self._weights is not None
 
     @property
     def model(self) -> Any:
-        return self._model
+        return self._weights.model if self._weights is not None else None
 
     @property
     def tokenizer(self) -> Any:
-        return self._tokenizer
+        return self._weights.tokenizer if self._weights is not None else None
+
+    _model, _tokenizer = model, tokenizer
+
+    @property
+    def _special(self) -> dict[str, Any]:
+        """pad and eos ids for generate."""
+        return self._weights.special if self._weights is not None else {}
+
+    def dropped(self, weights: Weights) -> None:
+        """The pool unloaded these weights (to make room): load again on the next use."""
+        with self._lock:
+            if self._weights is weights:
+                self._weights = None
 
     def load(self, progress: Progress | None = None) -> None:
         """Load tokenizer and weights once; later calls return at once. `progress(fraction, message)`."""
-        if self._model is not None:
+        if self._weights is not None:
             return
         with self._lock:    # two first callers: the second waits, then finds the model loaded
-            if self._model is not None:
+            if self._weights is not None:
                 return
             report = progress or (lambda fraction, message: None)
             path = self._files()
             if path is None:
                 raise NotReadyError(f"weights for {self.config.model} not found locally", fix=self._fix())
-            problem = self._code_problem(path)
+            problem = self._code_problem(path) or self._package_problem(path)
             if problem is not None:
                 raise problem
             engine = _engine(self.name)     # torch and transformers: only now
             device, dtype = engine.placement(self.config, log)
             start = time.perf_counter()
-            tokenizer, model = engine.load(self.config, path, device, dtype, report, self._fix())
-            self._special = engine.special_ids(tokenizer, model)
-            self._tokenizer, self._device, self._model = tokenizer, device, model
+            quantization = self.config.quantization
+            dtype_name = str(dtype).removeprefix("torch.")
+            key = (str(path.resolve()), dtype_name, device, quantization or "")
+
+            def loader() -> tuple[Any, Any, dict]:
+                tokenizer, model = engine.load(self.config, path, device, dtype, report, self._fix())
+                return tokenizer, model, engine.special_ids(tokenizer, model)
+
+            self._weights = POOL.load(self, key, estimate_bytes(path, dtype_name, quantization), loader,
+                                      self.name)
+            self._device = device
             log.info("%s: loaded %s on %s (%s) in %.1fs", self.name, self.config.model, device, dtype,
                      time.perf_counter() - start)
             report(1.0, f"{self.config.display_name} is ready")
+
+    def _held(self) -> Weights:
+        """The loaded weights, held for one generation (POOL.done lets go); loaded first, and again if
+        the pool unloaded them meanwhile."""
+        while True:
+            self.load()
+            weights = self._weights
+            if weights is not None and POOL.hold(weights):
+                return weights
 
     def _files(self) -> Path | None:
         """The folder holding config.json: the local dir, or the hub id's cached snapshot; None if absent."""
@@ -192,19 +224,35 @@ class LocalProvider(Provider):
         path = self._files()
         if path is None:
             return ProviderStatus(False, f"weights for {self.config.model} not found locally", self._fix())
-        problem = self._code_problem(path)
+        problem = self._code_problem(path) or self._package_problem(path)
         if problem is not None:
             return ProviderStatus(False, problem.message, problem.fix)
         return ProviderStatus(True)
 
+    def _package_problem(self, path: Path) -> NotReadyError | None:
+        """A quantization package this model needs and is missing: bitsandbytes for `quantization`,
+        or the package of a pre-quantized AWQ/GPTQ checkpoint."""
+        needs = {"bitsandbytes": "bitsandbytes"} if self.config.quantization else {}
+        try:
+            method = json.loads((path / "config.json").read_text(encoding="utf-8")) \
+                .get("quantization_config", {}).get("quant_method")
+        except (OSError, ValueError, AttributeError):
+            method = None
+        needs |= QUANT_PACKAGES.get(method, {})
+        missing = [pip for module, pip in needs.items() if importlib.util.find_spec(module) is None]
+        if not missing:
+            return None
+        quant = self.config.quantization
+        why = f"{quant} quantization" if quant else f"its {method} weights"
+        return NotReadyError(f"{self.config.model}: {why} need {', '.join(missing)}, which is not installed",
+                             fix=f"pip install {' '.join(missing)}")
+
     def close(self) -> None:
-        """Free the weights; a later call loads them again."""
+        """Let go of the weights (freed when no other provider shares them); a later call loads again."""
         with self._lock:
-            if self._model is None:
-                return
-            self._model = self._tokenizer = None
-        gc.collect()    # module graphs hold reference cycles: free the weights now, not at some later GC
-        _engine(self.name).free(self._device)
+            weights, self._weights = self._weights, None
+        if weights is not None:
+            POOL.release(self, weights)
 
     # ---- prompts and tokens ----------------------------------------------------------------
 
@@ -262,9 +310,16 @@ class LocalProvider(Provider):
         """Generate in a worker thread; yield text as tokens arrive; stop it when closed or cancelled,
         or at a `stop` string (which is not part of the reply, as with OpenAI). Ends with the finish
         reason: "length" when max_new_tokens ran out."""
-        self.load()
+        weights = self._held()
+        try:
+            yield from self._generate(weights, messages, params, cancel)
+        finally:
+            POOL.done(weights)     # until here, the pool never unloads these weights
+
+    def _generate(self, weights: Weights, messages: list[Message], params: GenerationParams,
+                  cancel: CancelToken) -> Iterator[str | StreamEvent]:
         engine = _engine(self.name)
-        model, tokenizer = self._model, self._tokenizer
+        model, tokenizer = weights.model, weights.tokenizer
         inputs = tokenizer(self.render_prompt(messages), return_tensors="pt",
                            add_special_tokens=not tokenizer.chat_template).to(self._device)
         tokens, closed = engine.TokenQueue(), threading.Event()
@@ -276,7 +331,7 @@ class LocalProvider(Provider):
                                   name=f"generate-{self.name}", daemon=True)
         worker.start()
         detokenizer, stop = IncrementalDetokenizer(tokenizer), StopAt(params.stop)
-        eos = self._special["eos_token_id"]
+        eos = weights.special["eos_token_id"]
         eos = set(eos) if isinstance(eos, list) else {eos}
         try:
             while (item := tokens.queue.get()) is not engine.END:
@@ -326,3 +381,15 @@ def _engine(name: str) -> Any:
         raise NotReadyError(f"{name} needs torch and transformers: {e}",
                             fix="pip install torch transformers") from e
     return local_engine
+
+
+def _free(weights: Weights) -> None:
+    """The pool's unload: drop the last references, collect the module graph's cycles, and hand the
+    CUDA cache back, so the memory is free for the next model now, not at some later GC."""
+    weights.model = weights.tokenizer = None
+    gc.collect()
+    if weights.key[2].startswith("cuda"):
+        _engine("local").free(weights.key[2])
+
+
+POOL = ModelPool(unload=_free)

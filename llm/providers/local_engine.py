@@ -77,7 +77,12 @@ def load(cfg: Any, path: Path, device: str, dtype: torch.dtype, report: Progress
     try:
         report(0.1, f"{label}: loading the tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-        report(0.3, f"{label}: loading the weights ({str(dtype).removeprefix('torch.')})")
+        report(0.3, f"{label}: loading the weights ({cfg.quantization or str(dtype).removeprefix('torch.')})")
+        if cfg.quantization:    # bitsandbytes places the quantized weights itself
+            bits = quantization(cfg.quantization, dtype)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust,
+                                                         quantization_config=bits, device_map=device)
+            return tokenizer, model.eval()
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
         report(0.8, f"{label}: moving the model to {device}")
         if device.startswith("cuda"):
@@ -128,3 +133,12 @@ def seed(value: int) -> None:
 def free(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
+
+
+def quantization(mode: str, dtype: torch.dtype) -> Any:
+    """bitsandbytes settings: 8-bit weights, or 4-bit NF4 computing in the model's dtype."""
+    from transformers import BitsAndBytesConfig
+    if mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                              bnb_4bit_use_double_quant=True)
