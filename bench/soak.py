@@ -401,15 +401,18 @@ def injected(script: list[str], start: int, count: int) -> collections.Counter:
 
 
 def idle_pool_growth(before: collections.Counter, after: collections.Counter,
-                     upstreams: tuple[Upstream, ...]) -> tuple[int, dict]:
+                     upstreams: tuple[Upstream, ...], concurrency: int) -> tuple[int, dict]:
     """Thread growth that idle pools explain: the API loop's default executor, and the upstream handler
-    threads that serve the router's kept-alive connections (at most KEEPALIVE_PER_CLIENT per client)."""
+    threads that serve the router's kept-alive connections (at most KEEPALIVE_PER_CLIENT per client), and
+    the router's reused generation threads (llm.policy.spawn: named "pool-idle" while idle, they end after
+    a minute; at most three per request in flight: the async bridge, the attempt and a hedge)."""
     executor = min(32, (os.cpu_count() or 1) + 4)   # asyncio's default executor size
     grown = {name: after[name] - before[name] for name in after if after[name] > before[name]}
     pools = {"asyncio_N": min(grown.get("asyncio_N", 0), executor)}
     open_conns = sum(min(len(u.fake._connections), KEEPALIVE_PER_CLIENT) for u in upstreams)
     handlers = "Thread-N (process_request_thread)"
     pools[handlers] = min(grown.get(handlers, 0), open_conns)
+    pools["pool-idle"] = min(grown.get("pool-idle", 0), 3 * concurrency)
     unexplained = {k: v - pools.get(k, 0) for k, v in grown.items() if v - pools.get(k, 0) > 0}
     return sum(pools.values()), unexplained
 
@@ -453,10 +456,10 @@ def report(args, run: Measured, flaky: Upstream, backup: Upstream, counter: Coun
     print(f"RSS: {run.rss[0]:.1f} MB before, {run.rss[1]:.1f} MB after ({run.rss[1] - run.rss[0]:+.1f} MB); "
           "along the run: " + ", ".join(f"{mb:.0f} MB at {i}" for i, mb in run.rss_trend))
     before, after = run.threads
-    pooled, unexplained = idle_pool_growth(before, after, (flaky, backup))
+    pooled, unexplained = idle_pool_growth(before, after, (flaky, backup), args.concurrency)
     print(f"threads: {sum(before.values())} before, {sum(after.values())} after "
-          f"(settled in {run.settled_s:.1f} s; +{pooled} idle in pools: the API's executor, kept-alive "
-          f"upstream connections; unexplained: {unexplained or 'none'})")
+          f"(settled in {run.settled_s:.1f} s; +{pooled} idle in pools: the API's executor, reused "
+          f"generation threads, kept-alive upstream connections; unexplained: {unexplained or 'none'})")
     print("  before: " + ", ".join(f"{k} {v}" for k, v in sorted(before.items())))
     print("  after:  " + ", ".join(f"{k} {v}" for k, v in sorted(after.items())))
     print(f"generation threads (llm-* but llm-api) left: {len(generation_threads())}; upstream requests "
@@ -481,7 +484,7 @@ def verdict(args, run: Measured, flaky: Upstream, backup: Upstream) -> int:
     left = generation_threads()
     if left:
         reasons.append(f"{len(left)} generation threads left: {left[:5]}")
-    _, unexplained = idle_pool_growth(*run.threads, (flaky, backup))
+    _, unexplained = idle_pool_growth(*run.threads, (flaky, backup), args.concurrency)
     if unexplained:
         reasons.append(f"threads not back to baseline: {unexplained}")
     hanging = flaky.fake.hanging + backup.fake.hanging
