@@ -435,7 +435,9 @@ class _Try:
     def chunk(self, piece: str | StreamEvent, emotion: str | None) -> Chunk | None:
         if isinstance(piece, StreamEvent):
             self.finish, self.usage = piece.finish_reason or self.finish, piece.usage or self.usage
-            return Chunk("", self.name, tool_calls=piece.tool_calls) if piece.tool_calls else None
+            if piece.tool_calls or piece.logprobs:
+                return Chunk("", self.name, tool_calls=piece.tool_calls, logprobs=piece.logprobs)
+            return None
         self.said.append(piece)
         return Chunk(piece, self.name, emotion)
 

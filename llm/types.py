@@ -99,9 +99,11 @@ class GenerationParams:
 
     @property
     def for_program(self) -> bool:
-        """Tools or a JSON reply asked for: the answer is for a program, not to be spoken."""
+        """Tools, a JSON reply or logprobs asked for: the answer is for a program, not to be spoken (and
+        logprobs must match the text as generated)."""
         extra = self.extra or {}
-        return bool(extra.get("tools")) or extra.get("response_format", {"type": "text"}) != {"type": "text"}
+        return bool(extra.get("tools")) or bool(extra.get("logprobs")) or \
+            extra.get("response_format", {"type": "text"}) != {"type": "text"}
 
     def merged_over(self, defaults: GenerationParams | dict | None) -> GenerationParams:
         """These params, with the unset ones taken from `defaults`."""
@@ -136,6 +138,7 @@ class StreamEvent:
     tool_calls: tuple[dict, ...] = ()
     finish_reason: str | None = None
     usage: Mapping[str, int] | None = None
+    logprobs: tuple[dict, ...] = ()     # OpenAI's logprobs.content entries for the text just before
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ class Chunk:
     tool_calls: tuple[dict, ...] = ()
     finish_reason: str | None = None
     usage: Mapping[str, int] | None = None
+    logprobs: tuple[dict, ...] = ()
 
     @property
     def substantive(self) -> bool:

@@ -312,7 +312,11 @@ class FakeOpenAIServer(_FakeServer):
         yield {**head, "choices": []}, False     # Azure-style filter results: a chunk with no choices
         yield {**head, "choices": [_delta({"role": "assistant", "content": ""})]}, False
         for piece in pieces:
-            yield {**head, "choices": [_delta({"content": piece})]}, True
+            choice = _delta({"content": piece})
+            if (body or {}).get("logprobs"):    # one token per piece, with a made-up log probability
+                choice["logprobs"] = {"content": [{"token": piece, "logprob": -0.25, "bytes": list(piece.encode()),
+                                                   "top_logprobs": []}], "refusal": None}
+            yield {**head, "choices": [choice]}, True
         yield {**head, "choices": [_delta({}, finish)]}, False
         yield from self._usage_chunk(head, "".join(pieces), body)
         yield "[DONE]", False

@@ -390,3 +390,19 @@ def test_an_async_client_serves_on_the_event_loop_over_one_connection(sdk, fakes
         watcher.join()
     assert f"llm-{model}" not in seen
     assert fake.connections - before <= 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_asked_of_an_openai_upstream_come_back(sdk, stream):
+    """Passed on as sent, so relayed as received: a request for logprobs is for a program (not cut to
+    a speech budget), and its log probabilities match the text."""
+    reply = sdk.chat.completions.create(model="up", messages=[{"role": "user", "content": "hi"}], logprobs=True,
+                                        top_logprobs=0, stream=stream)
+    if stream:
+        chunks = [c for c in reply if c.choices]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        tokens = [t.token for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    else:
+        text = reply.choices[0].message.content
+        tokens = [t.token for t in reply.choices[0].logprobs.content]
+    assert text == REPLY and "".join(tokens) == REPLY

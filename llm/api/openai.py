@@ -53,9 +53,11 @@ async def chat_completions(request: Request):
     message: dict = {"role": "assistant", "content": turn.text}
     if turn.tool_calls:
         message.update(content=turn.text or None, tool_calls=turn.tool_calls)
+    choice = {"index": 0, "message": message, "finish_reason": turn.finish}
+    if body.logprobs:
+        choice["logprobs"] = {"content": turn.logprobs, "refusal": None}
     return {**meta, "object": "chat.completion", "model": turn.provider, "timings": turn.timings(),
-            "choices": [{"index": 0, "message": message, "finish_reason": turn.finish}],
-            "usage": _usage(turn)}
+            "choices": [choice], "usage": _usage(turn)}
 
 
 def _usage(turn: Turn) -> dict[str, int]:
@@ -73,12 +75,15 @@ async def _openai_events(request: Request, turn: Turn, chunks: AsyncIterator[Chu
     usage_field = {"usage": None} if include_usage else {}
     started = False
 
-    def chunk(delta: dict, finish: str | None = None) -> dict:
+    def chunk(delta: dict, finish: str | None = None, logprobs: tuple = ()) -> dict:
         nonlocal started
         if not started and delta:
             delta, started = {"role": "assistant", **delta}, True
-        return {**meta, "object": "chat.completion.chunk", "model": turn.provider,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **usage_field}
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        if logprobs:
+            choice["logprobs"] = {"content": list(logprobs), "refusal": None}
+        return {**meta, "object": "chat.completion.chunk", "model": turn.provider, "choices": [choice],
+                **usage_field}
 
     try:
         async with aclosing(turn.chunks(chunks)) as items:
@@ -87,6 +92,8 @@ async def _openai_events(request: Request, turn: Turn, chunks: AsyncIterator[Chu
                     yield chunk({"content": item.text})
                 if item.tool_calls:
                     yield chunk({"tool_calls": [_streamed_call(c, turn) for c in item.tool_calls]})
+                if item.logprobs:
+                    yield chunk({}, logprobs=item.logprobs)
         turn.log_done(rid(request))
         yield chunk({}, turn.finish)
         if include_usage:

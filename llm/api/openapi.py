@@ -125,10 +125,18 @@ class AssistantMessage(_Doc):
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
+class Logprobs(_Doc):
+    """The upstream's token log probabilities, as it sent them (with `"logprobs": true`)."""
+
+    content: list[dict[str, Any]]
+    refusal: None = None
+
+
 class Choice(_Doc):
     index: int = Field(ge=0)
     message: AssistantMessage
     finish_reason: FinishReason | None
+    logprobs: Logprobs | None = None
 
 
 class Usage(_Doc):
@@ -173,6 +181,7 @@ class ChunkChoice(_Doc):
     index: int = Field(ge=0)
     delta: Delta
     finish_reason: FinishReason | None
+    logprobs: Logprobs | None = None
 
 
 class ChatCompletionChunk(_Doc):

@@ -49,6 +49,7 @@ class Turn:
         self.emotion: str | None = None       # the emotion tag starting at the newest chunk
         self.events: list[dict] = []          # the sentence events so far
         self.tool_calls: list[dict] = []      # whole tool calls, merged from their deltas
+        self.logprobs: list[dict] = []        # OpenAI's logprobs.content entries, when asked for
         self.finish_reason: str | None = None
         self.usage: Mapping[str, int] | None = None
 
@@ -71,6 +72,7 @@ class Turn:
                     self.parts.append(chunk.text)
                 for call in chunk.tool_calls:
                     self._add_call(call)
+                self.logprobs.extend(chunk.logprobs)
                 self.finish_reason = chunk.finish_reason or self.finish_reason
                 self.usage = chunk.usage or self.usage
                 yield chunk

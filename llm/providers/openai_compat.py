@@ -83,12 +83,14 @@ class OpenAIProvider(CloudProvider):
 
     def chunk_event(self, chunk: dict, state: dict) -> StreamEvent | None:
         calls, finish, usage = (_delta(chunk) or {}).get("tool_calls"), _finish(chunk), chunk.get("usage")
-        if not (calls or finish or usage):
+        logprobs = (_choice(chunk).get("logprobs") or {}).get("content")
+        if not (calls or finish or usage or logprobs):
             return None
         counts = ("prompt_tokens", "completion_tokens", "total_tokens")
         usage = {k: int(usage.get(k) or 0) for k in counts} if isinstance(usage, dict) else None
         calls = tuple({k: v for k, v in call.items() if v is not None} for call in calls or ())
-        return StreamEvent(tool_calls=calls, finish_reason=finish, usage=usage)
+        return StreamEvent(tool_calls=calls, finish_reason=finish, usage=usage,
+                           logprobs=tuple(logprobs or ()))
 
     def request_body(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
         """The chat.completions JSON for these messages and params. The OpenAI fields beyond sampling
@@ -196,14 +198,17 @@ def _event(line: str) -> dict | object | None:
     return chunk
 
 
-def _delta(chunk: dict) -> dict | None:
+def _choice(chunk: dict) -> dict:
     choices = chunk.get("choices")
-    return (choices[0].get("delta") or None) if choices and isinstance(choices[0], dict) else None
+    return choices[0] if choices and isinstance(choices[0], dict) else {}
+
+
+def _delta(chunk: dict) -> dict | None:
+    return _choice(chunk).get("delta") or None
 
 
 def _finish(chunk: dict) -> str | None:
-    choices = chunk.get("choices")
-    return choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None
+    return _choice(chunk).get("finish_reason")
 
 
 OpenAIProvider.sdk_errors = (StreamError,)
