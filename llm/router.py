@@ -188,8 +188,9 @@ class Router:
             needs = params.asked() + (["tools"] if any(m.for_tools for m in messages) else [])
             able = [n for n, cfg in self.settings.providers.items()
                     if n != name and kind_honours(cfg.kind, needs)]
+            what = "the tool calls in messages" if field == "messages" else repr(field)
             raise InvalidRequestError(
-                f"{who} cannot honour {field!r}: the {provider.kind} backend has no equivalent, and leaving "
+                f"{who} cannot honour {what}: the {provider.kind} backend has no equivalent, and leaving "
                 "it out would change the answer", param=field,
                 fix=f"remove {field!r}, or use a provider that honours it"
                     + (f": {', '.join(able)}" if able else ""))
@@ -198,7 +199,7 @@ class Router:
     def _unsupported(provider: Provider, params: GenerationParams,
                      messages: tuple[Message, ...]) -> str | None:
         if any(m.for_tools for m in messages) and provider.unsupported(_WITH_TOOLS) is not None:
-            return "messages (tool calls)"
+            return "messages"   # tool calls and tool results in the history
         return provider.unsupported(params)
 
     def _can_serve(self, name: str, params: GenerationParams, messages: tuple[Message, ...]) -> bool:

@@ -91,7 +91,7 @@ async def _openai_events(request: Request, turn: Turn, chunks: AsyncIterator[Chu
                 if item.text:
                     yield chunk({"content": item.text})
                 if item.tool_calls:
-                    yield chunk({"tool_calls": [_streamed_call(c, turn) for c in item.tool_calls]})
+                    yield chunk({"tool_calls": [_streamed_call(c) for c in item.tool_calls]})
                 if item.logprobs:
                     yield chunk({}, logprobs=item.logprobs)
         turn.log_done(rid(request))
@@ -104,7 +104,7 @@ async def _openai_events(request: Request, turn: Turn, chunks: AsyncIterator[Chu
         yield error_event(request, e)
 
 
-def _streamed_call(delta: dict, turn: Turn) -> dict:
+def _streamed_call(delta: dict) -> dict:
     """A tool-call delta as OpenAI streams it: always an index; id, type and name on its first delta."""
     out = {"index": delta.get("index", 0), **{k: v for k, v in delta.items() if k != "index"}}
     if "function" in out:
