@@ -16,7 +16,7 @@ from llm.errors import (
     UpstreamError,
 )
 from llm.policy import backoff
-from llm.providers.base import retry_after_seconds
+from llm.providers.wire import retry_after_seconds
 from llm.router import Router
 from llm.types import CancelToken, GenerationParams, Message
 from tests.fakes import ScriptedProvider, settings_for

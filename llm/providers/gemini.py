@@ -16,7 +16,8 @@ from ..errors import (
 )
 from ..types import GenerationParams, Message, StreamEvent
 from . import HONOURS
-from .base import CloudProvider, backend_message
+from .cloud import CloudProvider
+from .wire import backend_message
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 _ROLES = {"user": "user", "assistant": "model", "tool": "user"}

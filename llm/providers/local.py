@@ -26,8 +26,9 @@ from ..types import (
     history_pairs,
 )
 from . import HONOURS
-from .base import Provider, StopAt
+from .base import Provider
 from .local_pool import ModelPool, Weights, estimate_bytes
+from .wire import StopAt
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]

@@ -16,8 +16,9 @@ import httpx2
 
 from ..errors import LLMError, UpstreamError
 from ..types import GenerationParams, Message, StreamEvent
-from .base import CloudProvider, backend_message
+from .cloud import CloudProvider
 from .transport import DRAIN_TIMEOUT
+from .wire import backend_message
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local servers ignore the key; some proxies in front of them want a bearer token all the same.

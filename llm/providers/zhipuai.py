@@ -13,7 +13,8 @@ from ..errors import (
 )
 from ..types import GenerationParams, Message
 from . import HONOURS
-from .base import CloudProvider, backend_message, delta_event, delta_finished, delta_text
+from .cloud import CloudProvider
+from .wire import backend_message, delta_event, delta_finished, delta_text
 
 DEFAULT_BASE_URL = "https://open.bigmodel.cn/api/paas/v4"
 GREEDY_TEMPERATURE = 0.01   # ZhipuAI rejects temperature 0; greedy is do_sample=False instead

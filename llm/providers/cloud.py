@@ -1,0 +1,236 @@
+"""CloudProvider: a backend reached through an SDK (or plain HTTP) client; one shared client per
+thread pool and one per event loop, one stream loop (sync and async), one error path."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterable, Iterator, Mapping
+
+from ..errors import CancelledError, LLMError, MissingKeyError, UpstreamError, UpstreamTimeoutError
+from ..types import CancelToken, GenerationParams, Message, ProviderStatus, StreamEvent
+from .base import DEFAULT_TIMEOUT, Provider
+from .transport import abortable_client, async_client
+
+if TYPE_CHECKING:
+    from configs import ProviderConfig
+
+
+class CloudProvider(Provider):
+    """A backend reached through an SDK client: one shared client, one stream loop, one error path.
+
+    Subclasses supply the connection (`make_client`) and the wire format (`open_stream`,
+    `chunk_text`) and map their SDK's exceptions in `translate`.
+    """
+
+    default_base_url: ClassVar[str] = ""
+    key_required: ClassVar[bool] = True     # False: a custom base_url may need no key
+    sdk_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    lazy_stream: ClassVar[bool] = False     # True: open_stream sends nothing until iterated
+    default_retries = 2
+    default_first_token_timeout = 20.0
+    default_stall_timeout = 15.0
+
+    def __init__(self, config: ProviderConfig, env: Mapping[str, str] | None = None):
+        super().__init__(config, env)
+        self._client: Any = None
+        self._http: Any = None
+        self._lock = threading.Lock()
+        # one async client per event loop (the API's, Gradio's): a connection belongs to its loop
+        self._aclients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @property
+    def base_url(self) -> str:
+        # Explicit, so an SDK never picks up a *_BASE_URL env var behind the config's back.
+        return self.config.base_url or self.default_base_url
+
+    def status(self) -> ProviderStatus:
+        if self.key_required:
+            try:
+                self.api_key()
+            except MissingKeyError as e:
+                return ProviderStatus(False, e.message, e.fix)
+        return super().status()
+
+    def client(self) -> Any:
+        """The SDK client, created on first use and shared (the SDK clients are thread-safe)."""
+        with self._lock:
+            if self._client is None:
+                self._http = abortable_client(self.http_module(), self.timeout)
+                self._client = self.make_client(self._http)
+            return self._client
+
+    def async_client(self) -> Any:
+        """The async SDK client for the running event loop, created on first use there."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            pair = self._aclients.get(loop)
+            if pair is None:
+                http = async_client(self.http_module(), self.timeout)
+                pair = self._aclients[loop] = (self.make_async_client(http), http)
+            return pair[0]
+
+    def make_async_client(self, http: Any) -> Any:
+        """A new async SDK client that sends through the async `http` client (kinds with `supports_async`)."""
+        return http
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._http.close()      # not every SDK closes a client it was given
+                self._client = self._http = None
+            aclients, self._aclients = list(self._aclients.items()), weakref.WeakKeyDictionary()
+        for loop, (_, http) in aclients:    # closed on their own loop, if it still runs
+            if loop.is_running():
+                asyncio.run_coroutine_threadsafe(http.aclose(), loop)
+
+    def http_module(self) -> Any:
+        """The httpx package this SDK sends through: httpx2 when installed (openai, google-genai)."""
+        return _HTTPX[-1]
+
+    @property
+    def timeout(self) -> float:
+        """Seconds for one connect or read: the config's `timeout`, else a default fit for a live avatar."""
+        return self.config.timeout or DEFAULT_TIMEOUT
+
+    @abstractmethod
+    def make_client(self, http: Any) -> Any:
+        """A new SDK client for this config that sends through `http` (so a cancel reaches the
+        socket: see `transport`), with SDK retries off (the router's policy retries)."""
+
+    @abstractmethod
+    def open_stream(self, messages: list[Message], params: GenerationParams) -> Iterable[Any]:
+        """Start the SDK's streaming call."""
+
+    @abstractmethod
+    def chunk_text(self, chunk: Any) -> str:
+        """The text of one stream chunk ("" for role-only or metadata chunks)."""
+
+    @abstractmethod
+    def chunk_finished(self, chunk: Any) -> bool:
+        """Whether this chunk carries the stream's end marker (a finish reason)."""
+
+    def chunk_event(self, chunk: Any, state: dict) -> StreamEvent | None:
+        """Tool calls, finish reason or usage in this chunk, in OpenAI's terms (None: nothing of that).
+        `state` is this stream's own scratch dict (e.g. to number tool calls across chunks)."""
+        return None
+
+    @abstractmethod
+    def translate(self, e: BaseException) -> LLMError:
+        """The typed error for an SDK exception, without the API key in its text."""
+
+    def close_stream(self, response: Any) -> None:
+        response.close()    # closes the HTTP stream, so the server stops generating
+
+    def content_type(self, response: Any) -> str:
+        """The stream's HTTP Content-Type, when the SDK exposes it ("" otherwise)."""
+        http = getattr(response, "response", None)
+        return str(getattr(http, "headers", {}).get("content-type", ""))
+
+    def stream(self, messages: list[Message], params: GenerationParams,
+               cancel: CancelToken) -> Iterator[str]:
+        """The reply's text; a stream that ends without its end marker is an error, never a short reply."""
+        if cancel.cancelled:
+            raise CancelledError("generation cancelled")
+        response, seen = None, _Seen()
+        try:
+            response = self.open_stream(messages, params)
+            for chunk in response:
+                if cancel.cancelled:
+                    raise CancelledError("generation cancelled")
+                yield from seen.take(self, chunk)
+            if not seen.finished:
+                raise self.unfinished_error(response, seen.text)
+        except (*self.sdk_errors, *TRANSPORT_ERRORS) as e:
+            raise self.failure(e, cancel, response, seen) from e
+        finally:
+            if response is not None:
+                self.close_stream(response)
+
+    async def astream(self, messages: list[Message], params: GenerationParams,
+                      cancel: CancelToken) -> AsyncIterator[str | StreamEvent]:
+        """`stream` on the event loop, for kinds with `supports_async` (no thread per request).
+        Cancelling the task that iterates it closes the HTTP stream."""
+        if cancel.cancelled:
+            raise CancelledError("generation cancelled")
+        response, seen = None, _Seen()
+        try:
+            response = await self.aopen_stream(messages, params)
+            async for chunk in response:
+                for item in seen.take(self, chunk):
+                    yield item
+            if not seen.finished:
+                raise self.unfinished_error(response, seen.text)
+        except (*self.sdk_errors, *TRANSPORT_ERRORS) as e:
+            raise self.failure(e, cancel, response, seen) from e
+        finally:
+            if response is not None:
+                await response.aclose()
+
+    async def aopen_stream(self, messages: list[Message], params: GenerationParams) -> Any:
+        """Start the streaming call on the event loop (kinds with `supports_async`)."""
+        raise NotImplementedError
+
+    def failure(self, e: BaseException, cancel: CancelToken, response: Any, seen: _Seen) -> LLMError:
+        """The typed error for an SDK or transport exception met while streaming."""
+        if cancel.cancelled:    # the cancel shut the socket: that is not the backend's fault
+            return CancelledError("generation cancelled")
+        error = self.transport_error(e) if isinstance(e, TRANSPORT_ERRORS) else self.translate(e)
+        lost = isinstance(error, UpstreamError) and error.transient and error.upstream_status is None
+        connected = seen.chunk or (response is not None and not self.lazy_stream)
+        if connected and lost and not isinstance(error, UpstreamTimeoutError):
+            # the SDKs call a cut mid-stream a "connection error": it did connect, then lost it
+            error = self.unreachable_error(lost=True, text_seen=seen.text)
+        return error
+
+    def unfinished_error(self, response: Any, text_seen: bool) -> LLMError:
+        ctype = self.content_type(response).split(";")[0].strip()
+        if ctype and ctype != "text/event-stream":
+            return UpstreamError(f"{self.name}: {self.base_url} answered with {ctype}, not an event stream",
+                                 upstream_status=200, fix="check base_url: it should be the API's root")
+        what = "mid-reply" if text_seen else "before any text"
+        return UpstreamError(f"{self.name}: the reply stream ended {what}, without its end marker",
+                             upstream_status=200, transient=True,
+                             fix="retry; check the server's logs if it keeps happening")
+
+    def transport_error(self, e: BaseException) -> LLMError:
+        """A transport failure the SDK did not wrap (it happens while reading the stream)."""
+        if isinstance(e, TIMEOUT_ERRORS):
+            return self.timeout_error()
+        return self.unreachable_error(lost=not isinstance(e, CONNECT_ERRORS))
+
+
+class _Seen:
+    """What one stream has shown so far: a chunk, text (or a tool call), its end marker."""
+
+    def __init__(self) -> None:
+        self.chunk = self.text = self.finished = False
+        self.state: dict = {}   # the provider's scratch space for this stream (chunk_event)
+
+    def take(self, provider: CloudProvider, chunk: Any) -> list[str | StreamEvent]:
+        """The chunk's text ("" too: a reasoning or keep-alive chunk says the backend is alive, for the
+        stall clock), then its StreamEvent if it has one."""
+        self.chunk = True
+        self.finished = self.finished or provider.chunk_finished(chunk)
+        text = provider.chunk_text(chunk)
+        event = provider.chunk_event(chunk, self.state)
+        self.text = self.text or bool(text) or bool(event and event.tool_calls)
+        return [text] if event is None else [text, event]
+
+
+def _httpx_modules() -> tuple[Any, ...]:
+    import httpx
+    try:    # openai and google-genai send through httpx2 when it is installed
+        import httpx2
+    except ImportError:  # pragma: no cover - depends on the environment
+        return (httpx,)
+    return (httpx, httpx2)
+
+
+_HTTPX = _httpx_modules()
+TRANSPORT_ERRORS = tuple(m.TransportError for m in _HTTPX)
+TIMEOUT_ERRORS = tuple(m.TimeoutException for m in _HTTPX)
+CONNECT_ERRORS = tuple(m.ConnectError for m in _HTTPX)
