@@ -404,8 +404,8 @@ def idle_pool_growth(before: collections.Counter, after: collections.Counter,
                      upstreams: tuple[Upstream, ...], concurrency: int) -> tuple[int, dict]:
     """Thread growth that idle pools explain: the API loop's default executor, and the upstream handler
     threads that serve the router's kept-alive connections (at most KEEPALIVE_PER_CLIENT per client), and
-    the router's reused generation threads (llm.policy.spawn: named "pool-idle" while idle, they end after
-    a minute; at most three per request in flight: the async bridge, the attempt and a hedge)."""
+    the router's reused generation threads (llm.policy.spawn: named "pool-idle" while idle, they end
+    after a minute; at most three per request in flight: the async bridge, the attempt and a hedge)."""
     executor = min(32, (os.cpu_count() or 1) + 4)   # asyncio's default executor size
     grown = {name: after[name] - before[name] for name in after if after[name] > before[name]}
     pools = {"asyncio_N": min(grown.get("asyncio_N", 0), executor)}

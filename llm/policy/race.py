@@ -1,146 +1,28 @@
-"""The reliability policy, in one place: retries, cooldown, deadlines and hedged fallback.
-
-The router hands one request's fallback chain to `Race`. Each provider call (an *attempt*) runs in
-a thread of its own and reports text, its end or its error on one queue; the caller's thread
-watches the clock, so a deadline or a cancel never waits on a blocked socket:
-
-- retries: an attempt retries transient failures (408/409/429/5xx, a lost connection) before any
-  text, with exponential backoff and jitter, or after the backend's Retry-After when that is short;
-- deadlines: no text within `first_token_timeout`, or silence for `stall_timeout` mid-reply, ends
-  the attempt with a 504 (and its socket is shut: see `providers.transport`);
-- cooldown: a provider that timed out or failed `FAILURES_TO_OPEN` requests in a row is skipped for
-  `cooldown` seconds; then one probe request decides whether it is back;
-- hedging: with `hedge_after`, a provider that has said nothing by then gets its first fallback
-  started beside it; whichever produces text first answers and the other is cancelled.
-
-Hand-written rather than tenacity or stamina: the wait must end early on a cancel (Stop, a client
-hanging up), fit inside the request's first-token deadline and yield to Retry-After, and a retry is
-only allowed before the first text of a generator; expressing that through a retry library's hooks
-took more code than the loop below.
-"""
+"""Race: one request down its fallback chain under the policy, each attempt in a thread of its own."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import queue
-import random
 import threading
 import time
-from contextlib import aclosing
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
+from typing import Callable, Iterator
 
-from .errors import (
+from ..errors import (
     AllProvidersFailedError,
     CancelledError,
-    CoolingDownError,
     LLMError,
     UpstreamError,
     UpstreamTimeoutError,
 )
-from .providers.transport import abort_scope
-from .types import CancelToken, Chunk
+from ..providers.transport import abort_scope
+from ..types import CancelToken, Chunk
+from .rules import STOP_WAIT, Breaker, Policy, backoff
+from .threads import spawn
 
-if TYPE_CHECKING:
-    from .providers import Provider
+log = logging.getLogger("llm.policy")
 
-log = logging.getLogger(__name__)
-
-DEFAULT_COOLDOWN = 30.0         # seconds a failing provider is skipped
-FAILURES_TO_OPEN = 3            # failed requests in a row that start a cooldown (a timeout: at once)
-BACKOFF_BASE, BACKOFF_CAP = 0.25, 4.0   # seconds: 0.25, 0.5, 1, 2, 4 (each times a jitter of 0.5-1)
-RETRY_AFTER_CAP = 10.0          # a longer Retry-After goes to the fallback instead of waiting
-STOP_WAIT = 2.0                 # seconds a closed stream waits for its attempts to wind down
-
-
-@dataclass(frozen=True)
-class Policy:
-    """One provider's reliability settings, its config over its kind's defaults (None/0: off)."""
-
-    retries: int = 0
-    cooldown: float = DEFAULT_COOLDOWN
-    first_token_timeout: float | None = None
-    stall_timeout: float | None = None
-    hedge_after: float | None = None
-
-    @classmethod
-    def of(cls, provider: Provider) -> Policy:
-        cfg = provider.config
-
-        def pick(value, default):
-            return default if value is None else value
-
-        first = pick(cfg.first_token_timeout, provider.default_first_token_timeout)
-        return cls(retries=pick(cfg.retries, provider.default_retries),
-                   cooldown=pick(cfg.cooldown, DEFAULT_COOLDOWN),
-                   first_token_timeout=first or None,
-                   stall_timeout=pick(cfg.stall_timeout, provider.default_stall_timeout) or None,
-                   hedge_after=cfg.hedge_after or None)
-
-
-def backoff(retry: int, retry_after: float | None = None) -> float | None:
-    """Seconds to wait before retry number `retry` (0 first); None when the backend's Retry-After
-    asks for more than we are willing to wait."""
-    if retry_after is not None:
-        return retry_after if retry_after <= RETRY_AFTER_CAP else None
-    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** retry) * random.uniform(0.5, 1.0)
-
-
-def counts_as_failure(error: BaseException) -> bool:
-    """Whether an error says the provider is unwell (not the caller's request, key or model name)."""
-    if not isinstance(error, UpstreamError):
-        return False
-    status = error.upstream_status
-    return error.transient or status is None or status >= 500 or status == 200
-
-
-class Breaker:
-    """One provider's circuit breaker: closed -> cooling down -> one probe -> closed or cooling again."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._failures = 0
-        self._until = 0.0           # monotonic end of the cooldown; 0 when closed
-        self._probing = False
-        self.last_error = ""
-
-    def admit(self, name: str) -> None:
-        """Let a request through, or raise CoolingDownError; after a cooldown, the first one is the probe."""
-        with self._lock:
-            if not self._until:
-                return
-            left = self._until - time.monotonic()
-            if left <= 0 and not self._probing:
-                self._probing = True
-                return
-            when = f"{left:.0f} s left" if left > 0 else "a probe request is checking it"
-            raise CoolingDownError(f"{name} is cooling down, {when} (last error: {self.last_error})",
-                                   seconds_left=max(left, 1.0),
-                                   fix="its fallback answers meanwhile; set cooldown: 0 to turn this off")
-
-    def record(self, error: BaseException | None, cooldown: float) -> bool:
-        """The outcome of an admitted request (None for success); True when it starts a cooldown."""
-        with self._lock:
-            probing, self._probing = self._probing, False
-            if error is None:
-                self._failures, self._until, self.last_error = 0, 0.0, ""
-                return False
-            if not counts_as_failure(error):
-                return False    # a cancel, a bad request: says nothing about the provider's health
-            self._failures += 1
-            self.last_error = str(getattr(error, "message", error))
-            hard = isinstance(error, UpstreamTimeoutError) or probing or self._failures >= FAILURES_TO_OPEN
-            if hard and cooldown > 0:
-                self._until = time.monotonic() + cooldown
-                return True
-            return False
-
-    def seconds_left(self) -> float:
-        """Seconds of cooldown left (0 when the provider may be asked)."""
-        with self._lock:
-            return max(0.0, self._until - time.monotonic()) if self._until else 0.0
 
 
 class _Attempt:
@@ -397,92 +279,6 @@ def _seconds_to(timer: tuple[float, _Attempt, str] | None) -> float | None:
     return None if timer is None else max(0.0, timer[0] - time.monotonic())
 
 
-class AsyncRace(Race):
-    """`Race` on the event loop, for chains whose providers all have an async client: each attempt is a
-    task instead of a thread, and the events never cross a thread. Same policy, same events, same
-    outcome; `stream_one` gives an async iterator of Chunks."""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.events: asyncio.Queue = asyncio.Queue()
-        self.loop = asyncio.get_running_loop()
-        self.thread = threading.get_ident()
-        self.tasks: dict[_Attempt, asyncio.Task] = {}
-
-    async def arun(self) -> AsyncIterator[Chunk]:
-        self.cancel.on_cancel(lambda: self._post((None, "cancel", None)))
-        try:
-            self._start_next()
-            while True:
-                out, ended = self._on_event(*await self._anext_event())
-                for chunk in out:
-                    yield chunk
-                if ended:
-                    return
-        finally:
-            await self._astop_all()
-
-    def _post(self, event: tuple[_Attempt | None, str, object]) -> None:
-        if threading.get_ident() == self.thread:
-            self.events.put_nowait(event)
-        elif not self.loop.is_closed():     # a cancel from another thread
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-
-    def _launch(self, attempt: _Attempt) -> None:
-        task = self.tasks[attempt] = self.loop.create_task(self._awork(attempt), name=f"llm-{attempt.name}")
-
-        def stop() -> None:
-            if threading.get_ident() == self.thread:
-                task.cancel()
-            elif not self.loop.is_closed():
-                self.loop.call_soon_threadsafe(task.cancel)
-        attempt.cancel.on_cancel(stop)
-
-    async def _anext_event(self) -> tuple[_Attempt | None, str, object]:
-        while True:
-            if not self.events.empty():     # the common case: no timer task per chunk
-                return self.events.get_nowait()
-            soonest = self._soonest()
-            try:
-                return await asyncio.wait_for(self.events.get(), _seconds_to(soonest))
-            except asyncio.TimeoutError:
-                if (event := self._expire(soonest)) is not None:
-                    return event
-
-    async def _awork(self, attempt: _Attempt) -> None:
-        try:
-            await self._atries(attempt)
-        except asyncio.CancelledError:
-            self._post((attempt, "error", CancelledError("generation cancelled")))
-        except BaseException as e:  # noqa: BLE001 - handed to the scheduling loop
-            self._post((attempt, "error", e))
-        else:
-            self._post((attempt, "done", None))
-        finally:
-            attempt.finished.set()
-
-    async def _atries(self, attempt: _Attempt) -> None:
-        for retry in itertools.count():
-            out = _Output(self, attempt)
-            try:
-                async with aclosing(self.stream_one(attempt.name, attempt.cancel, attempt.touch)) as chunks:
-                    async for chunk in chunks:
-                        out.put(chunk)
-                return out.end()
-            except UpstreamError as e:
-                wait = self._retry_wait(attempt, e, retry, out.produced)
-                if wait is None:
-                    raise
-                await asyncio.sleep(wait)   # a cancel cancels the task, and so this sleep
-
-    async def _astop_all(self) -> None:
-        for attempt in self.running:
-            attempt.cancel.cancel()
-        tasks = [self.tasks[a] for a in self.running if not self.tasks[a].done()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=STOP_WAIT)
-
-
 class _Output:
     """One try's chunks on their way to the race. An end with no answer before it (finish reason,
     usage) is held back: a reply with neither text nor tool calls is an empty reply, an error."""
@@ -504,52 +300,3 @@ class _Output:
         if not self.produced:
             raise UpstreamError(f"{self.attempt.name} returned an empty reply", upstream_status=200,
                                 fix="check the model and its prompt; a fallback answers meanwhile")
-
-
-# ---- threads -----------------------------------------------------------------------------------
-
-IDLE_NAME = "pool-idle"
-IDLE_SECONDS = 60.0     # an idle pooled thread ends after this long
-
-
-class _Worker:
-    """A daemon thread that runs one job at a time for `spawn`, then waits for the next."""
-
-    def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name=IDLE_NAME, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                job = self.jobs.get(timeout=IDLE_SECONDS)
-            except queue.Empty:
-                with _IDLE_LOCK:
-                    if self in _IDLE:       # still idle, and nobody can hand us a job now
-                        _IDLE.remove(self)
-                        return
-                continue                    # taken just now: its job is on the way
-            fn, args, name = job
-            self.thread.name = name         # while it runs, the thread says whose it is (leak checks)
-            try:
-                fn(*args)
-            except BaseException:  # noqa: BLE001 - a job reports its own errors; keep the thread
-                log.exception("unhandled error in %s", name)
-            finally:
-                self.thread.name = IDLE_NAME
-                with _IDLE_LOCK:
-                    _IDLE.append(self)
-
-
-_IDLE: list[_Worker] = []
-_IDLE_LOCK = threading.Lock()
-
-
-def spawn(fn: Callable, *args: object, name: str) -> None:
-    """Run `fn(*args)` in a thread of its own, reusing an idle one: a new thread per request cost
-    more than the rest of a short request's bookkeeping. Threads are daemons, named `name` while
-    they work, and never shared by two jobs at once (a job may block as long as it needs)."""
-    with _IDLE_LOCK:
-        worker = _IDLE.pop() if _IDLE else None
-    (worker or _Worker()).jobs.put((fn, args, name))
