@@ -20,6 +20,7 @@ from . import speech
 from .errors import CancelledError, InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
 from .policy import AsyncRace, Breaker, Policy, Race, spawn
 from .providers import Provider, kind_honours, provider_class
+from .tries import Slot, Try
 from .types import (
     DEFAULT_MAX_NEW_TOKENS,
     CancelToken,
@@ -28,7 +29,6 @@ from .types import (
     Message,
     ProviderStatus,
     Reply,
-    StreamEvent,
     normalize_history,
 )
 
@@ -331,7 +331,7 @@ class Router:
 
     # ---- one provider ----------------------------------------------------------------------
 
-    def _prepare(self, name: str, req: Request) -> _Try:
+    def _prepare(self, name: str, req: Request) -> Try:
         """One try at one provider, made ready: readiness, the speech style, params, history fitting."""
         provider = self.provider(name)
         status = provider.status()
@@ -344,7 +344,7 @@ class Router:
         if params.max_new_tokens is None:
             params = params.merged_over(GenerationParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS))
         messages = provider.fit(self._messages(provider, req, styled), reserve=params.max_new_tokens)
-        return _Try(name, provider, params, messages, req.budget if styled else None,
+        return Try(name, provider, params, messages, req.budget if styled else None,
                     {"emotions": req.emotions if styled else (), "verbatim": provider.verbatim,
                      "lang": "zh" if speech.is_chinese(req.prompt or "") else "en"})
 
@@ -352,30 +352,13 @@ class Router:
                     progress=lambda: None) -> Iterator[Chunk]:
         """One try at one provider, in the calling thread, holding one of its generation slots."""
         one = self._prepare(name, req)
-        with self._slot(name, cancel):
-            upstream = _touching(one.provider.stream(one.messages, one.params, cancel), progress)
-            try:
-                for piece, emotion in speech.speak(upstream, one.budget, **one.speech):
-                    self._check(cancel)
-                    if (chunk := one.chunk(piece, emotion)) is not None:
-                        yield chunk
-                self._check(cancel)     # a provider that ended because of the cancel
-                yield one.last()
-            finally:
-                upstream.close()   # stops generation upstream when we stop early
+        with Slot(self._slots.get(name), cancel):
+            yield from one.run(cancel, progress)
 
-    async def _astream_one(self, name: str, req: Request, cancel: CancelToken,
-                           progress=lambda: None) -> AsyncIterator[Chunk]:
+    def _astream_one(self, name: str, req: Request, cancel: CancelToken,
+                     progress=lambda: None) -> AsyncIterator[Chunk]:
         """`_stream_one` on the event loop, for a provider with an async client (and no slot limit)."""
-        one = self._prepare(name, req)
-        upstream = _atouching(one.provider.astream(one.messages, one.params, cancel), progress)
-        async with aclosing(upstream), aclosing(speech.aspeak(upstream, one.budget, **one.speech)) as pieces:
-            async for piece, emotion in pieces:
-                self._check(cancel)
-                if (chunk := one.chunk(piece, emotion)) is not None:
-                    yield chunk
-        self._check(cancel)
-        yield one.last()
+        return self._prepare(name, req).arun(cancel, progress)
 
     def _messages(self, provider: Provider, req: Request, styled: bool) -> list[Message]:
         prompt, system = req.prompt, req.system
@@ -391,66 +374,9 @@ class Router:
             messages.append(Message("user", prompt))
         return messages
 
-    def _slot(self, name: str, cancel: CancelToken):
-        return _Slot(self._slots.get(name), cancel)
-
-    @staticmethod
-    def _check(cancel: CancelToken) -> None:
-        if cancel.cancelled:
-            raise CancelledError("generation cancelled")
 
 
 _WITH_TOOLS = GenerationParams(extra={"tools": [{"type": "function"}]})
-
-
-async def _atouching(upstream: AsyncIterator, progress) -> AsyncIterator:
-    """`_touching` for an async stream."""
-    async with aclosing(upstream):
-        async for text in upstream:
-            progress()
-            yield text
-
-
-def _touching(upstream: Iterator[str], progress) -> Iterator[str]:
-    """`upstream`, calling `progress()` at each delta (the policy's stall clock); closing this closes it."""
-    try:
-        for text in upstream:
-            progress()
-            yield text
-    finally:
-        upstream.close()
-
-
-class _Try:
-    """One try at one provider: what is sent, and how the speech stages' pieces become Chunks (the
-    last one with the finish reason and the usage: the upstream's, else counted here)."""
-
-    def __init__(self, name: str, provider: Provider, params: GenerationParams, messages: list[Message],
-                 budget: speech.Budget | None, speech_options: dict):
-        self.name, self.provider, self.params, self.messages = name, provider, params, messages
-        self.budget, self.speech = budget, speech_options
-        self.said: list[str] = []
-        self.finish: str | None = None
-        self.usage: Mapping[str, int] | None = None
-
-    def chunk(self, piece: str | StreamEvent, emotion: str | None) -> Chunk | None:
-        if isinstance(piece, StreamEvent):
-            self.finish, self.usage = piece.finish_reason or self.finish, piece.usage or self.usage
-            if piece.tool_calls or piece.logprobs:
-                return Chunk("", self.name, tool_calls=piece.tool_calls, logprobs=piece.logprobs)
-            return None
-        self.said.append(piece)
-        return Chunk(piece, self.name, emotion)
-
-    def last(self) -> Chunk:
-        return Chunk("", self.name, finish_reason=self.finish or "stop",
-                     usage=self.usage or _counted(self.provider, self.messages, "".join(self.said)))
-
-
-def _counted(provider: Provider, messages: list[Message], reply: str) -> dict[str, int]:
-    """Token usage counted here (the provider's tokenizer, else the estimate) when the upstream gave none."""
-    prompt, completion = provider.count_tokens(messages), provider.text_tokens(reply)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _after_first_sentence():
@@ -460,20 +386,3 @@ def _after_first_sentence():
 
 # What a caller holds back before anyone sees the text (see `Router.stream`).
 HOLDS = {"none": None, "sentence": _after_first_sentence, "all": lambda: (lambda _text: False)}
-
-
-class _Slot:
-    """Waits for a free generation slot of a provider, giving up if the call is cancelled."""
-
-    def __init__(self, sem: threading.BoundedSemaphore | None, cancel: CancelToken):
-        self.sem, self.cancel = sem, cancel
-
-    def __enter__(self):
-        while self.sem is not None and not self.sem.acquire(timeout=0.05):
-            if self.cancel.cancelled:
-                raise CancelledError("generation cancelled while waiting for the model")
-        return self
-
-    def __exit__(self, *exc):
-        if self.sem is not None:
-            self.sem.release()
