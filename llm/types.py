@@ -79,8 +79,8 @@ class GenerationParams:
             _check_range("top_p", self.top_p, 0.0, 1.0)
             if self.top_p <= 0:
                 raise InvalidRequestError("top_p must be > 0 and <= 1")
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
+        if isinstance(self.stop, (str, list)):    # one string, or OpenAI's list: kept as a tuple
+            object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
         if self.stop is not None and not all(isinstance(s, str) and s for s in self.stop):
             raise InvalidRequestError("stop must be a non-empty string or a list of them")
 

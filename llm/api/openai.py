@@ -25,7 +25,7 @@ async def chat_completions(request: Request):
 
     The speech style (short, speakable answers) follows the server config; turn it off for one
     request with the extra body field `"style": "none"` (openai SDK: `extra_body={"style": "none"}`).
-    A request with tools or a JSON response_format is for a program: it is not styled.
+    A request with tools, a JSON response_format or logprobs is for a program: it is not styled.
     """
     body = await read_body(request, ChatCompletionRequest, request.app.state.ctx.max_body_bytes)
     system = "\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
@@ -34,7 +34,7 @@ async def chat_completions(request: Request):
     history = [m.as_history() for m in (talk if last.role == "tool" else talk[:-1])]
     params = GenerationParams(max_new_tokens=body.max_completion_tokens or body.max_tokens,
                               temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                              stop=(body.stop,) if isinstance(body.stop, str) else body.stop,
+                              stop=body.stop,
                               frequency_penalty=body.frequency_penalty,
                               presence_penalty=body.presence_penalty,
                               extra=body.passed_on() or None)
