@@ -42,10 +42,11 @@ class ProviderConfig:
     device: str = "auto"                  # auto | cuda | cpu | cuda:N
     dtype: str = "auto"                   # auto | bfloat16 | float16 | float32
     quantization: str | None = None       # local: 8bit | 4bit (bitsandbytes), for small GPUs
+    engine: str = "auto"                  # local: auto (batched on CUDA) | batched | generate
     generation: Mapping[str, Any] = field(default_factory=dict)   # default sampling params
     context_window: int | None = None     # tokens; None = the model's own (local) or 8192
     style_mode: str | None = None         # how the speech style is given: system | prefix
-    max_concurrency: int | None = None    # parallel generations; local defaults to 1
+    max_concurrency: int | None = None    # parallel generations; local: 1 (generate) or 16 (batched)
     download: str | None = None           # hub id for `python -m llm download`, when model is a path
     # Reliability (llm/policy.py); None = the kind's default, 0 = off. Seconds unless said otherwise.
     retries: int | None = None            # tries after a transient failure before any text (cloud: 2)
@@ -223,6 +224,8 @@ def _convert_provider_field(name: str, value: Any, where: _Where, key: str) -> A
         where.fail(key, "must be system or prefix")
     if name == "dtype" and value not in ("auto", "bfloat16", "float16", "float32"):
         where.fail(key, "must be auto, bfloat16, float16 or float32")
+    if name == "engine" and value not in ("auto", "batched", "generate"):
+        where.fail(key, "must be auto, batched (continuous batching, for CUDA) or generate")
     if name == "quantization" and value not in (None, "8bit", "4bit"):
         where.fail(key, "must be 8bit, 4bit or null (bitsandbytes; pre-quantized AWQ/GPTQ models need none)")
     if name in ("prompt_template", "style_mode", "base_url", "download", "quantization") and value is None:

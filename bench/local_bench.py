@@ -1,5 +1,7 @@
-"""LocalProvider on a random-weight Qwen1.5-1.8B (real shapes, bf16, CUDA): TTFT, decode tokens/s,
-peak GPU memory; plus the incremental detokenizer vs. TextIteratorStreamer re-decoding a long Chinese line.
+"""LocalProvider on a random-weight Qwen1.5-1.8B (real shapes, bf16, CUDA), both engines: plain generate
+and continuous batching at 1, 4, 8 and 16 streams at once (TTFT, tokens/s per stream and in total, the
+ratios the issue's goals name, peak GPU memory, load + warm-up time); plus the incremental detokenizer
+vs. TextIteratorStreamer re-decoding a long Chinese line.
 
     python bench/local_bench.py            # GPU: the real Qwen1.5-1.8B architecture
     python bench/local_bench.py --tiny     # CPU smoke run, well under a minute
@@ -13,6 +15,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,8 +39,12 @@ PROMPT = "你好，请介绍一下你自己，并说说如何应对压力。" * 
 class NoEarlyStop(LocalProvider):
     """LocalProvider that never stops before max_new_tokens: random weights may pick EOS at any step."""
 
-    def generate_kwargs(self, params):
-        return super().generate_kwargs(params) | {"min_new_tokens": params.max_new_tokens}
+    def generate_kwargs(self, params, weights=None):
+        return super().generate_kwargs(params, weights) | {"min_new_tokens": params.max_new_tokens}
+
+    def batch_request(self, weights, params):
+        request = super().batch_request(weights, params)
+        return None if request is None else request | {"eos_token_id": -1}
 
 
 def build(directory: Path, shapes: dict, device: str, dtype: torch.dtype) -> None:
@@ -57,55 +64,68 @@ def build(directory: Path, shapes: dict, device: str, dtype: torch.dtype) -> Non
     del model
 
 
-def run_once(provider: LocalProvider, max_new_tokens: int) -> dict[str, float]:
-    """One greedy generation through LocalProvider.stream; times of each forward (= each token)."""
-    cuda = provider.model.device.type == "cuda"
-    marks: list[float] = []
-
-    def mark(*_):
-        if cuda:
-            torch.cuda.synchronize()
-        marks.append(time.perf_counter())
-
-    handle = provider.model.register_forward_hook(mark)
+def streams(provider: LocalProvider, n: int, max_new_tokens: int) -> dict[str, float]:
+    """`n` greedy streams at once through LocalProvider.stream: median time to first text, per-stream
+    decode rate, and the aggregate rate (every stream makes exactly max_new_tokens)."""
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0)
-    first_text = None
+    marks: list[tuple[float, float]] = [(0.0, 0.0)] * n
+
+    def run(i: int) -> None:
+        first = None
+        for item in provider.stream([Message("user", PROMPT)], params, CancelToken()):
+            if isinstance(item, str) and first is None:
+                first = time.perf_counter()
+        marks[i] = (first or time.perf_counter(), time.perf_counter())
+
     start = time.perf_counter()
-    try:
-        for _ in provider.stream([Message("user", PROMPT)], params, CancelToken()):
-            first_text = first_text or time.perf_counter()
-    finally:
-        handle.remove()
-    decode_s = marks[-1] - marks[0]
-    return {"ttft_ms": (marks[0] - start) * 1000, "first_text_ms": ((first_text or start) - start) * 1000,
-            "tokens": len(marks), "decode_tok_s": (len(marks) - 1) / decode_s if decode_s > 0 else 0.0}
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = max(end for _, end in marks) - start
+    return {"ttft_ms": statistics.median(first - start for first, _ in marks) * 1000,
+            "stream_tok_s": statistics.median((max_new_tokens - 1) / max(end - first, 1e-9)
+                                              for first, end in marks),
+            "total_tok_s": n * max_new_tokens / wall}
 
 
-def bench_provider(directory: Path, args) -> None:
-    provider = NoEarlyStop(ProviderConfig("bench", "local", str(directory), device=args.device,
-                                          dtype=args.dtype))
-    t = time.perf_counter()
-    provider.load(lambda fraction, message: print(f"  [{fraction:4.0%}] {message}"))
-    print(f"load: {time.perf_counter() - t:.1f} s on {provider.model.device} ({provider.model.dtype})")
-    prompt_tokens = len(provider.tokenizer(provider.render_prompt([Message("user", PROMPT)]))["input_ids"])
-    run_once(provider, 8)   # warm-up: CUDA context, kernels, allocator
-    if torch.cuda.is_available() and provider.model.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    runs = [run_once(provider, args.max_new_tokens) for _ in range(args.runs)]
-    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    print(f"prompt {prompt_tokens} tokens, generated {median['tokens']:.0f} tokens (greedy), "
-          f"median of {args.runs} runs")
-    print(f"time to first token: {median['ttft_ms']:.1f} ms (first text out of stream: "
-          f"{median['first_text_ms']:.1f} ms)")
-    print(f"decode: {median['decode_tok_s']:.1f} tokens/s")
-    if provider.model.device.type == "cuda":
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
-        torch.backends.cuda.enable_cudnn_sdp(True)     # what LocalProvider turns off, for comparison
-        cudnn = run_once(provider, args.max_new_tokens)
-        torch.backends.cuda.enable_cudnn_sdp(False)
-        print(f"decode with cuDNN attention (torch's default, off in LocalProvider): "
-              f"{cudnn['decode_tok_s']:.1f} tokens/s")
-    provider.close()
+def bench_engines(directory: Path, args) -> None:
+    """Plain generate vs the continuous-batching engine: batch-1 and 1/4/8/16 streams at once."""
+    rows, base = [], {}
+    for engine, counts in (("generate", (1, 4)), ("batched", args.streams)):
+        cuda = args.device == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        provider = NoEarlyStop(ProviderConfig(f"bench-{engine}", "local", str(directory), device=args.device,
+                                              dtype=args.dtype, engine=engine, max_concurrency=max(counts)))
+        t = time.perf_counter()
+        provider.load(lambda fraction, message: print(f"  [{fraction:4.0%}] {message}"))
+        load_s = time.perf_counter() - t
+        used = "batched" if provider._weights.engine is not None else "generate"
+        print(f"{engine}: load{' + warm-up' if used == 'batched' else ''} {load_s:.1f} s "
+              f"on {provider.model.device} ({provider.model.dtype}), running {used}")
+        streams(provider, 1, 8)     # warm-up: CUDA context, kernels, allocator
+        for n in counts:
+            runs = [streams(provider, n, args.max_new_tokens) for _ in range(args.runs if n == 1 else 1)]
+            r = {k: statistics.median(x[k] for x in runs) for k in runs[0]}
+            base.setdefault(engine, r["total_tok_s"])
+            rows.append((engine, n, r, r["total_tok_s"] / base[engine]))
+        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "n/a (CPU)"
+        print(f"  peak GPU memory: {peak}")
+        provider.close()
+    print(f"\n{args.max_new_tokens} tokens per stream, greedy; batch-1 is the median of {args.runs} runs")
+    print(f"{'engine':<9} {'streams':>7} {'TTFT ms':>9} {'tok/s per stream':>17} {'tok/s total':>12} "
+          f"{'vs 1 stream':>11}")
+    for engine, n, r, ratio in rows:
+        print(f"{engine:<9} {n:>7} {r['ttft_ms']:>9.1f} {r['stream_tok_s']:>17.1f} {r['total_tok_s']:>12.1f} "
+              f"{ratio:>10.2f}x")
+    one = {engine: r for engine, n, r, _ in rows if n == 1}
+    print(f"batch-1 decode, batched / plain generate: "
+          f"{one['batched']['stream_tok_s'] / one['generate']['stream_tok_s']:.2f}x (goal >= 2x on a GPU)")
+    eight = [ratio for engine, n, _, ratio in rows if engine == "batched" and n == 8]
+    if eight:
+        print(f"8 streams at once vs one stream, batched: {eight[0]:.2f}x total tokens/s (goal >= 5x)")
 
 
 def bench_detokenizer(directory: Path, n_tokens: int) -> None:
@@ -138,6 +158,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny Qwen2 on the CPU (smoke run)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 256 (32 with --tiny)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 16],
+                        help="concurrent stream counts for the batching engine")
     parser.add_argument("--detok-tokens", type=int, default=None, help="default 4000 (1500 with --tiny)")
     parser.add_argument("--dir", help="where to save the model (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -155,7 +177,7 @@ def main(argv=None) -> None:
         print(f"built {'tiny Qwen2' if args.tiny else 'Qwen1.5-1.8B-shaped'} model in "
               f"{time.perf_counter() - t:.1f} s (torch {torch.__version__}, "
               f"{torch.cuda.get_device_name() if cuda else 'CPU'})")
-        bench_provider(directory, args)
+        bench_engines(directory, args)
         bench_detokenizer(directory, args.detok_tokens)
 
 

@@ -47,7 +47,7 @@ def load(pool: ModelPool, user: User, model: str, size: float, device: str = "cu
     def loader():
         if calls is not None:
             calls.append(model)
-        return f"tok-{model}", f"model-{model}", {}
+        return {"tokenizer": f"tok-{model}", "model": f"model-{model}", "special": {}}
     return pool.load(user, (model, "bfloat16", device, ""), int(size * GB), loader, user.name)
 
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import importlib.metadata
 import importlib.util
 import json
 import logging
-import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 from ..download import hub_location, model_is_path
 from ..errors import CancelledError, ConfigError, InvalidRequestError, NotReadyError
@@ -23,12 +23,14 @@ from ..types import (
     Message,
     ProviderStatus,
     StreamEvent,
-    history_pairs,
 )
 from . import HONOURS
 from .base import Provider
 from .local_pool import ModelPool, Weights, estimate_bytes
+from .local_text import IncrementalDetokenizer, render_template, reply
 from .wire import StopAt
+
+__all__ = ["IncrementalDetokenizer", "LocalProvider", "render_template"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -36,63 +38,7 @@ Progress = Callable[[float, str], None]
 QUANT_PACKAGES = {"awq": {"awq": "autoawq"}, "gptq": {"gptqmodel": "gptqmodel", "optimum": "optimum"},
                   "bitsandbytes": {"bitsandbytes": "bitsandbytes"}}
 MAX_CONTEXT = 32768          # cap on a model's own max_position_embeddings (memory, not the model, limits us)
-_PLACEHOLDER = re.compile(r"\{(system|history|prompt)\}")
-
-
-class IncrementalDetokenizer:
-    """Token ids in, text deltas out, decoding only a short window of recent tokens (linear in length).
-
-    The prefix/read offsets are vLLM's and TGI's technique: decode [prefix:read] and [prefix:], and emit
-    the difference once it does not end in an incomplete character ("\\ufffd"). The prefix tokens give
-    the decoder context, so SentencePiece's leading spaces come out right.
-    """
-
-    MAX_PENDING = 8     # a run of undecodable bytes longer than any UTF-8 char is emitted anyway
-
-    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True):
-        self.tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens
-        self.ids: list[int] = []
-        self.prefix_offset = self.read_offset = 0
-        self.decode_calls = self.decoded_tokens = 0     # cost counters for tests and the bench
-
-    def add(self, ids: Sequence[int]) -> str:
-        """Take new token ids; return the text they complete (maybe empty)."""
-        self.ids.extend(ids)
-        return self._step(force=len(self.ids) - self.read_offset >= self.MAX_PENDING)
-
-    def flush(self) -> str:
-        """The text still held back at the end of the stream."""
-        return self._step(force=True) if self.read_offset < len(self.ids) else ""
-
-    def _step(self, force: bool) -> str:
-        prefix_text = self._decode(self.prefix_offset, self.read_offset)
-        text = self._decode(self.prefix_offset, len(self.ids))
-        if not force and (len(text) <= len(prefix_text) or text.endswith("\ufffd")):
-            return ""
-        if force:   # no clean boundary: restart the window with no context
-            self.prefix_offset = self.read_offset = len(self.ids)
-            return text[len(prefix_text):] if text.startswith(prefix_text) else text
-        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        return text[len(prefix_text):]
-
-    def _decode(self, start: int, end: int) -> str:
-        if start >= end:
-            return ""
-        self.decode_calls += 1
-        self.decoded_tokens += end - start
-        return self.tokenizer.decode(self.ids[start:end], skip_special_tokens=self.skip_special_tokens,
-                                     clean_up_tokenization_spaces=False)
-
-
-def render_template(template: str, messages: list[Message]) -> str:
-    """A base-model prompt: {system}, {history} as upstream Linly "User: ... Bot: ..." turns, {prompt}."""
-    system = "\n".join(m.content for m in messages if m.role == "system")
-    turns = [m for m in messages if m.role != "system"]
-    prompt = turns.pop().content if turns and turns[-1].role == "user" else ""
-    history = "".join(f" User: {user} Bot: {bot}" for user, bot in history_pairs(turns))
-    values = {"system": system, "history": history, "prompt": prompt}
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template).lstrip()
+BATCH_STREAMS = 16           # streams one model serves at once with the batching engine (max_concurrency)
 
 
 class LocalProvider(Provider):
@@ -100,7 +46,9 @@ class LocalProvider(Provider):
 
     kind = "local"
     style_mode = "prefix"       # small local models follow an instruction in the prompt best
-    default_concurrency = 1     # one generation at a time per model: they share the GPU anyway
+    # No router slot: the engine decides. Plain generate runs one at a time per model (Weights.solo);
+    # the batching engine serves up to max_concurrency (default BATCH_STREAMS) streams at once.
+    default_concurrency = None
     honours = HONOURS["local"]
 
     def __init__(self, config, env=None):
@@ -157,9 +105,11 @@ class LocalProvider(Provider):
             dtype_name = str(dtype).removeprefix("torch.")
             key = (str(path.resolve()), dtype_name, device, quantization or "")
 
-            def loader() -> tuple[Any, Any, dict]:
+            def loader() -> dict[str, Any]:
                 tokenizer, model = engine.load(self.config, path, device, dtype, report, self._fix())
-                return tokenizer, model, engine.special_ids(tokenizer, model)
+                special = engine.special_ids(tokenizer, model)
+                return {"tokenizer": tokenizer, "model": model, "special": special,
+                        **self._batching(engine, model, special, device, report)}
 
             self._weights = POOL.load(self, key, estimate_bytes(path, dtype_name, quantization), loader,
                                       self.name)
@@ -167,6 +117,25 @@ class LocalProvider(Provider):
             log.info("%s: loaded %s on %s (%s) in %.1fs", self.name, self.config.model, device, dtype,
                      time.perf_counter() - start)
             report(1.0, f"{self.config.display_name} is ready")
+
+    def _batching(self, engine: Any, model: Any, special: dict, device: str, report: Progress) -> dict:
+        """The continuous-batching engine for a freshly loaded model when `engine` (auto: on CUDA) asks for
+        one, started and warmed up here, behind the load progress; {} for plain generate. A model the
+        engine cannot run falls back to generate, with a log line saying why."""
+        choice = self.config.engine
+        if choice == "generate" or (choice == "auto" and not device.startswith("cuda")):
+            return {}
+        report(0.9, f"{self.config.display_name}: warming up the batching engine")
+        before = engine.allocated(device)
+        try:
+            from .local_batch import Batcher
+            batcher = Batcher(model, special, self.config.max_concurrency or BATCH_STREAMS, self.name)
+        except Exception as e:  # noqa: BLE001 - any failure here leaves plain generate, which works
+            log.warning("%s: continuous batching is unavailable for %s (%s: %s); using generate, one "
+                        "stream at a time", self.name, self.config.model, type(e).__name__, e)
+            return {}
+        log.info("%s: continuous batching on, %d streams at once", self.name, batcher.streams)
+        return {"engine": batcher, "extra_bytes": engine.allocated(device) - before}
 
     def _held(self) -> Weights:
         """The loaded weights, held for one generation (POOL.done lets go); loaded first, and again if
@@ -295,10 +264,11 @@ class LocalProvider(Provider):
 
     # ---- generation ------------------------------------------------------------------------
 
-    def generate_kwargs(self, params: GenerationParams) -> dict[str, Any]:
+    def generate_kwargs(self, params: GenerationParams, weights: Weights | None = None) -> dict[str, Any]:
         """Arguments for `model.generate` from the call's params (a subclass may add more)."""
+        special = weights.special if weights is not None else self._special
         kw: dict[str, Any] = {"max_new_tokens": params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-                              "do_sample": not params.greedy, **self._special}
+                              "do_sample": not params.greedy, **special}
         if not params.greedy:
             kw.update({k: getattr(params, k) for k in ("temperature", "top_p", "top_k")
                        if getattr(params, k) is not None})
@@ -306,57 +276,54 @@ class LocalProvider(Provider):
             kw["repetition_penalty"] = params.repetition_penalty
         return kw
 
+    def batch_request(self, weights: Weights, params: GenerationParams) -> dict[str, Any] | None:
+        """The batching engine's request arguments for this call (a subclass may add more); None when it
+        should run on plain generate:
+        no engine, or params the engine cannot honour per request (seed, repetition_penalty)."""
+        if weights.engine is None or params.seed is not None or params.repetition_penalty is not None:
+            return None
+        return weights.engine.sampling(params.greedy, params.temperature, params.top_p, params.top_k)
+
     def stream(self, messages: list[Message], params: GenerationParams,
                cancel: CancelToken) -> Iterator[str | StreamEvent]:
-        """Generate in a worker thread; yield text as tokens arrive; stop it when closed or cancelled,
-        or at a `stop` string (which is not part of the reply, as with OpenAI). Ends with the finish
-        reason: "length" when max_new_tokens ran out."""
+        """Text as tokens arrive, from the batching engine or plain generate; stopped when closed or
+        cancelled, or at a `stop` string. Ends with the finish reason ("length": max_new_tokens ran out)."""
         weights = self._held()
         try:
-            yield from self._generate(weights, messages, params, cancel)
+            tokenizer = weights.tokenizer
+            prompt = self.render_prompt(messages)
+            ids = tokenizer(prompt, add_special_tokens=not tokenizer.chat_template)["input_ids"]
+            max_new = params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+            eos = weights.special["eos_token_id"]
+            request = self.batch_request(weights, params)
+            if request is not None:
+                chunks = weights.engine.stream(ids, max_new, request, cancel)
+            else:
+                chunks = self._generate(weights, ids, params, cancel)
+            with contextlib.closing(chunks):    # a reply cut short stops its generation now
+                yield from reply(chunks, tokenizer, StopAt(params.stop),
+                                 set(eos) if isinstance(eos, list) else {eos}, max_new, cancel)
         finally:
             POOL.done(weights)     # until here, the pool never unloads these weights
 
-    def _generate(self, weights: Weights, messages: list[Message], params: GenerationParams,
-                  cancel: CancelToken) -> Iterator[str | StreamEvent]:
+    def _generate(self, weights: Weights, ids: list[int], params: GenerationParams,
+                  cancel: CancelToken) -> Iterator[list[int]]:
+        """Plain `model.generate`, one call at a time per model; waiting gives up when cancelled. A seed
+        pauses the batching engine meanwhile: the RNG is shared, and the seed must make the reply repeat."""
         engine = _engine(self.name)
-        model, tokenizer = weights.model, weights.tokenizer
-        inputs = tokenizer(self.render_prompt(messages), return_tensors="pt",
-                           add_special_tokens=not tokenizer.chat_template).to(self._device)
-        tokens, closed = engine.TokenQueue(), threading.Event()
-        kwargs = self.generate_kwargs(params) | {"streamer": tokens,
-                                                  "stopping_criteria": engine.stopping(cancel, closed)}
-        if params.seed is not None:
-            engine.seed(params.seed)
-        worker = threading.Thread(target=engine.generate, args=(model, dict(inputs), kwargs, tokens.queue),
-                                  name=f"generate-{self.name}", daemon=True)
-        worker.start()
-        detokenizer, stop = IncrementalDetokenizer(tokenizer), StopAt(params.stop)
-        eos = weights.special["eos_token_id"]
-        eos = set(eos) if isinstance(eos, list) else {eos}
-        try:
-            while (item := tokens.queue.get()) is not engine.END:
-                if isinstance(item, BaseException):
-                    raise engine.generation_error(self.name, item) from item
-                if cancel.cancelled:
-                    break
-                text = stop.feed(detokenizer.add(item))
-                if text:
-                    yield text
-                if stop.hit:
-                    yield StreamEvent(finish_reason="stop")
-                    return
+        while not weights.solo.acquire(timeout=0.05):
             if cancel.cancelled:
-                raise CancelledError("generation cancelled")
-            rest = stop.feed(detokenizer.flush()) + stop.flush()
-            if rest:
-                yield rest
-            ids = detokenizer.ids
-            ran_out = len(ids) >= kwargs["max_new_tokens"] and not (ids and ids[-1] in eos)
-            yield StreamEvent(finish_reason="length" if ran_out else "stop")
-        finally:    # also runs when the caller closes us early: stop generating, free the GPU slot
-            closed.set()
-            worker.join()
+                raise CancelledError("generation cancelled while waiting for the model")
+        try:
+            seeded = params.seed is not None and weights.engine is not None
+            with weights.engine.paused() if seeded else contextlib.nullcontext():
+                if params.seed is not None:
+                    engine.seed(params.seed)
+                kwargs = self.generate_kwargs(params, weights)
+                yield from engine.tokens(weights.model, engine.inputs(ids, weights.model.device), kwargs,
+                                         cancel, self.name)
+        finally:
+            weights.solo.release()
 
 
 @functools.cache
@@ -387,7 +354,9 @@ def _engine(name: str) -> Any:
 def _free(weights: Weights) -> None:
     """The pool's unload: drop the last references, collect the module graph's cycles, and hand the
     CUDA cache back, so the memory is free for the next model now, not at some later GC."""
-    weights.model = weights.tokenizer = None
+    if weights.engine is not None:
+        weights.engine.close()
+    weights.model = weights.tokenizer = weights.engine = None
     gc.collect()
     if weights.key[2].startswith("cuda"):
         _engine("local").free(weights.key[2])

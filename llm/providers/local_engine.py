@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
@@ -108,6 +108,24 @@ def special_ids(tokenizer: Any, model: Any) -> dict[str, Any]:
     return {"eos_token_id": eos, "pad_token_id": pad}
 
 
+def tokens(model: Any, inputs: dict, kwargs: dict, cancel: CancelToken, name: str) -> Iterator[list[int]]:
+    """`model.generate` in a worker thread, its new token ids as they come. Closing this (or cancelling)
+    stops generate at the next token and waits for the thread, so the GPU is free when it returns."""
+    queued, closed = TokenQueue(), threading.Event()
+    kwargs = kwargs | {"streamer": queued, "stopping_criteria": stopping(cancel, closed)}
+    worker = threading.Thread(target=generate, args=(model, inputs, kwargs, queued.queue),
+                              name=f"generate-{name}", daemon=True)
+    worker.start()
+    try:
+        while (item := queued.queue.get()) is not END:
+            if isinstance(item, BaseException):
+                raise generation_error(name, item) from item
+            yield item
+    finally:
+        closed.set()
+        worker.join()
+
+
 def generate(model: Any, inputs: dict, kwargs: dict, out: queue.SimpleQueue) -> None:
     """The worker thread: run generate; queue any error, then the end marker."""
     try:
@@ -120,10 +138,23 @@ def generate(model: Any, inputs: dict, kwargs: dict, out: queue.SimpleQueue) -> 
 
 
 def generation_error(name: str, e: BaseException) -> UpstreamError:
-    if isinstance(e, torch.cuda.OutOfMemoryError):
+    """The typed error for a failed generation; running out of GPU memory is a 503 with the fix (the
+    batching engine reports errors as text, hence the second test)."""
+    if isinstance(e, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(e):
         return UpstreamError(f"{name} ran out of GPU memory while generating", status=503,
                              fix="lower max_new_tokens, shorten the history or use a smaller model")
     return UpstreamError(f"{name} failed while generating: {type(e).__name__}: {e}")
+
+
+def inputs(ids: list[int], device: Any) -> dict[str, torch.Tensor]:
+    """One prompt as generate's batch of one, on the model's device."""
+    batch = torch.tensor([ids], dtype=torch.long, device=device)
+    return {"input_ids": batch, "attention_mask": torch.ones_like(batch)}
+
+
+def allocated(device: str) -> int:
+    """Bytes torch holds on a CUDA device now (0 elsewhere): what an engine's cache took."""
+    return torch.cuda.memory_allocated(torch.device(device)) if device.startswith("cuda") else 0
 
 
 def seed(value: int) -> None:

@@ -80,7 +80,9 @@ class Weights:
     model: Any
     special: dict[str, Any]
     size: int | None
+    engine: Any = None                          # the batching engine (local_batch.Batcher), if it runs one
     users: set = field(default_factory=set)     # the providers holding it
+    solo: threading.Lock = field(default_factory=threading.Lock)   # plain generate: one at a time
     busy: int = 0                               # generations running on it now
     last_used: float = field(default_factory=time.monotonic)
 
@@ -96,9 +98,10 @@ class ModelPool:
         self._loading: dict[Key, threading.Lock] = {}
         self.loaded: dict[Key, Weights] = {}
 
-    def load(self, user: Any, key: Key, size: int | None, loader: Callable[[], tuple[Any, Any, dict]],
+    def load(self, user: Any, key: Key, size: int | None, loader: Callable[[], dict[str, Any]],
              name: str) -> Weights:
-        """The weights for `key`, shared if loaded already, else loaded by `loader` after making room."""
+        """The weights for `key`, shared if loaded already, else loaded by `loader` after making room.
+        `loader` returns tokenizer, model and special (ids), maybe an engine and the extra bytes it took."""
         with self._lock:
             gate = self._loading.setdefault(key, threading.Lock())
         with gate:      # two first users of one model: the second waits, then shares
@@ -108,8 +111,9 @@ class ModelPool:
                     weights.users.add(user)
                     return weights
             self.make_room(key, size, name)
-            tokenizer, model, special = loader()
-            weights = Weights(key, tokenizer, model, special, size, {user})
+            loaded = loader()
+            extra = loaded.pop("extra_bytes", 0)
+            weights = Weights(key, size=size + extra if size is not None else None, users={user}, **loaded)
             with self._lock:
                 self.loaded[key] = weights
             return weights

@@ -1,0 +1,144 @@
+"""Many streams on one local model at once: transformers' continuous batching (paged KV cache, CUDA
+graphs), for CUDA. Each request keeps its own sampling params and is cancelled at the next step.
+
+One `Batcher` per loaded model runs one `ContinuousBatchingManager`. Results come back through the
+manager's public `register_result_handler`, which needs an event loop: a small one runs in a thread
+here and puts each result in its request's queue, so a request never sees another's tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import queue
+import threading
+import uuid
+from typing import Any, Iterator
+
+import torch
+from transformers import GenerationConfig
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+from ..errors import UpstreamError
+from ..types import CancelToken
+from .local_engine import generation_error
+
+log = logging.getLogger(__name__)
+POLL_S = 0.1            # how often a waiting request looks at its cancel token and the engine's health
+CPU_CACHE_TOKENS = 512  # per stream on a CPU (tests): the cache is sized, not taken from free RAM
+GPU_CACHE_SHARE = 0.5   # of the memory free after loading: the rest stays for other models (the pool)
+
+
+class Batcher:
+    """A continuous-batching engine for one model, started (and warmed up) at load time."""
+
+    def __init__(self, model: Any, special: dict[str, Any], streams: int, name: str):
+        self.model, self.name, self.streams = model, name, streams
+        self.vocab = model.config.get_text_config().vocab_size
+        self.eos, self.pad = special["eos_token_id"], special["pad_token_id"]
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name=f"batch-results-{name}", daemon=True).start()
+        try:
+            self._manager = self._start()
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            raise
+
+    def _start(self) -> Any:
+        """A started manager whose cache and CUDA graphs exist (warm-up), so errors show at load."""
+        # Sampling is on with non-neutral defaults so the per-request temperature/top-k/top-p processors
+        # exist; each request then sets all three (greedy is top_k=1).
+        config = GenerationConfig(do_sample=True, temperature=0.7, top_k=50, top_p=0.9, eos_token_id=self.eos,
+                                  pad_token_id=self.pad, max_new_tokens=256)
+        cuda = self.model.device.type == "cuda"
+        sizes: dict[str, Any] = {"max_memory_percent": GPU_CACHE_SHARE} if cuda else {
+            "page_size": 16, "num_blocks": math.ceil(self.streams * CPU_CACHE_TOKENS / 16),
+            "max_batch_tokens": 256, "use_cuda_graph": False}
+        batching = ContinuousBatchingConfig(per_request_processors=True, max_requests_per_batch=self.streams,
+                                            **sizes)
+        manager = self.model.init_continuous_batching(generation_config=config,
+                                                      continuous_batching_config=batching)
+        with torch.no_grad():   # not inference_mode: its tensors would refuse the engine's in-place resets
+            manager.warmup()
+        manager.start()
+        return manager
+
+    def _running(self) -> Any:
+        """The manager; a new one if the last died (a fatal error fails its requests, not the model)."""
+        with self._lock:
+            if not self._manager.is_running():
+                log.warning("%s: the batching engine had stopped (%s); starting it again", self.name,
+                            self._manager.background_thread_status.fatal_error)
+                self._manager.stop(block=True, timeout=10)
+                self._manager = self._start()
+            return self._manager
+
+    def sampling(self, greedy: bool, temperature: float | None, top_p: float | None,
+                 top_k: int | None) -> dict[str, Any]:
+        """One request's sampling params, all three always set (an unset one would take the engine's
+        defaults, not the model's)."""
+        if greedy:
+            return {"temperature": 1.0, "top_k": 1, "top_p": 1.0}
+        defaults = self.model.generation_config
+        temperature = temperature if temperature is not None else defaults.temperature or 1.0
+        top_p = top_p if top_p is not None else defaults.top_p or 1.0
+        top_k = top_k if top_k is not None else defaults.top_k or 0
+        return {"temperature": float(temperature), "top_p": float(top_p),
+                "top_k": int(top_k) if 0 < top_k < self.vocab else self.vocab}
+
+    def stream(self, ids: list[int], max_new_tokens: int, request: dict[str, Any],
+               cancel: CancelToken) -> Iterator[list[int]]:
+        """The new token ids of one request as the engine makes them. `request`: its sampling params (from
+        `sampling`), maybe its own eos_token_id. Closing this (or cancelling) drops the request from the
+        batch at the next step."""
+        manager = self._running()
+        rid = f"{self.name}-{uuid.uuid4().hex}"
+        results: queue.SimpleQueue = queue.SimpleQueue()
+
+        async def register() -> None:   # before add_request, so no result can miss its queue
+            manager.register_result_handler(rid, results.put)
+
+        asyncio.run_coroutine_threadsafe(register(), self._loop).result(timeout=10)
+        seen, finished = 0, False
+        try:
+            manager.add_request(ids, request_id=rid, max_new_tokens=max_new_tokens, streaming=True,
+                                **{"eos_token_id": self.eos} | request)
+            while True:
+                try:
+                    out = results.get(timeout=POLL_S)
+                except queue.Empty:
+                    if cancel.cancelled:
+                        return
+                    if not manager.is_running():
+                        raise UpstreamError(f"{self.name}: the batching engine stopped: "
+                                            f"{manager.background_thread_status.fatal_error}") from None
+                    continue
+                finished = out.is_finished()
+                if out.error:
+                    raise generation_error(self.name, RuntimeError(out.error))
+                new, seen = out.generated_tokens[seen:], len(out.generated_tokens)
+                if new:
+                    yield new
+                if finished:
+                    return
+        finally:
+            if not finished:
+                manager.cancel_request(rid)
+                # A cancelled request gets no last result, so its handler would stay registered
+                self._loop.call_soon_threadsafe(manager.output_router.result_handlers.pop, rid, None)
+
+    def paused(self) -> Any:
+        """Hold the engine between steps while the caller uses the model (its streams wait, keeping their
+        cache): a seeded generate needs the sampling RNG to itself, which the engine's thread shares."""
+        manager = self._running()
+        return manager.pause() if manager.is_running() else contextlib.nullcontext()
+
+    def close(self) -> None:
+        """Stop the engine (its requests end) and free its cache."""
+        try:
+            self._manager.stop(block=True, timeout=10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
