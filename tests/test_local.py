@@ -192,11 +192,12 @@ def test_two_first_callers_load_once(chat_dir, tmp_path):
     assert len(replies) == 3 and len(set(replies)) == 1
 
 
-def test_load_reports_progress_in_order(chat_dir, tmp_path):
+def test_load_reports_progress_in_order_and_warms_up_before_ready(chat_dir, tmp_path):
     provider = local(own_copy(chat_dir, tmp_path))
-    progress: list[float] = []
-    provider.load(lambda fraction, message: progress.append(fraction))
-    assert progress == sorted(progress) and len(progress) >= 3 and progress[-1] == 1.0
+    progress: list[tuple[float, str]] = []
+    provider.load(lambda fraction, message: progress.append((fraction, message)))
+    assert progress == sorted(progress) and len(progress) >= 3 and progress[-1][0] == 1.0
+    assert "warming up" in progress[-2][1]
     provider.close()
     assert not provider.loaded
 

@@ -120,10 +120,12 @@ class LocalProvider(Provider):
 
     def _batching(self, engine: Any, model: Any, special: dict, device: str, report: Progress) -> dict:
         """The continuous-batching engine for a freshly loaded model when `engine` (auto: on CUDA) asks for
-        one, started and warmed up here, behind the load progress; {} for plain generate. A model the
-        engine cannot run falls back to generate, with a log line saying why."""
+        one, started and warmed up here, behind the load progress; {} for plain generate, warmed up by
+        one short generation. A model the engine cannot run falls back to generate, with a log line."""
         choice = self.config.engine
         if choice == "generate" or (choice == "auto" and not device.startswith("cuda")):
+            report(0.9, f"{self.config.display_name}: warming up")
+            engine.warm_up(model, special)
             return {}
         report(0.9, f"{self.config.display_name}: warming up the batching engine")
         before = engine.allocated(device)
@@ -133,6 +135,7 @@ class LocalProvider(Provider):
         except Exception as e:  # noqa: BLE001 - any failure here leaves plain generate, which works
             log.warning("%s: continuous batching is unavailable for %s (%s: %s); using generate, one "
                         "stream at a time", self.name, self.config.model, type(e).__name__, e)
+            engine.warm_up(model, special)
             return {}
         log.info("%s: continuous batching on, %d streams at once", self.name, batcher.streams)
         return {"engine": batcher, "extra_bytes": engine.allocated(device) - before}

@@ -137,6 +137,14 @@ def generate(model: Any, inputs: dict, kwargs: dict, out: queue.SimpleQueue) -> 
         out.put(END)
 
 
+def warm_up(model: Any, special: dict[str, Any]) -> None:
+    """One short greedy generation at load time, so the first user does not pay for CUDA's context,
+    kernel selection and allocator growth (nothing to compile: plain generate runs eagerly)."""
+    token = special["pad_token_id"]
+    with torch.inference_mode():
+        model.generate(**inputs([token, token], model.device), max_new_tokens=2, do_sample=False, **special)
+
+
 def generation_error(name: str, e: BaseException) -> UpstreamError:
     """The typed error for a failed generation; running out of GPU memory is a 503 with the fix (the
     batching engine reports errors as text, hence the second test)."""
