@@ -234,3 +234,16 @@ def test_running_out_of_gpu_memory_in_the_engine_is_a_503_with_a_fix():
     error = local_engine.generation_error("qwen", RuntimeError("CUDA out of memory. Tried to allocate 2.0 GiB"))
     assert isinstance(error, UpstreamError) and error.status == 503 and "max_new_tokens" in error.fix
     assert local_engine.generation_error("qwen", RuntimeError("boom")).status != 503
+
+
+def test_a_reply_too_long_for_the_cache_is_a_503_with_the_fix_and_the_engine_recovers(tmp_path):
+    p = local(build_llama(tmp_path / "m", seed=3, max_positions=4096), "small-cache", engine="batched",
+              max_concurrency=1)   # on the CPU: a cache of 512 tokens per stream
+    p.load()
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            text_of(p.stream([Message("user", "你好 " * 300)], GenerationParams(max_new_tokens=1500), CancelToken()))
+        assert caught.value.status == 503 and "max_new_tokens" in caught.value.fix
+        assert text_of(p.stream(HI, GREEDY, CancelToken()))
+    finally:
+        p.close()

@@ -104,8 +104,10 @@ class Batcher:
         asyncio.run_coroutine_threadsafe(register(), self._loop).result(timeout=10)
         seen, finished = 0, False
         try:
-            manager.add_request(ids, request_id=rid, max_new_tokens=max_new_tokens, streaming=True,
-                                **{"eos_token_id": self.eos} | request)
+            if manager.add_request(ids, request_id=rid, max_new_tokens=max_new_tokens, streaming=True,
+                                   **{"eos_token_id": self.eos} | request) is None:
+                raise UpstreamError(f"{self.name}: the batching engine is not taking requests now",
+                                    status=503, fix="try again in a moment")
             while True:
                 try:
                     out = results.get(timeout=POLL_S)
@@ -113,12 +115,11 @@ class Batcher:
                     if cancel.cancelled:
                         return
                     if not manager.is_running():
-                        raise UpstreamError(f"{self.name}: the batching engine stopped: "
-                                            f"{manager.background_thread_status.fatal_error}") from None
+                        raise self._error(str(manager.background_thread_status.fatal_error)) from None
                     continue
                 finished = out.is_finished()
                 if out.error:
-                    raise generation_error(self.name, RuntimeError(out.error))
+                    raise self._error(out.error)
                 new, seen = out.generated_tokens[seen:], len(out.generated_tokens)
                 if new:
                     yield new
@@ -129,6 +130,15 @@ class Batcher:
                 manager.cancel_request(rid)
                 # A cancelled request gets no last result, so its handler would stay registered
                 self._loop.call_soon_threadsafe(manager.output_router.result_handlers.pop, rid, None)
+
+    def _error(self, text: str) -> UpstreamError:
+        """The engine's error text as a typed error; one that does not fit the cache says how to fit."""
+        if "can be scheduled" in text:
+            return UpstreamError(f"{self.name}: this reply does not fit the batching engine's KV cache "
+                                 f"({text})", status=503,
+                                 fix="lower max_new_tokens or shorten the history; or set a lower "
+                                     f"max_concurrency or engine: generate for provider {self.name}")
+        return generation_error(self.name, RuntimeError(text))
 
     def paused(self) -> Any:
         """Hold the engine between steps while the caller uses the model (its streams wait, keeping their
