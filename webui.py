@@ -83,21 +83,71 @@ def main(argv: list[str] | None = None) -> int:
     if args.api_only:
         api.serve(app, host, api_port)
         return 0
+    starting = Starting(host, ui_port)    # the page's port answers while Gradio imports (seconds)
     server = api.start_in_thread(app, host, api_port)
     try:
-        launch_ui(router, host, ui_port, api_port, api_key)
+        launch_ui(router, host, ui_port, api_port, api_key, starting)
     finally:
+        starting.close()
         server.stop()
         router.close()
     return 0
+
+
+class Starting:
+    """Holds the page's port while Gradio loads (`import gradio` alone takes seconds): every GET gets a
+    503 with Retry-After and a page that says so and reloads itself, so a browser opened early lands
+    on the real page instead of "connection refused". Closed just before Gradio binds the port."""
+
+    PAGE = ("<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=1>"
+            "<title>Starting…</title><p style='font:20px sans-serif;margin:3em;text-align:center'>"
+            "The digital human is starting… this page reloads by itself.</p>").encode()
+
+    def __init__(self, host: str, port: int):
+        import http.server
+        import threading
+
+        page = self.PAGE
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(503)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            do_HEAD = do_GET
+
+            def log_message(self, *args) -> None:
+                """Quiet: the console is for the real server's lines."""
+
+        class Server(http.server.ThreadingHTTPServer):
+            address_family = socket_family(host)
+            daemon_threads = True
+
+        self.server = Server((host.strip("[]"), port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="page-starting", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def socket_family(host: str):
+    import socket
+
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def port_in_use(host: str, port: int) -> str | None:
     """Why `port` cannot be bound on `host` (e.g. "Address already in use"), or None when it is free."""
     import socket
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    with socket.socket(socket_family(host), socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host.strip("[]"), port))
@@ -118,9 +168,12 @@ def page_login(api_key: str | None, env=os.environ):
     return lambda _user, password: hmac.compare_digest(str(password).encode(), secret.encode())
 
 
-def launch_ui(router: Router, host: str, port: int, api_port: int, api_key: str | None) -> None:
-    """Build and serve the Gradio page (blocking)."""
+def launch_ui(router: Router, host: str, port: int, api_port: int, api_key: str | None,
+              starting: Starting | None = None) -> None:
+    """Build and serve the Gradio page (blocking); `starting` hands the port over once built."""
     demo = build_demo(router, api_port, api_key, api_host=host)
+    if starting is not None:
+        starting.close()
     demo.launch(server_name=host, server_port=port, auth=page_login(api_key),
                 auth_message="Log in with any user name and the API key ($LLM_API_KEY or $LLM_UI_PASSWORD).",
                 **launch_options())

@@ -90,3 +90,41 @@ def test_a_busy_port_exits_at_once_with_one_line_naming_the_flag(flag, tmp_path)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0] and str(ports[flag]) in lines[0]
     assert time.monotonic() - start < 30 and "Traceback" not in done.stderr
+
+
+def test_the_starting_page_holds_the_port_with_a_503_that_reloads_then_lets_go():
+    port = free_port()
+    starting = webui.Starting("127.0.0.1", port)
+    try:
+        reply = requests.get(f"http://127.0.0.1:{port}/any/path", timeout=5)
+        assert reply.status_code == 503 and reply.headers["Retry-After"] == "1"
+        assert "http-equiv=refresh" in reply.text and "starting" in reply.text
+        assert requests.head(f"http://127.0.0.1:{port}/", timeout=5).status_code == 503
+        assert webui.port_in_use("127.0.0.1", port)
+    finally:
+        starting.close()
+    assert webui.port_in_use("127.0.0.1", port) is None     # free for Gradio at once
+
+
+def test_a_browser_opened_early_sees_the_starting_page_then_the_real_one(tmp_path):
+    config = tmp_path / "configs.yaml"
+    config.write_text("default: direct\n")
+    ui, api = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "webui.py", "--port", str(ui), "--api-port", str(api)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={"PATH": "/usr/bin:/bin", "LLM_CONFIG": str(config),
+                                 "GRADIO_ANALYTICS_ENABLED": "False"})
+    seen: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while (not seen or seen[-1] != 200) and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                seen.append(requests.get(f"http://127.0.0.1:{ui}/", timeout=5).status_code)
+            except requests.ConnectionError:
+                pass    # not bound yet, or the moment Gradio takes the port over
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert seen and seen[0] == 503 and seen[-1] == 200, seen[:3] + seen[-3:]
+    assert set(seen) == {503, 200}
