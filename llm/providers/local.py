@@ -123,22 +123,21 @@ class LocalProvider(Provider):
         one, started and warmed up here, behind the load progress; {} for plain generate, warmed up by
         one short generation. A model the engine cannot run falls back to generate, with a log line."""
         choice = self.config.engine
-        if choice == "generate" or (choice == "auto" and not device.startswith("cuda")):
-            report(0.9, f"{self.config.display_name}: warming up")
-            engine.warm_up(model, special)
-            return {}
-        report(0.9, f"{self.config.display_name}: warming up the batching engine")
-        before = engine.allocated(device)
-        try:
-            from .local_batch import Batcher
-            batcher = Batcher(model, special, self.config.max_concurrency or BATCH_STREAMS, self.name)
-        except Exception as e:  # noqa: BLE001 - any failure here leaves plain generate, which works
-            log.warning("%s: continuous batching is unavailable for %s (%s: %s); using generate, one "
-                        "stream at a time", self.name, self.config.model, type(e).__name__, e)
-            engine.warm_up(model, special)
-            return {}
-        log.info("%s: continuous batching on, %d streams at once", self.name, batcher.streams)
-        return {"engine": batcher, "extra_bytes": engine.allocated(device) - before}
+        if choice == "batched" or (choice == "auto" and device.startswith("cuda")):
+            report(0.85, f"{self.config.display_name}: warming up the batching engine")
+            before = engine.allocated(device)
+            try:
+                from .local_batch import Batcher
+                batcher = Batcher(model, special, self.config.max_concurrency or BATCH_STREAMS, self.name)
+            except Exception as e:  # noqa: BLE001 - any failure here leaves plain generate, which works
+                log.warning("%s: continuous batching is unavailable for %s (%s: %s); using generate, one "
+                            "stream at a time", self.name, self.config.model, type(e).__name__, e)
+            else:
+                log.info("%s: continuous batching on, %d streams at once", self.name, batcher.streams)
+                return {"engine": batcher, "extra_bytes": engine.allocated(device) - before}
+        report(0.9, f"{self.config.display_name}: warming up")
+        engine.warm_up(model, special)
+        return {}
 
     def _held(self) -> Weights:
         """The loaded weights, held for one generation (POOL.done lets go); loaded first, and again if
