@@ -9,7 +9,6 @@ here and puts each result in its request's queue, so a request never sees anothe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import queue
@@ -143,8 +142,7 @@ class Batcher:
     def paused(self) -> Any:
         """Hold the engine between steps while the caller uses the model (its streams wait, keeping their
         cache): a seeded generate needs the sampling RNG to itself, which the engine's thread shares."""
-        manager = self._running()
-        return manager.pause() if manager.is_running() else contextlib.nullcontext()
+        return self._running().pause()
 
     def close(self) -> None:
         """Stop the engine (its requests end) and free its cache."""

@@ -166,7 +166,8 @@ def allocated(device: str) -> int:
 
 
 def seed(value: int) -> None:
-    torch.manual_seed(value)    # the sampling RNG; one generation per model at a time (the slot)
+    torch.manual_seed(value)    # the process's sampling RNG: the caller holds Weights.solo (and pauses
+                                # the batching engine, which samples from it too)
 
 
 def free(device: str) -> None:

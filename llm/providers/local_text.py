@@ -69,7 +69,6 @@ def render_template(template: str, messages: list[Message]) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template).lstrip()
 
 
-
 def reply(chunks: Iterable[Sequence[int]], tokenizer: Any, stop: StopAt, eos: set[int], max_new_tokens: int,
           cancel: CancelToken) -> Iterator[str | StreamEvent]:
     """Token id lists from an engine in, reply text out: detokenized incrementally, cut before a `stop`
