@@ -25,10 +25,12 @@ write, as real servers send them), keeps connections alive, and counts the TCP c
 (GET /stats), which shows whether a path reuses its upstream connections.
 
 Figures, all taken by the client, in milliseconds of wall clock:
-  sequential: one client per path, `--requests` calls per mode after `--warmup`; the paths take turns call
-  by call (in a rotating order) so that drift hits them alike. Non-streaming: the whole call. Streaming:
-  to the first text chunk, and to the end of the stream (the SDK has read `data: [DONE]`). "added" is a
-  path's percentile minus the direct path's same percentile.
+  sequential: one client per path, `--requests` calls per mode after `--warmup`; each proxy takes turns
+  with the direct path call by call (in a rotating order) so that drift hits them alike, one proxy after
+  the other (LiteLLM's work after each reply would otherwise land on the next call, whoever makes it), so
+  direct is listed once per proxy. Non-streaming: the whole call. Streaming: to the first text chunk, and
+  to the end of the stream (the SDK has read `data: [DONE]`). "added" is a proxy's percentile minus the
+  same percentile of the direct calls it took turns with.
   throughput: `--concurrency` threads with one client each (two warm-up calls each, off the clock), up to
   2 x `--requests` calls or `--seconds` per run; requests/s, and each path as a share of direct. Below it:
   the server's CPU time per call (from /proc: the API's or LiteLLM's process; not with --in-process), and
@@ -545,17 +547,24 @@ def main(argv=None) -> int:
         print(f"  {'':<24}{'':<9}{'median':>8} {'p99':>8}   {'added p50':>10} {'added p99':>10}")
         added: dict[str, dict[str, tuple[float, float]]] = {}
         for stream in (False, True):
-            series = sequential(routes, stream, args.requests, args.warmup, errors)
-            if stream:
-                added["streaming, end"] = latency_rows("streaming, to the end", series, "total")
-                added["streaming, first"] = latency_rows("streaming, first chunk", series, "first")
-            else:
-                added["non-streaming"] = latency_rows("non-streaming", series, "total")
-            want = series["direct"].texts
-            for name, s in series.items():
-                if s.texts != want or len(want) != 1:
-                    errors.append(f"{name} {'streamed' if stream else 'non-streamed'}: the text differs: "
-                                  f"{sorted(s.texts)[:2]} against direct's {sorted(want)[:2]}")
+            # each proxy in turns with direct calls, apart from the other proxy: LiteLLM works on after
+            # each reply (its logging callbacks), which slowed whichever call came next when all three
+            # took turns
+            pairs = [sequential([routes[0], other], stream, args.requests, args.warmup, errors)
+                     for other in routes[1:]]
+            modes = ([("streaming, end", "streaming, to the end", "total"),
+                      ("streaming, first", "streaming, first chunk", "first")] if stream
+                     else [("non-streaming", "non-streaming", "total")])
+            for mode, title, key in modes:
+                added[mode] = {}
+                for i, series in enumerate(pairs):
+                    added[mode] |= latency_rows(title if i == 0 else "", series, key)
+            for series in pairs:
+                want = series["direct"].texts
+                for name, s in series.items():
+                    if s.texts != want or len(want) != 1:
+                        errors.append(f"{name} {'streamed' if stream else 'non-streamed'}: the text differs: "
+                                      f"{sorted(s.texts)[:2]} against direct's {sorted(want)[:2]}")
 
         # ---- throughput ----
         n = 2 * args.requests

@@ -147,6 +147,13 @@ class Router:
                 p.close()
             self._providers.clear()
 
+    async def aclose_loop(self) -> None:
+        """Close the providers' async clients that belong to the running loop (a server shutting down)."""
+        with self._lock:
+            providers = list(self._providers.values())
+        for p in providers:
+            await p.aclose_loop()
+
     # ---- requests --------------------------------------------------------------------------
 
     def request(self, prompt: str, *, provider: str | None = None, history: Any = None,

@@ -19,6 +19,8 @@ normal answer):
     "hang"          the request is read and never answered (until the client goes away)
     "stall"         half the text, then silence (until the client goes away)
     "linger"        the whole stream, [DONE] included, then the body is never ended (until the client goes away)
+    "burst"         the whole stream in one write (one chunk of the chunked body), as a fast server's
+                    events reach a reader that fell behind
     "status:503"    that HTTP error in the backend's own error shape
     "status:429:2"  a 429 with `Retry-After: 2`
     "detail:400"    a FastAPI/vLLM-style error body {"detail": "..."}
@@ -199,6 +201,8 @@ class _FakeServer:
             return self._park(handler)
         events = list(self._events(model, _split(self._next_reply(), self.chunks)))
         texts = [i for i, (_, is_text) in enumerate(events) if is_text]
+        if kind == "burst":
+            return self._send_stream(handler, iter(events), burst=True)
         if kind == "linger":
             self._send_stream(handler, iter(events), end=False)
             return self._park(handler)
@@ -238,14 +242,20 @@ class _FakeServer:
         handler.end_headers()
         handler.wfile.write(data)
 
-    def _send_stream(self, handler: _Handler, events: Iterator[Event], end: bool = True) -> None:
+    def _send_stream(self, handler: _Handler, events: Iterator[Event], end: bool = True,
+                     burst: bool = False) -> None:
         """SSE over chunked encoding; stops as soon as the client has gone. `end=False` leaves the
-        chunked body unfinished (the caller then parks or cuts the connection)."""
+        chunked body unfinished (the caller then parks or cuts the connection); `burst` sends every
+        event in one write."""
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
         handler.send_header("Cache-Control", "no-cache")
         handler.send_header("Transfer-Encoding", "chunked")
         handler.end_headers()
+        if burst:
+            data = "".join(f"data: {p if isinstance(p, str) else json.dumps(p, ensure_ascii=False)}{self.sse_end}"
+                           for p, _ in events)
+            events = iter([(data, False)])
         try:
             for payload, is_text in events:
                 if is_text and self.chunk_delay:
@@ -254,7 +264,7 @@ class _FakeServer:
                     handler.close_connection = True
                     return
                 data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-                _write_chunk(handler, f"data: {data}{self.sse_end}".encode())
+                _write_chunk(handler, (data if burst else f"data: {data}{self.sse_end}").encode())
                 if is_text:
                     with self._lock:
                         self.chunks_sent += 1

@@ -1,8 +1,9 @@
 """The HTTP API: the seed `POST /`, an OpenAI-compatible `/v1`, and `/health`.
 
-Every generation runs through `Router.astream` (a worker thread per call), so the event loop
-never blocks and requests to cloud providers overlap. Bodies are read and parsed here, strictly,
-so every bad input gets a 4xx in the route's error shape instead of a 500.
+Every generation runs through `Router.astream`: on the event loop for providers with async clients,
+in a worker thread for the others, so the loop never blocks and requests to cloud providers overlap.
+Bodies are read and parsed here, strictly, so every bad input gets a 4xx in the route's error shape
+instead of a 500. The two generation routes skip FastAPI's routing (`HOT_ROUTES`), not its error shapes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -56,7 +58,12 @@ class Context:
 
 def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: int = 1_000_000) -> FastAPI:
     """The FastAPI app for `router`; with `api_key`, every route but /health needs `Bearer <key>`."""
-    app = FastAPI(title="Linly-Talker LLM API", version="2",
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        await router.aclose_loop()  # upstream connections opened on this server's loop
+
+    app = FastAPI(title="Linly-Talker LLM API", version="2", lifespan=lifespan,
                   description="Seed API (`POST /`), OpenAI-compatible `/v1`, and `/health`.")
     app.state.ctx = ctx = Context(router, api_key or None, max_body_bytes)
     router.add_secret(api_key)
@@ -95,16 +102,33 @@ class _Gate:
             await send(message)
 
         try:
-            if self.ctx.authorized(scope):
-                await self.app(scope, receive, send_with_id)
-            else:
+            if not self.ctx.authorized(scope):
                 err = ApiError(401, "unauthorized",
                                "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
                 await error_response(self.ctx, scope["path"], err, {"WWW-Authenticate": "Bearer"})(
                     scope, receive, send_with_id)
+            elif (route := HOT_ROUTES.get((scope["method"], scope["path"]))) is not None:
+                await _serve(route, scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             log.info("%s %s %s -> %s in %.0f ms", rid, scope["method"], scope["path"], status[0] or "-",
                      (time.perf_counter() - start) * 1000)
+
+
+# The generation routes skip FastAPI's routing and middleware stack (~0.15 ms a request, a tenth of what
+# the router adds in front of a fast upstream): they read their own bodies and return Responses, and
+# every failure gets the error shape `handle_error` gives it on any other route.
+HOT_ROUTES = {("POST", "/v1/chat/completions"): chat_completions, ("POST", "/"): seed}
+
+
+async def _serve(route, scope, receive, send) -> None:
+    request = Request(scope, receive, send)
+    try:
+        response = await route(request)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes its error response
+        response = await handle_error(request, exc)
+    await response(scope, receive, send)
 
 
 async def health(request: Request) -> dict:

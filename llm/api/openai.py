@@ -8,6 +8,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, AsyncIterator
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from ..errors import LLMError, UnknownProviderError
 from ..router import Router
@@ -56,8 +57,9 @@ async def chat_completions(request: Request):
     choice = {"index": 0, "message": message, "finish_reason": turn.finish}
     if body.logprobs:
         choice["logprobs"] = {"content": turn.logprobs, "refusal": None}
-    return {**meta, "object": "chat.completion", "model": turn.provider, "timings": turn.timings(),
-            "choices": [choice], "usage": _usage(turn)}
+    # a JSONResponse as FastAPI would make of the dict, without its recursive jsonable_encoder walk
+    return JSONResponse({**meta, "object": "chat.completion", "model": turn.provider,
+                         "timings": turn.timings(), "choices": [choice], "usage": _usage(turn)})
 
 
 def _usage(turn: Turn) -> dict[str, int]:

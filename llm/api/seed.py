@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import AsyncIterator
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from ..types import Chunk, GenerationParams, history_pairs
 from .errors import error_event
@@ -33,7 +34,7 @@ async def seed(request: Request):
         return EventStream(turn, _seed_events(request, turn, chunks))
     await drain(request, turn, turn.sentences(chunks))
     turn.log_done(rid(request))
-    return {**_seed_reply(turn), "sentences": turn.events}
+    return JSONResponse({**_seed_reply(turn), "sentences": turn.events})   # no jsonable_encoder walk
 
 
 def _seed_reply(turn: Turn) -> dict:

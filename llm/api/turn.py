@@ -142,6 +142,7 @@ class Turn:
 async def begin(request: Request, *, hold: str = "none", **kw) -> tuple[Turn, AsyncIterator[Chunk]]:
     """Validate the call and wait for its first chunk, so a failure before any text (unknown or
     unready provider, upstream down) is a real HTTP status rather than an error inside a 200 stream.
+    With hold="all" (a reply sent whole) there is no such wait: `drain` meets the failure just as well.
 
     A client that hangs up meanwhile cancels the generation at once (and with it the upstream call).
     `hold`: how much the route holds back before the client sees it (see `Router.stream`)."""
@@ -154,6 +155,8 @@ async def begin(request: Request, *, hold: str = "none", **kw) -> tuple[Turn, As
              _clip(req.prompt or "(tool results)"))
     turn = Turn(req)
     chunks = router.astream(req, cancel=turn.cancel, hold=hold)
+    if hold == "all":   # nothing is sent before the whole reply: `drain` meets any failure
+        return turn, _replay([], chunks)
     first_chunk = asyncio.ensure_future(anext(chunks))
     try:
         await _unless_hung_up(request, turn, first_chunk)

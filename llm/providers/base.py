@@ -165,3 +165,6 @@ class Provider(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients or weights."""
+
+    async def aclose_loop(self) -> None:  # noqa: B027 - optional hook
+        """Release what belongs to the running event loop (its async clients), before the loop ends."""

@@ -7,6 +7,7 @@ import asyncio
 import threading
 import weakref
 from abc import abstractmethod
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterable, Iterator, Mapping
 
 from ..errors import CancelledError, LLMError, MissingKeyError, UpstreamError, UpstreamTimeoutError
@@ -68,9 +69,19 @@ class CloudProvider(Provider):
         with self._lock:
             pair = self._aclients.get(loop)
             if pair is None:
-                http = async_client(self.http_module(), self.timeout)
-                pair = self._aclients[loop] = (self.make_async_client(http), http)
+                pair = self._aclients[loop] = self.new_async_client()
             return pair[0]
+
+    def new_async_client(self) -> tuple[Any, Callable[[], Awaitable[Any]]]:
+        """A new async client for the running loop, and the coroutine function that closes it."""
+        http = async_client(self.http_module(), self.timeout)
+        return self.make_async_client(http), http.aclose
+
+    async def aclose_loop(self) -> None:
+        with self._lock:
+            pair = self._aclients.pop(asyncio.get_running_loop(), None)
+        if pair is not None:
+            await pair[1]()
 
     def make_async_client(self, http: Any) -> Any:
         """A new async SDK client that sends through the async `http` client (kinds with `supports_async`)."""
@@ -83,9 +94,11 @@ class CloudProvider(Provider):
                 self._http.close()      # not every SDK closes a client it was given
                 self._client = self._http = None
             aclients, self._aclients = list(self._aclients.items()), weakref.WeakKeyDictionary()
-        for loop, (_, http) in aclients:    # closed on their own loop, if it still runs
-            if loop.is_running():
-                asyncio.run_coroutine_threadsafe(http.aclose(), loop)
+        for loop, (_, aclose) in aclients:
+            if loop.is_running():   # on their own loop
+                asyncio.run_coroutine_threadsafe(aclose(), loop)
+            elif loop.is_closed():  # its sockets went with it: mark the client closed, so no warning
+                _close_orphan(aclose)   # says "Unclosed client session" at exit (the Gradio page's loop)
 
     def http_module(self) -> Any:
         """The httpx package this SDK sends through: httpx2 when installed (openai, google-genai)."""
@@ -201,6 +214,13 @@ class CloudProvider(Provider):
         if isinstance(e, TIMEOUT_ERRORS):
             return self.timeout_error()
         return self.unreachable_error(lost=not isinstance(e, CONNECT_ERRORS))
+
+
+def _close_orphan(aclose: Callable[[], Awaitable[Any]]) -> None:
+    try:
+        asyncio.run(aclose())
+    except Exception:  # noqa: BLE001 - best effort: a loop runs in this thread, or the client objected
+        pass
 
 
 class _Seen:

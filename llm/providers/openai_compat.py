@@ -1,9 +1,11 @@
 """ChatGPT and every OpenAI-compatible server (vLLM, TGI, Ollama, llama.cpp) through `base_url`.
 
-This is the hot path of a router in front of vLLM, so the chat-completions call is made here, over the
-same pooled httpx2 client the openai SDK would use: the SDK's request building and its pydantic object
-per stream chunk cost ~3 ms and ~0.4 ms of CPU per request and chunk, most of what the router added.
-The wire format is plain: POST {base_url}/chat/completions, bearer key, JSON in, SSE out.
+This is the hot path of a router in front of vLLM, so the chat-completions call is made here rather than
+through the openai SDK, whose request building and pydantic object per stream chunk cost ~3 ms and
+~0.4 ms of CPU per request and chunk. The wire format is plain: POST {base_url}/chat/completions, bearer
+key, JSON in, SSE out. Threads (the Gradio page) send it over a pooled httpx2 client whose reads a cancel
+can interrupt (see `transport`); the API's event loop sends it over aiohttp (`transport.aiohttp_session`),
+and there text deltas that arrive in one network read are relayed as one chunk (`_merge`).
 """
 
 from __future__ import annotations
@@ -12,12 +14,18 @@ import asyncio
 import json
 from typing import Any, AsyncIterator, Iterator
 
+import aiohttp
 import httpx2
+
+try:    # 3-4x faster than json on the stream's events (a dependency of gradio, so usually present)
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - depends on the environment
+    from json import loads as _loads
 
 from ..errors import LLMError, UpstreamError
 from ..types import GenerationParams, Message, StreamEvent
 from .cloud import CloudProvider
-from .transport import DRAIN_TIMEOUT
+from .transport import DRAIN_TIMEOUT, aiohttp_session
 from .wire import backend_message
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -31,7 +39,7 @@ class OpenAIProvider(CloudProvider):
     default_base_url = DEFAULT_BASE_URL
     key_required = False        # vLLM, Ollama and llama.cpp servers need no key
     supports_async = True       # the API serves it on its event loop: no thread per request
-    sdk_errors = ()             # set below: StreamError
+    sdk_errors = ()             # set below: StreamError, and aiohttp's errors on the event loop
 
     def unsupported(self, params: GenerationParams) -> str | None:
         return None     # every OpenAI field is passed on as sent: the upstream decides
@@ -42,7 +50,8 @@ class OpenAIProvider(CloudProvider):
     def open_stream(self, messages: list[Message], params: GenerationParams) -> EventStream:
         """Send the request; an error status is raised here as the typed error, with the backend's words."""
         http = self.client()
-        response = http.send(self._request(http, messages, params), stream=True)
+        url, body, headers = self._request(messages, params)
+        response = http.send(http.build_request("POST", url, json=body, headers=headers), stream=True)
         if response.status_code >= 400:
             try:
                 response.read()
@@ -51,22 +60,28 @@ class OpenAIProvider(CloudProvider):
             self._raise_status(response)
         return EventStream(response)
 
+    def new_async_client(self) -> tuple[aiohttp.ClientSession, Any]:
+        session = aiohttp_session(self.timeout, self.base_url)
+        return session, session.close
+
     async def aopen_stream(self, messages: list[Message], params: GenerationParams) -> AsyncEventStream:
-        http = self.async_client()
-        response = await http.send(self._request(http, messages, params), stream=True)
-        if response.status_code >= 400:
+        url, body, headers = self._request(messages, params)
+        response = await self.async_client().post(url, data=json.dumps(body, ensure_ascii=False).encode(),
+                                                  headers={**headers, "Content-Type": "application/json"})
+        if response.status >= 400:
             try:
-                await response.aread()
+                raw = await response.read()
             finally:
-                await response.aclose()
-            self._raise_status(response)
+                response.release()
+            text = raw.decode(errors="replace")
+            raise self.status_error(response.status, backend_message(_json_or_none(text), text[:300]),
+                                    headers=response.headers)
         return AsyncEventStream(response)
 
-    def _request(self, http: Any, messages: list[Message], params: GenerationParams) -> httpx2.Request:
+    def _request(self, messages: list[Message], params: GenerationParams) -> tuple[str, dict, dict]:
         key = self.api_key(required=not self.config.base_url) or PLACEHOLDER_KEY
-        return http.build_request("POST", f"{self.base_url.rstrip('/')}/chat/completions",
-                                  json=self.request_body(messages, params),
-                                  headers={"Authorization": f"Bearer {key}"})
+        return (f"{self.base_url.rstrip('/')}/chat/completions", self.request_body(messages, params),
+                {"Authorization": f"Bearer {key}"})
 
     def _raise_status(self, response: httpx2.Response) -> None:
         try:
@@ -115,13 +130,26 @@ class OpenAIProvider(CloudProvider):
         return body
 
     def translate(self, e: BaseException) -> LLMError:
-        """An in-stream error event (the only error raised as `StreamError`)."""
+        """An in-stream error event (`StreamError`), or an aiohttp transport error on the event loop,
+        read as its httpx2 twin would be (`CloudProvider.transport_error`)."""
+        if isinstance(e, aiohttp.ServerTimeoutError):
+            return self.timeout_error()
+        if isinstance(e, aiohttp.ClientError):
+            never_connected = isinstance(e, (aiohttp.ClientConnectorError, aiohttp.InvalidURL))
+            return self.unreachable_error(lost=not never_connected)
         return UpstreamError(f"{self.name}: {self.scrub(str(e))}", upstream_status=200)
 
 
 def _json(response: httpx2.Response) -> Any:
     try:
         return response.json()
+    except ValueError:
+        return None
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return _loads(text)
     except ValueError:
         return None
 
@@ -150,32 +178,74 @@ class EventStream:
         self.response.close()
 
 
-class AsyncEventStream(EventStream):
-    """`EventStream` on the event loop. After [DONE] it reads the few bytes left (at most DRAIN_TIMEOUT),
-    so the connection goes back to the pool."""
+class AsyncEventStream:
+    """`EventStream` on the event loop, over an aiohttp response. The events of one network read come
+    together: consecutive plain text deltas among them are merged into one chunk (`_merge`), so a burst
+    (a fast server, or a reader that fell behind) costs one pass through the router, not one per token;
+    what arrives alone is relayed alone, as soon as it arrives. After [DONE] it reads the few bytes left
+    (at most DRAIN_TIMEOUT), so the connection goes back to the pool."""
 
-    def __init__(self, response: httpx2.Response):
-        super().__init__(response)
-        self._lines = response.aiter_lines()
+    def __init__(self, response: aiohttp.ClientResponse):
+        self.response, self.done = response, False
 
     async def __aiter__(self) -> AsyncIterator[dict]:
-        async for line in self._lines:
-            chunk = _event(line)
-            if chunk is _DONE:
-                try:
-                    await asyncio.wait_for(self._drain(), DRAIN_TIMEOUT)
-                except (asyncio.TimeoutError, httpx2.TransportError):
-                    pass    # the connection is dropped instead of reused
-                return
-            if chunk is not None:
-                yield chunk
-
-    async def _drain(self) -> None:
-        async for _ in self._lines:
-            pass
+        content, rest = self.response.content, b""
+        while not self.done:
+            data = await content.readany()
+            if not data:    # the body ended; a last line without its newline still counts
+                lines, rest = [rest] if rest else [], b""
+                self.done = True
+            else:
+                *lines, rest = (rest + data).split(b"\n")
+            held = held_delta = None
+            for line in lines:
+                chunk = _event(line.decode("utf-8", errors="replace"))
+                if chunk is _DONE:
+                    self.done = True
+                    break
+                if chunk is None:
+                    continue
+                delta = _plain_delta(chunk)
+                if _merge(held_delta, delta):
+                    continue
+                if held is not None:
+                    yield held
+                held, held_delta = chunk, delta
+            if held is not None:
+                yield held
+        if not content.at_eof():
+            try:
+                await asyncio.wait_for(content.read(), DRAIN_TIMEOUT)
+            except (asyncio.TimeoutError, aiohttp.ClientError):
+                pass    # the connection is dropped instead of reused
 
     async def aclose(self) -> None:
-        await self.response.aclose()
+        if self.response.content.at_eof():
+            self.response.release()     # back to the pool
+        else:
+            self.response.close()       # cut: that is what stops the upstream generating
+
+
+def _merge(held: dict | None, added: dict | None) -> bool:
+    """Append the text of the delta `added` to the delta `held` when both are plain (`_plain_delta`) and
+    `added` has no role; False leaves both as they are."""
+    if held is None or added is None or added.keys() != {"content"}:
+        return False
+    held["content"] = (held.get("content") or "") + added["content"]
+    return True
+
+
+def _plain_delta(chunk: dict) -> dict | None:
+    """The delta of a chunk that carries text (and perhaps the role) only, else None."""
+    choices = chunk.get("choices")
+    if not choices or len(choices) != 1 or chunk.get("usage"):
+        return None
+    choice = choices[0]
+    delta = choice.get("delta") if isinstance(choice, dict) else None
+    if (not isinstance(delta, dict) or choice.get("finish_reason") is not None or choice.get("logprobs")
+            or choice.get("index", 0) != 0 or not isinstance(delta.get("content", ""), str)):
+        return None
+    return delta if delta.keys() <= {"role", "content"} else None
 
 
 _DONE = object()
@@ -189,7 +259,7 @@ def _event(line: str) -> dict | object | None:
     if data == "[DONE]":
         return _DONE
     try:
-        chunk = json.loads(data)
+        chunk = _loads(data)
     except ValueError:
         chunk = None
     if not isinstance(chunk, dict):
@@ -212,4 +282,4 @@ def _finish(chunk: dict) -> str | None:
     return _choice(chunk).get("finish_reason")
 
 
-OpenAIProvider.sdk_errors = (StreamError,)
+OpenAIProvider.sdk_errors = (StreamError, aiohttp.ClientError)
