@@ -28,9 +28,10 @@ Figures, all taken by the client, in milliseconds of wall clock:
   sequential: one client per path, `--requests` calls per mode after `--warmup`; each proxy takes turns
   with the direct path call by call (in a rotating order) so that drift hits them alike, one proxy after
   the other (LiteLLM's work after each reply would otherwise land on the next call, whoever makes it), so
-  direct is listed once per proxy. Non-streaming: the whole call. Streaming: to the first text chunk, and
-  to the end of the stream (the SDK has read `data: [DONE]`). "added" is a proxy's percentile minus the
-  same percentile of the direct calls it took turns with.
+  direct is listed once per proxy; before each block, and each throughput run, the servers go idle.
+  Non-streaming: the whole call. Streaming: to the first text chunk, and to the end of the stream (the
+  SDK has read `data: [DONE]`). "added" is a proxy's percentile minus the same percentile of the direct
+  calls it took turns with.
   throughput: `--concurrency` threads with one client each (two warm-up calls each, off the clock), up to
   2 x `--requests` calls or `--seconds` per run; requests/s, and each path as a share of direct. Below it:
   the server's CPU time per call (from /proc: the API's or LiteLLM's process; not with --in-process), and
@@ -244,6 +245,17 @@ class Child:
                 pass
         self.proc.stdout.close()
         self.log.close()
+
+
+def settle(children: list[Child], timeout: float = 15.0) -> None:
+    """Wait (up to `timeout`) until the servers are idle: at most one clock tick of CPU in 0.3 s. LiteLLM
+    goes on working for seconds after a burst of calls; that must not land on the next run's calls."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = sum(c.cpu_seconds() for c in children)
+        time.sleep(0.3)
+        if sum(c.cpu_seconds() for c in children) - before <= 1.5 / os.sysconf("SC_CLK_TCK"):
+            return
 
 
 def free_port() -> int:
@@ -550,8 +562,10 @@ def main(argv=None) -> int:
             # each proxy in turns with direct calls, apart from the other proxy: LiteLLM works on after
             # each reply (its logging callbacks), which slowed whichever call came next when all three
             # took turns
-            pairs = [sequential([routes[0], other], stream, args.requests, args.warmup, errors)
-                     for other in routes[1:]]
+            pairs = []
+            for other in routes[1:]:
+                settle(children)
+                pairs.append(sequential([routes[0], other], stream, args.requests, args.warmup, errors))
             modes = ([("streaming, end", "streaming, to the end", "total"),
                       ("streaming, first", "streaming, first chunk", "first")] if stream
                      else [("non-streaming", "non-streaming", "total")])
@@ -572,6 +586,7 @@ def main(argv=None) -> int:
         loads: dict[str, dict[bool, Load]] = {r.name: {} for r in routes}
         for stream in (False, True):
             for route in routes:
+                settle(children)
                 loads[route.name][stream] = throughput(route, stream, n, args.seconds, args.concurrency,
                                                        errors, up_root)
         print(f"  {'':<24}" + "".join(f"{r.name:>22}" for r in routes))
