@@ -34,6 +34,7 @@ import json
 import re
 import select
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -86,8 +87,9 @@ class _FakeServer:
 
     def __init__(self, replies: list[str] | None = None, *, chunk_delay: float = 0.0,
                  chunks: int | None = None, fail_status: int | None = None, fail_body: dict | None = None,
-                 faults: list[str] | None = None):
+                 faults: list[str] | None = None, tls: ssl.SSLContext | None = None):
         self._replies = list(replies) if replies else [DEFAULT_REPLY]
+        self.tls = tls      # a server-side context: serve https
         self._faults = list(faults or ["ok"])
         self.hanging = 0
         self.chunk_delay, self.chunks = chunk_delay, chunks
@@ -107,13 +109,16 @@ class _FakeServer:
     def base_url(self) -> str:
         if self._httpd is None:
             raise RuntimeError(f"{type(self).__name__} is not started: use it as a context manager")
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}{self.prefix}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}{self.prefix}"
 
     def start(self) -> None:
         self._stopping.clear()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.fake = self
+        if self.tls:
+            self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
                                         name=type(self).__name__, daemon=True)
         self._thread.start()
@@ -466,7 +471,7 @@ def _client_gone(sock: socket.socket) -> bool:
     try:
         readable, _, _ = select.select([sock], [], [], 0)
         return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-    except OSError:
+    except (OSError, ValueError):   # ValueError: a TLS socket cannot peek; it had something to say
         return True
 
 

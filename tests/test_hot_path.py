@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import ssl
 import time
 
 import openai
 import pytest
+import trustme
 
 from configs import ProviderConfig, Settings
+from llm.errors import LLMError
 from llm.providers.openai_compat import _merge, _plain_delta
 from llm.router import Router
 from tests.api_helpers import serve_router
@@ -109,12 +112,7 @@ def test_upstream_calls_go_through_the_environments_proxy(no_proxy_env, on_loop)
     can reach answers through it."""
     with FakeOpenAIServer([REPLY]) as proxy:    # a forward proxy that answers itself
         no_proxy_env.setenv("HTTP_PROXY", proxy.base_url)
-        router = _router_to("http://llm-upstream.test/v1")
-        try:
-            text = asyncio.run(_text(router)) if on_loop else "".join(c.text for c in router.stream(
-                "hi", style=False))
-        finally:
-            router.close()
+        text = _reply(_router_to("http://llm-upstream.test/v1"), on_loop)
     assert text == REPLY
     assert proxy.requests[-1]["_path"] == "http://llm-upstream.test/v1/chat/completions"
 
@@ -129,6 +127,34 @@ def test_no_proxy_keeps_a_host_off_the_proxy(no_proxy_env):
         finally:
             router.close()
     assert proxy.requests == [] and len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize("on_loop", [True, False], ids=["event loop", "thread"])
+def test_an_https_upstream_is_trusted_as_the_openai_sdk_trusts_it(no_proxy_env, tmp_path, on_loop):
+    """A certificate from a company CA: refused with a fix that names SSL_CERT_FILE, then trusted
+    through SSL_CERT_FILE, on the event loop (aiohttp) as in threads (httpx2, the SDK's stack)."""
+    ca = trustme.CA()
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_side)
+    no_proxy_env.delenv("SSL_CERT_FILE", raising=False)
+    no_proxy_env.delenv("SSL_CERT_DIR", raising=False)
+    with FakeOpenAIServer([REPLY], tls=server_side) as fake:
+        with pytest.raises(LLMError) as refused:
+            _reply(_router_to(fake.base_url), on_loop)
+        assert "certificate" in refused.value.message and "SSL_CERT_FILE" in refused.value.fix
+        assert not refused.value.transient      # retrying cannot help
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        no_proxy_env.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        assert _reply(_router_to(fake.base_url), on_loop) == REPLY
+
+
+def _reply(router: Router, on_loop: bool) -> str:
+    try:
+        if on_loop:
+            return asyncio.run(_text(router))
+        return "".join(c.text for c in router.stream("hi", style=False))
+    finally:
+        router.close()
 
 
 async def _text(router: Router) -> str:

@@ -4,6 +4,7 @@ thread pool and one per event loop, one stream loop (sync and async), one error 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import weakref
 from abc import abstractmethod
@@ -191,6 +192,10 @@ class CloudProvider(Provider):
         """The typed error for an SDK or transport exception met while streaming."""
         if cancel.cancelled:    # the cancel shut the socket: that is not the backend's fault
             return CancelledError("generation cancelled")
+        if _untrusted_certificate(e):
+            return UpstreamError(f"{self.name}: the TLS certificate of {self.base_url} is not trusted",
+                                 fix="if it is signed by your own (or a company) CA, set SSL_CERT_FILE to "
+                                     "that CA's PEM file; else check base_url")
         error = self.transport_error(e) if isinstance(e, TRANSPORT_ERRORS) else self.translate(e)
         lost = isinstance(error, UpstreamError) and error.transient and error.upstream_status is None
         connected = seen.chunk or (response is not None and not self.lazy_stream)
@@ -214,6 +219,17 @@ class CloudProvider(Provider):
         if isinstance(e, TIMEOUT_ERRORS):
             return self.timeout_error()
         return self.unreachable_error(lost=not isinstance(e, CONNECT_ERRORS))
+
+
+def _untrusted_certificate(e: BaseException | None) -> bool:
+    """Whether a certificate check failed somewhere in `e`'s chain (both HTTP stacks wrap ssl's error)."""
+    for _ in range(8):
+        if e is None:
+            return False
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return True
+        e = e.__cause__ or e.__context__ or getattr(e, "os_error", None)
+    return False
 
 
 def _close_orphan(aclose: Callable[[], Awaitable[Any]]) -> None:

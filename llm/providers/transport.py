@@ -276,13 +276,11 @@ def aiohttp_session(timeout: float, url: str) -> Any:
 
     Why aiohttp there: its C HTTP parser and thin response object cost ~0.55 ms of CPU for a streamed
     16-token reply on loopback where httpx2 cost ~1.35 ms, most of what the router added per request.
-    Like httpx it verifies TLS with certifi's roots and honours HTTP(S)_PROXY / NO_PROXY for `url` (the
-    one host the session serves): looked up once here, where aiohttp's trust_env would do it in a thread
-    per request."""
-    import ssl
-
+    It trusts the TLS certificates httpx2 (so the openai SDK) trusts: SSL_CERT_FILE / SSL_CERT_DIR, else
+    the system's store. It honours HTTP(S)_PROXY / NO_PROXY for `url` (the one host the session serves),
+    looked up once here, where aiohttp's trust_env would do it in a thread per request."""
     import aiohttp
-    import certifi
+    import httpcore2
     from aiohttp.helpers import get_env_proxy_for_url
     from yarl import URL
 
@@ -291,7 +289,7 @@ def aiohttp_session(timeout: float, url: str) -> Any:
     except LookupError:     # no proxy for this URL
         proxy, proxy_auth = None, None
     connector = aiohttp.TCPConnector(limit=256, limit_per_host=0, keepalive_timeout=30,
-                                     ssl=ssl.create_default_context(cafile=certifi.where()))
+                                     ssl=httpcore2.default_ssl_context())
     return aiohttp.ClientSession(connector=connector, proxy=proxy, proxy_auth=proxy_auth,
                                  timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout,
                                                                sock_connect=min(timeout, CONNECT_TIMEOUT)))
