@@ -73,8 +73,7 @@ class OpenAIProvider(CloudProvider):
                 raw = await response.read()
             finally:
                 response.release()
-            text = raw.decode(errors="replace")
-            raise self.status_error(response.status, backend_message(_json_or_none(text), text[:300]),
+            raise self.status_error(response.status, _detail(raw.decode(errors="replace")),
                                     headers=response.headers)
         return AsyncEventStream(response)
 
@@ -87,7 +86,7 @@ class OpenAIProvider(CloudProvider):
         try:
             response.raise_for_status()
         except httpx2.HTTPStatusError as e:
-            detail = backend_message(_json(response), response.text[:300])
+            detail = _detail(response.text)
             raise self.status_error(response.status_code, detail, headers=response.headers) from e
 
     def chunk_text(self, chunk: dict) -> str:
@@ -140,18 +139,13 @@ class OpenAIProvider(CloudProvider):
         return UpstreamError(f"{self.name}: {self.scrub(str(e))}", upstream_status=200)
 
 
-def _json(response: httpx2.Response) -> Any:
+def _detail(body: str) -> str:
+    """The backend's own words from an error body (its JSON error message, else the start of the text)."""
     try:
-        return response.json()
+        data = _loads(body)
     except ValueError:
-        return None
-
-
-def _json_or_none(text: str) -> Any:
-    try:
-        return _loads(text)
-    except ValueError:
-        return None
+        data = None
+    return backend_message(data, body[:300])
 
 
 class StreamError(Exception):
