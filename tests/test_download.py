@@ -33,13 +33,18 @@ def closed_port() -> int:
 
 @pytest.fixture
 def config(tmp_path):
-    path = tmp_path / "configs.yaml"
-    path.write_text(f"""
+    # `status` asks a live API on api_port first: give it a port that is bound but not listening, so a
+    # server the developer has running on 7871 cannot answer in this config's place
+    with socket.socket() as closed_port:
+        closed_port.bind(("127.0.0.1", 0))
+        path = tmp_path / "configs.yaml"
+        path.write_text(f"""
 providers:
   mine: {{kind: local, model: "{tmp_path / 'models' / 'mine'}", download: tiny-org/tiny-model}}
   folder: {{kind: local, model: "{tmp_path / 'models' / 'folder'}"}}
+server: {{api_port: {closed_port.getsockname()[1]}}}
 """, encoding="utf-8")
-    return path
+        yield path
 
 
 def test_help_works():
