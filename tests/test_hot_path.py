@@ -19,9 +19,10 @@ from llm.errors import LLMError
 from llm.providers.openai_compat import _merge, _plain_delta
 from llm.router import Router
 from tests.api_helpers import serve_router
-from tests.fake_servers import FakeOpenAIServer
+from tests.fake_servers import FakeGeminiServer, FakeOpenAIServer, FakeZhipuAIServer
 
 REPLY = "你好，今天天气很好。"
+FAKES = {"openai": FakeOpenAIServer, "gemini": FakeGeminiServer, "zhipuai": FakeZhipuAIServer}
 
 
 def _content_chunks(sdk: openai.OpenAI, model: str = "up") -> list[str]:
@@ -101,9 +102,9 @@ def no_proxy_env(monkeypatch):
     return monkeypatch
 
 
-def _router_to(base_url: str) -> Router:
-    cfg = ProviderConfig("up", "openai", "m", base_url=base_url, retries=0)
-    return Router(Settings(providers={"up": cfg}, default="up"), env={})
+def _router_to(base_url: str, kind: str = "openai") -> Router:
+    cfg = ProviderConfig("up", kind, "m", base_url=base_url, retries=0, api_key_env=("UP_KEY",))
+    return Router(Settings(providers={"up": cfg}, default="up"), env={"UP_KEY": "k"})
 
 
 @pytest.mark.parametrize("on_loop", [True, False], ids=["event loop", "thread"])
@@ -129,23 +130,25 @@ def test_no_proxy_keeps_a_host_off_the_proxy(no_proxy_env):
     assert proxy.requests == [] and len(upstream.requests) == 1
 
 
-@pytest.mark.parametrize("on_loop", [True, False], ids=["event loop", "thread"])
-def test_an_https_upstream_is_trusted_as_the_openai_sdk_trusts_it(no_proxy_env, tmp_path, on_loop):
+@pytest.mark.parametrize(("kind", "on_loop"), [("openai", True), ("openai", False), ("gemini", True),
+                                              ("gemini", False), ("zhipuai", False)])
+def test_an_https_upstream_is_trusted_as_the_sdks_trust_it(no_proxy_env, tmp_path, kind, on_loop):
     """A certificate from a company CA: refused with a fix that names SSL_CERT_FILE, then trusted
-    through SSL_CERT_FILE, on the event loop (aiohttp) as in threads (httpx2, the SDK's stack)."""
+    through SSL_CERT_FILE, on the event loop (aiohttp; google-genai's aio) as in threads (the SDKs'
+    httpx stacks)."""
     ca = trustme.CA()
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_side)
     no_proxy_env.delenv("SSL_CERT_FILE", raising=False)
     no_proxy_env.delenv("SSL_CERT_DIR", raising=False)
-    with FakeOpenAIServer([REPLY], tls=server_side) as fake:
+    with FAKES[kind]([REPLY], tls=server_side) as fake:
         with pytest.raises(LLMError) as refused:
-            _reply(_router_to(fake.base_url), on_loop)
+            _reply(_router_to(fake.base_url, kind), on_loop)
         assert "certificate" in refused.value.message and "SSL_CERT_FILE" in refused.value.fix
         assert not refused.value.transient      # retrying cannot help
         ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
         no_proxy_env.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
-        assert _reply(_router_to(fake.base_url), on_loop) == REPLY
+        assert _reply(_router_to(fake.base_url, kind), on_loop) == REPLY
 
 
 def _reply(router: Router, on_loop: bool) -> str:
