@@ -180,22 +180,22 @@ class AsyncEventStream:
     (at most DRAIN_TIMEOUT), so the connection goes back to the pool."""
 
     def __init__(self, response: aiohttp.ClientResponse):
-        self.response, self.done = response, False
+        self.response = response
 
     async def __aiter__(self) -> AsyncIterator[dict]:
-        content, rest = self.response.content, b""
-        while not self.done:
+        content, rest, done = self.response.content, b"", False
+        while not done:
             data = await content.readany()
             if not data:    # the body ended; a last line without its newline still counts
                 lines, rest = [rest] if rest else [], b""
-                self.done = True
+                done = True
             else:
                 *lines, rest = (rest + data).split(b"\n")
             held = held_delta = None
             for line in lines:
                 chunk = _event(line.decode("utf-8", errors="replace"))
                 if chunk is _DONE:
-                    self.done = True
+                    done = True
                     break
                 if chunk is None:
                     continue

@@ -26,6 +26,8 @@ from ..types import CancelToken
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0      # seconds; a dead host must not hold a thread for the read timeout
 DRAIN_TIMEOUT = 0.25        # seconds to read what follows an event stream's [DONE] before dropping it
+MAX_CONNECTIONS = 256       # per client: every stream holds one
+KEEPALIVE_SECONDS = 30      # an idle pooled connection is closed after this
 _scope: contextvars.ContextVar[_AbortScope | None] = contextvars.ContextVar("llm_abort_scope", default=None)
 
 
@@ -248,7 +250,8 @@ def abortable_client(httpx_module: Any, timeout: float) -> Any:
     core = importlib.import_module("httpcore" if httpx_module.__name__ == "httpx" else "httpcore2")
     client = httpx_module.Client(
         timeout=httpx_module.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
-        limits=httpx_module.Limits(max_connections=256, max_keepalive_connections=32, keepalive_expiry=30),
+        limits=httpx_module.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=32,
+                                  keepalive_expiry=KEEPALIVE_SECONDS),
         follow_redirects=True, event_hooks={"response": [_reuse_after_done]})
     transports = [client._transport, *client._mounts.values()]   # the mounts serve env proxies
     for transport in filter(None, transports):     # a mount of None: no proxy for that pattern
@@ -266,7 +269,8 @@ def async_client(httpx_module: Any, timeout: float) -> Any:
     loop a cancel needs no socket tricks: cancelling the task interrupts the read at once."""
     return httpx_module.AsyncClient(
         timeout=httpx_module.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
-        limits=httpx_module.Limits(max_connections=256, max_keepalive_connections=32, keepalive_expiry=30),
+        limits=httpx_module.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=32,
+                                  keepalive_expiry=KEEPALIVE_SECONDS),
         follow_redirects=True)
 
 
@@ -288,8 +292,8 @@ def aiohttp_session(timeout: float, url: str) -> Any:
         proxy, proxy_auth = get_env_proxy_for_url(URL(url))
     except LookupError:     # no proxy for this URL
         proxy, proxy_auth = None, None
-    connector = aiohttp.TCPConnector(limit=256, limit_per_host=0, keepalive_timeout=30,
-                                     ssl=httpcore2.default_ssl_context())
+    connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0,
+                                     keepalive_timeout=KEEPALIVE_SECONDS, ssl=httpcore2.default_ssl_context())
     return aiohttp.ClientSession(connector=connector, proxy=proxy, proxy_auth=proxy_auth,
                                  timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout,
                                                                sock_connect=min(timeout, CONNECT_TIMEOUT)))
