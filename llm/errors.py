@@ -76,6 +76,14 @@ class UpstreamError(LLMError):
         self.transient = transient
 
 
+class UpstreamRefusedError(UpstreamError):
+    """The backend refused a field the router itself sends (stream_options, say): a setting to change,
+    whatever status it came with, so never retried and never a sign of ill health."""
+
+    def __init__(self, message: str, **kw):
+        super().__init__(message, transient=False, **kw)
+
+
 class RateLimitError(UpstreamError):
     status = 429
     type = "rate_limited"

@@ -18,7 +18,7 @@ from configs import Settings, load_settings
 
 from . import speech
 from .errors import CancelledError, InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
-from .policy import AsyncRace, Breaker, Policy, Race, spawn
+from .policy import AsyncRace, Breaker, Policy, Race, cooling_fix, spawn
 from .providers import Provider, kind_honours, provider_class
 from .tries import Slot, Try
 from .types import (
@@ -110,8 +110,9 @@ class Router:
         left = breaker.seconds_left()
         if status.ready and left > 0:
             last = self.redact(breaker.last_error)
+            fallback = bool(self.settings.providers[self.resolve(name)].fallback)
             return ProviderStatus(False, f"cooling down, {left:.0f} s left (last error: {last})",
-                                  "its fallback answers meanwhile; then one request tries it again",
+                                  f"{cooling_fix(fallback)}; then one request tries it again",
                                   cooldown_s=round(left, 1), last_error=last)
         return status
 
@@ -347,10 +348,11 @@ class Router:
             who = name if label == name else f"{label} ({name})"
             raise NotReadyError(f"{who} is not ready: {status.reason}", fix=status.fix)
         styled = req.style and provider.styled
+        # No max_tokens is sent that the client (or the config) did not ask for: a cloud or vLLM server
+        # has its own limit, and the speech budget closes a styled stream; a local model bounds itself.
         params = req.params.merged_over(dict(provider.config.generation))
-        if params.max_new_tokens is None:
-            params = params.merged_over(GenerationParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS))
-        messages = provider.fit(self._messages(provider, req, styled), reserve=params.max_new_tokens)
+        reserve = params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        messages = provider.fit(self._messages(provider, req, styled), reserve=reserve)
         return Try(name, provider, params, messages, req.budget if styled else None,
                     {"emotions": req.emotions if styled else (), "verbatim": provider.verbatim,
                      "lang": "zh" if speech.is_chinese(req.prompt or "") else "en"})

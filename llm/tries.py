@@ -84,12 +84,15 @@ class Try:
 
     def last(self) -> Chunk:
         return Chunk("", self.name, finish_reason=self.finish or "stop",
-                     usage=self.usage or _counted(self.provider, self.messages, "".join(self.said)))
+                     usage=self.usage or _counted(self.provider, self.messages, "".join(self.said),
+                                                  self.params.max_new_tokens))
 
 
-def _counted(provider: Provider, messages: list[Message], reply: str) -> dict[str, int]:
-    """Token usage counted here (the provider's tokenizer, else the estimate) when the upstream gave none."""
+def _counted(provider: Provider, messages: list[Message], reply: str, limit: int | None) -> dict[str, int]:
+    """Token usage counted here when the upstream gave none: the provider's tokenizer, else the estimate,
+    which is never above the `limit` of new tokens the reply was generated under."""
     prompt, completion = provider.count_tokens(messages), provider.text_tokens(reply)
+    completion = min(completion, limit or completion)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 

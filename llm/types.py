@@ -33,13 +33,17 @@ class Message:
     content: str
     tool_calls: tuple[dict, ...] = ()
     tool_call_id: str | None = None
+    # The client sent no content (no key, or null: OpenAI reads both the same for an assistant message
+    # with tool_calls). Passed on as no key, which every server takes; llama.cpp refuses a null. "" stays "".
+    no_content: bool = field(default=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """OpenAI's message shape."""
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        """OpenAI's message shape, its content as the client sent it."""
+        out: dict[str, Any] = {"role": self.role}
+        if not self.no_content:
+            out["content"] = self.content
         if self.tool_calls:
             out["tool_calls"] = [dict(c) for c in self.tool_calls]
-            out["content"] = self.content or None
         if self.tool_call_id is not None:
             out["tool_call_id"] = self.tool_call_id
         return out
@@ -238,7 +242,8 @@ def normalize_history(history: Iterable[Any] | None) -> list[Message]:
             call_id = item.get("tool_call_id")
             if role == "tool" and not isinstance(call_id, str):
                 raise InvalidRequestError(f"history[{i}]: a tool message needs the tool_call_id it answers")
-            messages.append(Message(role, content, calls, call_id if role == "tool" else None))
+            messages.append(Message(role, content, calls, call_id if role == "tool" else None,
+                                    no_content=item.get("content") is None))
         elif isinstance(item, (list, tuple)) and len(item) == 2:
             user, bot = item
             if user is not None:

@@ -159,6 +159,9 @@ class _FakeServer:
         if route is None:
             return self._send_json(handler, 404, self.error_body(404, f"no such endpoint: {handler.path}"))
         model, stream = route
+        refusal = self.refusal(body)
+        if refusal is not None:
+            return self._send_json(handler, *refusal)
         if self.fail_status:
             bearer = headers.get("authorization", "").removeprefix("Bearer ")
             key = bearer or headers.get("x-goog-api-key", "")
@@ -173,8 +176,7 @@ class _FakeServer:
             if stream:
                 return self._send_stream(handler, self._tool_events(model, reply.calls, body))
             return self._send_json(handler, 200, self._tool_completion(model, reply.calls))
-        limit = self._max_tokens(body)
-        text, finish = (reply[:limit], "length") if limit is not None and len(reply) > limit else (reply, "stop")
+        text, finish = self.cut(reply, self._max_tokens(body))
         pieces = _split(text, self.chunks)
         if stream:
             return self._send_stream(handler, self._events(model, pieces, finish, body))
@@ -301,6 +303,14 @@ class _FakeServer:
     def _max_tokens(self, body: dict) -> int | None:
         return body.get("max_tokens") or body.get("max_completion_tokens")
 
+    def refusal(self, body: dict) -> tuple[int, dict] | None:
+        """(status, error body) for a request this backend refuses for its content; None to answer it."""
+        return None
+
+    def cut(self, reply: str, limit: int | None) -> tuple[str, str]:
+        """The reply within `limit` tokens (here one token is one character), and its finish reason."""
+        return (reply[:limit], "length") if limit is not None and len(reply) > limit else (reply, "stop")
+
     def error_body(self, status: int, message: str) -> dict:
         """The backend's own error JSON (also handy for building a `fail_body`)."""
         raise NotImplementedError
@@ -365,6 +375,53 @@ class FakeOpenAIServer(_FakeServer):
         kind = "server_error" if status >= 500 else {429: "requests"}.get(status, "invalid_request_error")
         code = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}.get(status)
         return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+class FakeLlamaCppServer(FakeOpenAIServer):
+    """llama-cpp-python's server (0.3.x) where it differs from OpenAI, as seen in front of a real one:
+
+    - a streamed tool call repeats its index, id, type and function name in every delta;
+    - a request its pydantic model refuses (`"content": null`, a `response_format` other than text or
+      json_object) is a 500 whose message is FastAPI's validation error text, with the server's file path;
+    - no usage chunk: `stream_options` is ignored;
+    - `max_tokens` counts tokens, which here are words (about what a real tokenizer makes of English)."""
+
+    APP = "/opt/venv/lib/python3.11/site-packages/llama_cpp/server/app.py"
+
+    def refusal(self, body: dict) -> tuple[int, dict] | None:
+        errors = [{"type": "string_type", "loc": ("body", "messages", i, "content"),
+                   "msg": "Input should be a valid string", "input": None}
+                  for i, m in enumerate(body.get("messages") or []) if "content" in m and m["content"] is None]
+        kind = (body.get("response_format") or {}).get("type", "text")
+        if kind not in ("text", "json_object"):
+            errors.append({"type": "literal_error", "loc": ("body", "response_format", "type"),
+                           "msg": "Input should be 'text' or 'json_object'", "input": kind})
+        if not errors:
+            return None
+        text = f"{len(errors)} validation error{'s' if len(errors) > 1 else ''}:\n"
+        text += "".join(f"  {e}\n" for e in errors)
+        text += f'\n  File "{self.APP}", line 408, in create_chat_completion\n    POST /v1/chat/completions'
+        return 500, {"error": {"message": text, "type": "internal_server_error", "param": None, "code": None}}
+
+    def _tool_events(self, model: str, calls: list[tuple[str, str]], body: dict) -> Iterator[Event]:
+        head = _openai_head(model, "chat.completion.chunk")
+        yield {**head, "choices": [_delta({"role": "assistant", "content": None, "function_call": None,
+                                           "tool_calls": None})]}, False
+        for i, (name, arguments) in enumerate(calls):
+            for piece in _split(arguments, 3):
+                call = {"index": i, "id": f"call__{i}_{name}", "type": "function",
+                        "function": {"name": name, "arguments": piece}}
+                yield {**head, "choices": [_delta({"role": None, "content": None, "tool_calls": [call],
+                                                   "function_call": {"name": name, "arguments": piece}})]}, True
+        yield {**head, "choices": [_delta({}, "tool_calls")]}, False
+        yield "[DONE]", False
+
+    def _usage_chunk(self, head: dict, text: str, body: dict | None) -> Iterator[Event]:
+        return iter(())
+
+    def cut(self, reply: str, limit: int | None) -> tuple[str, str]:
+        words = re.findall(r"\s*\S+", reply)
+        return ("".join(words[:limit]), "length") if limit is not None and len(words) > limit else (reply, "stop")
 
 
 class FakeZhipuAIServer(FakeOpenAIServer):

@@ -63,7 +63,7 @@ def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: in
         yield
         await router.aclose_loop()  # upstream connections opened on this server's loop
 
-    app = FastAPI(title="Linly-Talker LLM API", version="2", lifespan=lifespan,
+    app = FastAPI(title="Avatar LLM Router API", version="2", lifespan=lifespan,
                   description="Seed API (`POST /`), OpenAI-compatible `/v1`, and `/health`.")
     app.state.ctx = ctx = Context(router, api_key or None, max_body_bytes)
     router.add_secret(api_key)

@@ -137,7 +137,7 @@ async def get_model(request: Request, model_id: str) -> dict:
 
 def _model(name: str, status: dict, alias_of: str | None = None) -> dict:
     alias = {"alias_of": alias_of} if alias_of else {}
-    return {"id": name, "object": "model", "created": 0, "owned_by": "linly-talker", **alias, **status}
+    return {"id": name, "object": "model", "created": 0, "owned_by": "avatar-llm-router", **alias, **status}
 
 
 async def statuses(ctx: Context, names: list[str] | None = None) -> dict[str, dict]:

@@ -266,8 +266,10 @@ class ChatMessage(BaseModel):
         return "".join(part["text"] for part in self.content)
 
     def as_history(self) -> dict[str, Any]:
-        """The message as the router takes it (`types.normalize_history`)."""
-        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        """The message as the router takes it (`types.normalize_history`); no content stays none."""
+        out: dict[str, Any] = {"role": self.role}
+        if self.content is not None:
+            out["content"] = self.text()
         if self.tool_calls:
             out["tool_calls"] = [c.model_dump(exclude_none=True) for c in self.tool_calls]
         if self.tool_call_id is not None:

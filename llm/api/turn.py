@@ -87,13 +87,14 @@ class Turn:
                     yield chunk.text
 
     def _add_call(self, delta: dict) -> None:
-        """Merge one streamed tool-call delta (OpenAI's shape) into the whole calls."""
+        """Merge one streamed tool-call delta (OpenAI's shape) into the whole calls: the arguments are
+        joined; the id and name are not deltas (the first one given stands)."""
         index = delta.get("index", len(self.tool_calls))
         while len(self.tool_calls) <= index:
             self.tool_calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
         call, function = self.tool_calls[index], delta.get("function") or {}
-        call["id"] = delta.get("id") or call["id"]
-        call["function"]["name"] += function.get("name") or ""
+        call["id"] = call["id"] or delta.get("id") or ""
+        call["function"]["name"] = call["function"]["name"] or function.get("name") or ""
         call["function"]["arguments"] += function.get("arguments") or ""
 
     @property
@@ -104,7 +105,8 @@ class Turn:
 
     async def sentences(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict]:
         """Speakable sentences, each as soon as it is complete: `sentence` (as displayed), `speech`
-        (as a TTS engine should read it) and, when emotions are on, `emotion`."""
+        (as a TTS engine should read it) and, when emotions are on, `emotion` (never null: a sentence
+        the model gave no tag, Direct Reply's too, has the set's resting face, "neutral")."""
         splitter = speech.SentenceSplitter()
         async with aclosing(self.deltas(chunks)) as texts:
             async for text in texts:
@@ -116,7 +118,7 @@ class Turn:
             yield await self._event(sentence, emotion)
 
     async def _event(self, sentence: str, emotion: str | None) -> dict:
-        event = await speech.sentence_event(sentence, emotion)
+        event = await speech.sentence_event(sentence, emotion or speech.resting_emotion(self.req.emotions))
         if not self.req.emotions:
             del event["emotion"]    # the field is for clients that asked for emotions
         self.events.append(event)

@@ -13,8 +13,10 @@ watches the clock, so a deadline or a cancel never waits on a blocked socket:
   text, with exponential backoff and jitter, or after the backend's Retry-After when that is short;
 - deadlines: no text within `first_token_timeout`, or silence for `stall_timeout` mid-reply, ends
   the attempt with a 504 (and its socket is shut: see `providers.transport`);
-- cooldown: a provider that timed out or failed `FAILURES_TO_OPEN` requests in a row is skipped for
-  `cooldown` seconds; then one probe request decides whether it is back;
+- cooldown: a provider that timed out or failed `FAILURES_TO_OPEN` requests in a row with signs of ill
+  health (no connection, a timeout, a 5xx or a 429: `counts_as_failure`) is skipped for `cooldown`
+  seconds; then one probe request decides whether it is back. A failure one request's content caused
+  (a 4xx, a refused field, an empty reply) never cools a provider down for everyone;
 - hedging: with `hedge_after`, a provider that has said nothing by then gets its first fallback
   started beside it; whichever produces text first answers and the other is cancelled.
 
@@ -26,7 +28,7 @@ took more code than the loop below.
 
 from .arace import AsyncRace
 from .race import Race
-from .rules import Breaker, Policy, backoff, counts_as_failure
+from .rules import Breaker, Policy, backoff, cooling_fix, counts_as_failure
 from .threads import spawn
 
-__all__ = ["AsyncRace", "Breaker", "Policy", "Race", "backoff", "counts_as_failure", "spawn"]
+__all__ = ["AsyncRace", "Breaker", "Policy", "Race", "backoff", "cooling_fix", "counts_as_failure", "spawn"]

@@ -146,7 +146,7 @@ class Race:
             name = self.pending.pop(0)
             try:
                 policy = self.policy(name)      # builds the provider: an SDK may be missing
-                self.breaker(name).admit(name)
+                self.breaker(name).admit(name, fallback=bool(self.pending))
             except LLMError as e:
                 log.info("skipping %s: %s", name, self.redact(e.message))
                 self.errors[name] = e
@@ -299,4 +299,4 @@ class _Output:
     def end(self) -> None:
         if not self.produced:
             raise UpstreamError(f"{self.attempt.name} returned an empty reply", upstream_status=200,
-                                fix="check the model and its prompt; a fallback answers meanwhile")
+                                fix="check the model and its prompt")

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import CoolingDownError, UpstreamError, UpstreamTimeoutError
+from ..errors import CoolingDownError, UpstreamError, UpstreamRefusedError, UpstreamTimeoutError
 
 if TYPE_CHECKING:
     from ..providers import Provider
@@ -56,11 +56,17 @@ def backoff(retry: int, retry_after: float | None = None) -> float | None:
 
 
 def counts_as_failure(error: BaseException) -> bool:
-    """Whether an error says the provider is unwell (not the caller's request, key or model name)."""
-    if not isinstance(error, UpstreamError):
+    """Whether an error is a sign of ill health that should cool the provider down for everyone: no
+    connection, a timeout, a 5xx or a 429. What one request's content caused (an upstream 4xx, a field
+    refused, a reply the model left empty) says nothing about the next request, so it never counts."""
+    if not isinstance(error, UpstreamError) or isinstance(error, UpstreamRefusedError):
         return False
     status = error.upstream_status
-    return error.transient or status is None or status >= 500 or status == 200
+    return error.transient or status is None or status >= 500
+
+
+def cooling_fix(fallback: bool) -> str:
+    return "its fallback answers meanwhile" if fallback else "retry after Retry-After, or add a fallback"
 
 
 class Breaker:
@@ -73,8 +79,9 @@ class Breaker:
         self._probing = False
         self.last_error = ""
 
-    def admit(self, name: str) -> None:
-        """Let a request through, or raise CoolingDownError; after a cooldown, the first one is the probe."""
+    def admit(self, name: str, fallback: bool = False) -> None:
+        """Let a request through, or raise CoolingDownError; after a cooldown, the first one is the probe.
+        `fallback`: whether another provider answers this request meanwhile (the error's fix says so)."""
         with self._lock:
             if not self._until:
                 return
@@ -85,7 +92,7 @@ class Breaker:
             when = f"{left:.0f} s left" if left > 0 else "a probe request is checking it"
             raise CoolingDownError(f"{name} is cooling down, {when} (last error: {self.last_error})",
                                    seconds_left=max(left, 1.0),
-                                   fix="its fallback answers meanwhile; set cooldown: 0 to turn this off")
+                                   fix=cooling_fix(fallback) + "; set cooldown: 0 to turn this off")
 
     def record(self, error: BaseException | None, cooldown: float) -> bool:
         """The outcome of an admitted request (None for success); True when it starts a cooldown."""

@@ -8,27 +8,34 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar, Iterator, Mapping
 
 from ..errors import (
+    InvalidRequestError,
     LLMError,
     MissingKeyError,
     RateLimitError,
     UpstreamError,
+    UpstreamRefusedError,
     UpstreamTimeoutError,
 )
 from ..types import CancelToken, GenerationParams, Message, ProviderStatus, StreamEvent
-from .wire import retry_after_seconds
+from .wire import readable, retry_after_seconds
 
 if TYPE_CHECKING:
     from configs import ProviderConfig
 
+log = logging.getLogger(__name__)
 DEFAULT_CONTEXT_WINDOW = 8192
 DEFAULT_TIMEOUT = 30.0      # seconds per connect/read when `timeout` is unset (the SDKs would wait 600)
 _CJK = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uff00-\uffef]")
+# Request fields the router itself sends, with the fix when a backend refuses one.
+ROUTER_FIELDS = {"model": "check model in configs.yaml", "stream": "use a server that streams (SSE)",
+                 "stream_options": "set stream_usage: false for this provider in configs.yaml"}
 
 
 class Provider(ABC):
@@ -109,10 +116,14 @@ class Provider(ABC):
                              fix="check base_url, the network and that the server is running")
 
     def status_error(self, status: int, detail: str, key_rejected: bool = False,
-                     headers: Mapping[str, str] | None = None) -> LLMError:
+                     headers: Mapping[str, str] | None = None, field: str | None = None) -> LLMError:
         """The typed error for an HTTP error status from the backend, keeping that status
-        (and its Retry-After, from `headers`)."""
-        detail = self.scrub(detail)
+        (and its Retry-After, from `headers`). `field`: the request field the backend blamed, if any.
+
+        The client sees the backend's words without a traceback or file paths; the log has them whole."""
+        raw, detail = self.scrub(detail), self.scrub(readable(detail))
+        if raw != detail:
+            log.warning("%s: the server answered %d: %s", self.name, status, raw)
         retry_after = retry_after_seconds(headers or {})
         if status in (401, 403) or key_rejected:
             if not self.config.api_key_env:     # e.g. a vLLM server started with --api-key
@@ -127,6 +138,12 @@ class Provider(ABC):
         if status == 404:
             return UpstreamError(f"{self.name}: model {self.config.model!r} not found at {self.base_url}",
                                  upstream_status=404, fix="check model in configs.yaml")
+        if field in ROUTER_FIELDS:      # what the router adds to every request: the operator's to fix
+            return UpstreamRefusedError(f"{self.name}: the server refused {field!r}: {detail}",
+                                        upstream_status=status, fix=ROUTER_FIELDS[field])
+        if field:   # the backend refused what the client sent: the client's to fix, not a sign of ill health
+            return InvalidRequestError(f"{self.name} refused {field!r}: {detail}", param=field,
+                                       fix=f"change or remove {field!r}, or use a provider that accepts it")
         return UpstreamError(f"{self.name}: the server answered {status}: {detail}", upstream_status=status,
                              retry_after=retry_after)
 

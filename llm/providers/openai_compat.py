@@ -26,7 +26,7 @@ from ..errors import LLMError, UpstreamError
 from ..types import GenerationParams, Message, StreamEvent
 from .cloud import CloudProvider
 from .transport import DRAIN_TIMEOUT, aiohttp_session
-from .wire import backend_message
+from .wire import backend_message, readable, refused_field
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local servers ignore the key; some proxies in front of them want a bearer token all the same.
@@ -73,8 +73,8 @@ class OpenAIProvider(CloudProvider):
                 raw = await response.read()
             finally:
                 response.release()
-            raise self.status_error(response.status, _detail(raw.decode(errors="replace")),
-                                    headers=response.headers)
+            detail, field = _detail(raw.decode(errors="replace"))
+            raise self.status_error(response.status, detail, headers=response.headers, field=field)
         return AsyncEventStream(response)
 
     def _request(self, messages: list[Message], params: GenerationParams) -> tuple[str, dict, dict]:
@@ -86,8 +86,9 @@ class OpenAIProvider(CloudProvider):
         try:
             response.raise_for_status()
         except httpx2.HTTPStatusError as e:
-            detail = _detail(response.text)
-            raise self.status_error(response.status_code, detail, headers=response.headers) from e
+            detail, field = _detail(response.text)
+            raise self.status_error(response.status_code, detail, headers=response.headers,
+                                    field=field) from e
 
     def chunk_text(self, chunk: dict) -> str:
         delta = _delta(chunk)
@@ -103,7 +104,7 @@ class OpenAIProvider(CloudProvider):
             return None
         counts = ("prompt_tokens", "completion_tokens", "total_tokens")
         usage = {k: int(usage.get(k) or 0) for k in counts} if isinstance(usage, dict) else None
-        calls = tuple({k: v for k, v in call.items() if v is not None} for call in calls or ())
+        calls = tuple(_call_delta(call, state.setdefault("calls", {})) for call in calls or ())
         return StreamEvent(tool_calls=calls, finish_reason=finish, usage=usage,
                            logprobs=tuple(logprobs or ()))
 
@@ -136,16 +137,34 @@ class OpenAIProvider(CloudProvider):
         if isinstance(e, aiohttp.ClientError):
             never_connected = isinstance(e, (aiohttp.ClientConnectorError, aiohttp.InvalidURL))
             return self.unreachable_error(lost=not never_connected)
-        return UpstreamError(f"{self.name}: {self.scrub(str(e))}", upstream_status=200)
+        return UpstreamError(f"{self.name}: {self.scrub(readable(str(e)))}", upstream_status=200)
 
 
-def _detail(body: str) -> str:
-    """The backend's own words from an error body (its JSON error message, else the start of the text)."""
+def _call_delta(call: dict, named: dict[int, bool]) -> dict:
+    """A streamed tool-call delta as OpenAI sends it: id, type and name on the call's first delta only.
+
+    llama.cpp's server repeats them in every delta, and a client joins what it is sent (the openai SDK's
+    stream helpers, LangChain): names are not deltas, so a repeat is dropped here."""
+    call = {k: v for k, v in call.items() if v is not None}
+    index = call.get("index", 0)
+    if named.get(index):
+        call = {k: v for k, v in call.items() if k not in ("id", "type")}
+        if isinstance(call.get("function"), dict):
+            call["function"] = {k: v for k, v in call["function"].items() if k != "name"}
+    elif (call.get("function") or {}).get("name"):
+        named[index] = True
+    return call
+
+
+def _detail(body: str) -> tuple[str, str | None]:
+    """The backend's own words from an error body (its JSON error message, else the start of the text),
+    and the request field it blames, if it names one."""
     try:
         data = _loads(body)
     except ValueError:
         data = None
-    return backend_message(data, body[:300])
+    message = backend_message(data, body[:2000])
+    return message, refused_field(data, message)
 
 
 class StreamError(Exception):

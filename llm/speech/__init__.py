@@ -26,7 +26,7 @@ from .budget import (
     valid_seconds,
 )
 from .clean import ReplyFilter, clean_for_speech
-from .emotions import DEFAULT_EMOTIONS, EmotionTags
+from .emotions import DEFAULT_EMOTIONS, EmotionTags, resting_emotion
 from .normalize import for_tts, sentence_event
 from .sentences import CLAUSE_MARKS, SENTENCE_ENDS, SentenceSplitter, is_chinese
 from .stream import Speaker, aspeak, speak
@@ -40,4 +40,5 @@ def instruction(prompt: str, max_chars: int) -> str:
 __all__ = ["Budget", "CLAUSE_MARKS", "DEFAULT_EMOTIONS", "DEFAULT_MAX_SECONDS", "EN_WORDS_PER_S",
            "MAX_SECONDS", "SECONDS_RULE", "EmotionTags", "ReplyFilter", "SENTENCE_ENDS", "SentenceSplitter",
            "SpeechFilter", "ZH_CHARS_PER_S", "clean_for_speech", "fit_to_budget", "for_tts", "instruction",
-           "is_chinese", "sentence_event", "speak", "aspeak", "Speaker", "spoken_seconds", "valid_seconds"]
+           "is_chinese", "resting_emotion", "sentence_event", "speak", "aspeak", "Speaker", "spoken_seconds",
+           "valid_seconds"]

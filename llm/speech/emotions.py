@@ -18,18 +18,64 @@ _TAG = re.compile(r"[\[【]\s*([A-Za-z_]{1,16})\s*[\]】]")
 _MAYBE_TAG = re.compile(r"[\[【]\s*[A-Za-z_]{0,16}\s*")         # could still become a tag
 _BROKEN_TAG = re.compile(r"[\[【]\s*([A-Za-z_]{1,16})(?![A-Za-z_\]】])")   # "[joy" with no bracket
 _MARK = re.compile(f"[{MARKS}]")
+# A sentence end or a line break, and the spaces after it: a sentence starts where it ends.
+_SENTENCE_END = re.compile(r"[。！？!?.\n][ \t]*")
+_WORD = re.compile(r"[ \t]*([A-Za-z_]{1,16})")
+_ALONE = re.compile(r"[ \t]*[.!。！]?[ \t]*")             # nothing after the word but an end mark
+# What follows a bare tag and not a word of the sentence: "joy: …", "joy\n…", "joy 今天…"
+_BARE_FOLLOWS = re.compile(r"([ \t]*[:：\n][ \t]*|[ \t]*(?=[\u3400-\u9fff]))")
+
+
+def resting_emotion(names: tuple[str, ...]) -> str | None:
+    """The face of a sentence with no tag: "neutral" when the set has it, else the set's first."""
+    return "neutral" if "neutral" in names else (names[0] if names else None)
 
 
 class EmotionTags:
     def __init__(self, names: tuple[str, ...] = DEFAULT_EMOTIONS):
         self.names = tuple(n.lower() for n in names)
         self._pending = ""
+        self._at_start = True       # the text fed next starts a sentence (a bare tag may stand there)
 
     def marker(self, name: str) -> str:
         return chr(_BASE + self.names.index(name))
 
     def feed(self, delta: str, final: bool = False) -> str:
         text, self._pending = self._pending + delta, ""
+        text, held = self._bare_tags(text, final)
+        out = self._bracket_tags(text, final)
+        self._pending += held
+        if out.strip(" \t"):
+            self._at_start = re.search(r"[。！？!?.\n][ \t]*\Z", out) is not None
+        return out
+
+    def _bare_tags(self, text: str, final: bool) -> tuple[str, str]:
+        """A tag a model wrote without its brackets ("joy 今天…", "neutral" alone, "sad: …") where a
+        sentence starts: made a marker, never spoken as the word. Only where it cannot be a word of the
+        sentence (English "Joy is…" stays). Returns the text, and the tail held until it is decided."""
+        out, i = [], 0
+        starts = ([0] if self._at_start else []) + [m.end() for m in _SENTENCE_END.finditer(text)]
+        for start in starts:
+            if start < i:
+                continue
+            word = _WORD.match(text, start)
+            if word is None or not (known := [n for n in self.names if n.startswith(word[1].lower())]):
+                continue
+            rest = text[word.end():]
+            if not final and (_ALONE.fullmatch(rest) or word.end() == len(text)):
+                out.append(text[i:start])
+                return "".join(out), text[start:]       # "neu", "joy" or "joy." at the end: wait and see
+            follows = _BARE_FOLLOWS.match(rest) or (final and _ALONE.fullmatch(rest))
+            if follows and not final and follows.end() == len(rest):
+                out.append(text[i:start])
+                return "".join(out), text[start:]       # "joy:" at the end: its spaces may follow
+            if word[1].lower() in known and follows:
+                out.append(text[i:word.start(1)] + self.marker(word[1].lower()))   # spaces before: kept
+                i = word.end() + len(follows[1] if follows.re is _BARE_FOLLOWS else rest)
+        out.append(text[i:])
+        return "".join(out), ""
+
+    def _bracket_tags(self, text: str, final: bool) -> str:
         out, i = [], 0
         while True:
             k = min((p for p in (text.find("[", i), text.find("【", i)) if p >= 0), default=-1)
