@@ -58,7 +58,7 @@ def test_budget_is_enforced_and_generation_stops_early():
     reply = make_router(p).chat("怎么缓解压力？")
     assert reply.text == "压力大的时候可以深呼吸，适当运动，和朋友聊天。"
     assert len(reply.text) <= 25
-    assert p.yielded <= 5 and p.closed.is_set()
+    assert p.yielded <= 9 and p.closed.is_set()     # no sentence end: it reads to 1.5x the budget
 
 
 def test_style_off_per_call_passes_text_unchanged_and_uncut():

@@ -10,6 +10,7 @@ character budget, every character counted.
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import dataclass
 
 from .clean import Cleaner
@@ -18,12 +19,15 @@ from .sentences import _CJK, MARKS, boundaries, is_chinese
 ZH_CHARS_PER_S = 5.0        # a Mandarin TTS voice says about 4-5 characters a second
 EN_WORDS_PER_S = 2.5        # about 150 words a minute
 DEFAULT_MAX_SECONDS = 25 / ZH_CHARS_PER_S
+# A first sentence longer than the budget may run to 1.5x it rather than be cut mid-phrase.
+FIRST_SENTENCE_OVERRUN = 1.5
 MAX_SECONDS = 600.0         # the longest budget a config or a request may ask for
 SECONDS_RULE = f"must be a number of seconds above 0 and at most {MAX_SECONDS:g}"
 # Spoken length of digits and symbols, in Chinese characters and English words.
 _DIGIT = {"zh": 1.2, "en": 0.8}                 # 2024 -> 二零二四 / twenty twenty-four
 _SYMBOLS = {"%": (3, 1), "％": (3, 1), "℃": (3, 2), "°": (1, 1), "~": (1, 1), "+": (1, 1), "=": (2, 1)}
 _MARK_LO, _MARK_HI = MARKS.split("-")
+_EPS = 1e-9                 # costs are sums of floats: 25 x 0.2 must still fit in 5 s
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,11 @@ class _Meter:
 
     def within(self, limit: float) -> int:
         """The longest prefix length whose cost is at most `limit`."""
-        return bisect.bisect_right(self.cum, limit + 1e-9) - 1
+        return bisect.bisect_right(self.cum, limit + _EPS) - 1
+
+    def over(self, limit: float) -> bool:
+        """Whether the text costs more than `limit`, by the measure of `within` (25 x 0.2 is not over 5)."""
+        return self.total > limit + _EPS
 
     def _cost(self, ch: str) -> float:
         if _MARK_LO <= ch <= _MARK_HI:
@@ -120,9 +128,11 @@ class SpeechFilter:
     """Turns a stream of raw deltas into speech-clean deltas; with a budget, enforces it.
 
     Under a budget, text is released only up to the last sentence end (or, before any sentence end,
-    up to the last clause mark), so the final cut never has to take back released text. A sentence
-    end is released the moment it arrives. `done` turns true once the budget is exceeded: the caller
-    then stops the upstream generation. `lang` ("zh"/"en") is how digits are read before any letter.
+    up to the last clause mark), and past the budget only at the cut, so the final cut never has to
+    take back released text. A sentence end is released the moment it arrives. `done` turns true once
+    the budget is exceeded and a sentence has ended, or the text is past FIRST_SENTENCE_OVERRUN times
+    the budget: the caller then stops the upstream generation. `lang` ("zh"/"en") is how digits are
+    read before any letter.
     """
 
     def __init__(self, budget: Budget | int | None, lang: str = "zh"):
@@ -148,11 +158,14 @@ class SpeechFilter:
             return cleaned
         self._add(cleaned)
         self._scan(final=False)
-        if self._meter.total > self._limit:
+        over = self._meter.over(self._limit)
+        # Past the budget with no sentence end yet, the first sentence may still end within the allowance.
+        if over and (self._last_sentence or self._meter.over(self._limit * FIRST_SENTENCE_OVERRUN)):
             self.done = True
-            return self._release_cut()
-        safe = self._last_sentence or max(self._last_clause, 0)
-        return self._release(safe)
+            return self._release_cut(ended=False)
+        if over:        # the cut may yet fall at a clause within the budget: release no more
+            return ""
+        return self._release(self._last_sentence or max(self._last_clause, 0))
 
     def finish(self) -> str:
         """The rest, once the upstream stream has ended (or was stopped)."""
@@ -163,8 +176,8 @@ class SpeechFilter:
         self.done = True
         self._add(self._cleaner.finish())
         self._scan(final=True)
-        if self._meter.total > self._limit:
-            return self._release_cut()
+        if self._meter.over(self._limit):
+            return self._release_cut(ended=True)
         return self._release(len(self._text)).rstrip()
 
     def _add(self, text: str) -> None:
@@ -185,23 +198,53 @@ class SpeechFilter:
         self._released = upto
         return out
 
-    def _release_cut(self) -> str:
-        fits = self._meter.within(self._limit)     # the longest prefix within the budget
-        ends = boundaries(self._text[:fits + 1], 0, True)
-        sentence = max((p for p, k in ends if k == "sentence" and p <= fits), default=0)
-        if sentence:
-            return self._release(sentence).rstrip()
-        clause = max((p for p, k in boundaries(self._text[:fits], 0, True) if k == "clause"), default=0)
-        if clause > 0:
-            head = self._text[:clause].rstrip()
-            return self._release(len(head)) + ("。" if is_chinese(head) else ".")
-        return self._release(_hard_cut(self._text, fits))
+    def _release_cut(self, ended: bool) -> str:
+        """The cut of a text past the budget, in order of preference: the last sentence end within the
+        budget, else the end of the first sentence within the allowance (1.5x the budget); the last
+        clause mark within the budget, else within the allowance; before a phrase (English); at the
+        budget. Each lies at or after the released text."""
+        text, limit = self._text, self._limit
+        fits = self._meter.within(limit)
+        room = self._meter.within(limit * FIRST_SENTENCE_OVERRUN)
+        ends = list(boundaries(text[:room + 1], 0, ended))     # +1: the character that tells what a "." is
+        sentences = [p for p, kind in ends if kind == "sentence"]
+        if sentences:
+            in_budget = [p for p in sentences if p <= fits]
+            return self._release(in_budget[-1] if in_budget else sentences[0]).rstrip()
+        if ended and room == len(text):        # the stream ended the first sentence within the allowance
+            return self._release(room).rstrip()
+        clauses = [p for p, kind in ends if kind == "clause" and p]
+        in_budget = [p for p in clauses if p < fits]
+        zh = is_chinese(text[:room])
+        cut = (in_budget or clauses or [None])[-1]
+        if cut is None and not zh:
+            cut = _before_phrase(text, room, self._meter.cum, limit * _PHRASE_MIN_KEEP)
+        if cut is None:
+            cut = _word_start(text, fits)
+        head = _NO_END.sub("", text[:cut])
+        return (self._release(len(head)) + ("。" if zh else ".")) if head else ""
 
 
-def _hard_cut(text: str, budget: int) -> int:
-    """`budget`, moved back to a word boundary when that cuts a Latin word in half."""
-    if budget < len(text) and text[budget - 1:budget + 1].isascii() and text[budget - 1:budget + 1].isalnum():
-        space = text.rfind(" ", 0, budget)
-        if space > budget // 2:
-            return space
-    return budget
+# Words that open a phrase: cutting just before one leaves the phrase before it whole.
+_PHRASE_START = re.compile(
+    r"(?<![\w'’-])(?:about|across|after|against|along|among|and|around|as|at|because|before|behind|between|"
+    r"beyond|but|by|during|for|from|if|in|into|near|of|on|onto|or|over|since|so|than|that|then|through|"
+    r"to|toward|towards|under|until|when|where|which|while|who|whom|whose|with|within|without)\b",
+    re.IGNORECASE)
+_PHRASE_MIN_KEEP = 0.5      # a phrase cut keeps at least half the budget: "The Great Wall." says nothing
+_NO_END = re.compile(r"[\s\-–—(\[{“‘（《「『【]+$")     # white space and openers never end a reply
+
+
+def _before_phrase(text: str, room: int, cum: list[float], keep: float) -> int | None:
+    """The start of the last phrase-opening word within `room` that leaves at least `keep` before it."""
+    starts = [m.start() for m in _PHRASE_START.finditer(text, 0, room)]
+    return next((s for s in reversed(starts) if cum[s] >= keep), None)
+
+
+def _word_start(text: str, cut: int) -> int:
+    """`cut`, moved back to the start of the Latin word or number it would split (unless that is the
+    first)."""
+    start = cut
+    while 0 < start < len(text) and (pair := text[start - 1:start + 1]).isascii() and pair.isalnum():
+        start -= 1
+    return start or cut
