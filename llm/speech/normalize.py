@@ -9,6 +9,12 @@ percentages, ranges and units (℃, km, kg) in words; cn2an left "25.5" half-con
 phone number as one big number. Measured here: importing it takes about 0.7 s and 44 MB, and a
 sentence with numbers about 2-5 ms, so it is imported on the first sentence that needs it, and a
 sentence with nothing to convert (most of them) returns at once.
+
+Its English grammar is good at years, times, ordinals, ranges, phone numbers and units, but reads
+"1,200 meters" as "thousand two hundred", "2,500-foot" as "two,five hundred", "77.0" as "seventy
+seven point oh" and "$5.99" as "five point nine nine dollars". So, in English sentences only,
+amounts of money and numbers with thousands separators are put in words here before wetext sees
+them, and its output gets "zero" after "point" and hyphens in 21-99 ("seventy-seven").
 """
 
 from __future__ import annotations
@@ -26,6 +32,95 @@ _lock = threading.Lock()         # the FST runtime is not documented as thread-s
 _normalizers: dict[str, object] = {}
 _failed = False
 
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+         "fifteen sixteen seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_SCALES = ("", " thousand", " million", " billion", " trillion")
+_MONEY_NAMES = {"$": ("dollar", "dollars", "cent", "cents"), "£": ("pound", "pounds", "penny", "pence"),
+                "€": ("euro", "euros", "cent", "cents")}
+# The units after a number put in words here, as wetext names them (it expands a unit only after
+# digits); a unit missing here stays as written. "m" is meters, where wetext says "minutes".
+_UNITS = {"km": "kilometers", "m": "meters", "cm": "centimeters", "mm": "millimeters", "mi": "miles",
+          "ft": "feet", "sq ft": "square feet", "yd": "yards", "kg": "kilograms", "g": "grams",
+          "mg": "milligrams", "lb": "pounds", "lbs": "pounds", "oz": "ounces", "ml": "milliliters",
+          "mL": "milliliters", "mph": "miles per hour", "km/h": "kilometers per hour",
+          "m/s": "meters per second", "rpm": "revolutions per minute", "kcal": "kilo calories",
+          "ms": "milliseconds", "min": "minutes", "Hz": "hertz", "MHz": "megahertz", "GHz": "gigahertz",
+          "KB": "kilobytes", "MB": "megabytes", "GB": "gigabytes", "TB": "terabytes", "%": "percent",
+          "°C": "degrees Celsius", "°F": "degrees Fahrenheit", "℃": "degrees Celsius", "°": "degrees"}
+_SIGNS = {"-": "minus ", "~": "approximately "}
+
+# A letter before the symbol (US$5) or after the amount ($3.5M, $5k) is left to wetext, which
+# names them; a scale word keeps the amount whole ("$2.5 million").
+_MONEY = re.compile(r"(?<![A-Za-z])([$£€])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?![.,]?\d|[A-Za-z])"
+                    r"(?: (thousand|million|billion|trillion)\b)?")
+# A number with thousands separators, alone or in a range, with its sign and unit. One without a
+# separator is left to wetext, and so is one with letters after it ("1,000th", "1,200kWh").
+_NUMBER = r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?)"
+_UNIT = "|".join(sorted(map(re.escape, _UNITS), key=len, reverse=True))
+_SEPARATED = re.compile(rf"(?<![\w.,~-])([-~])?{_NUMBER}(?:[-–~]{_NUMBER})?(?:\s?({_UNIT})(?![A-Za-z]))?"
+                        rf"(?![A-Za-z])")
+# wetext says "oh" for a 0 after the point ("three point oh"); written English says "zero".
+_POINT_DIGITS = re.compile(r"\bpoint(?: (?:oh|zero|one|two|three|four|five|six|seven|eight|nine))+\b")
+# "twenty four" right after another number word is part of a year or a time ("twenty twenty four",
+# "three forty five"): left as wetext says it, as a TTS reads it the same either way.
+_COMPOUND = re.compile(r"\b(?:(%s) )?(%s) (%s)\b" % (
+    "|".join(_ONES[1:] + _TENS[2:]), "|".join(_TENS[2:]),
+    "one|two|three|four|five|six|seven|eight|nine|first|second|third|fourth|fifth|sixth|seventh|eighth|ninth"))
+
+
+def _cardinal(n: int) -> str:
+    """British-style like wetext's: "and" only before the last part under a hundred."""
+    if n >= 1000 ** len(_SCALES):
+        return " ".join(_ONES[int(d)] for d in str(n))
+    groups = []
+    while n:
+        n, group = divmod(n, 1000)
+        groups.append(group)
+    words = []
+    for scale in reversed(range(len(groups))):
+        hundreds, rest = divmod(groups[scale], 100)
+        part = [f"{_ONES[hundreds]} hundred"] if hundreds else []
+        if rest:
+            part += ["and"] if scale == 0 and (hundreds or len(groups) > 1) else []
+            tens, ones = divmod(rest, 10)
+            part.append(_ONES[rest] if rest < 20 else _TENS[tens] + (f"-{_ONES[ones]}" if ones else ""))
+        if part:
+            words.append(" ".join(part) + _SCALES[scale])
+    return " ".join(words) or "zero"
+
+
+def _number(text: str) -> str:
+    whole, _, fraction = text.replace(",", "").partition(".")
+    spoken = _cardinal(int(whole))
+    return f"{spoken} point {' '.join(_ONES[int(d)] for d in fraction)}" if fraction else spoken
+
+
+def _money(m: re.Match) -> str:
+    one, many, cent, cents = _MONEY_NAMES[m[1]]
+    if m[4] or (m[3] and len(m[3]) != 2):       # "$2.5 million" is an amount, not dollars and cents
+        return " ".join(filter(None, (_number(m[2] + (f".{m[3]}" if m[3] else "")), m[4], many)))
+    whole, part = int(m[2].replace(",", "")), int(m[3] or 0)
+    spoken = [f"{_cardinal(whole)} {one if whole == 1 else many}"] if whole or not part else []
+    spoken += [f"{_cardinal(part)} {cent if part == 1 else cents}"] if part else []
+    return " and ".join(spoken)
+
+
+def _separated(m: re.Match) -> str:
+    if "," not in m[2] + (m[3] or ""):
+        return m[0]                              # no separator: wetext reads it well
+    spoken = _SIGNS.get(m[1] or "", "") + _number(m[2]) + (f" to {_number(m[3])}" if m[3] else "")
+    return f"{spoken} {_UNITS[m[4]]}" if m[4] else spoken
+
+
+def _english_before(sentence: str) -> str:
+    return _SEPARATED.sub(_separated, _MONEY.sub(_money, sentence))
+
+
+def _english_after(spoken: str) -> str:
+    spoken = _POINT_DIGITS.sub(lambda m: m[0].replace(" oh", " zero"), spoken)
+    return _COMPOUND.sub(lambda m: m[0] if m[1] else f"{m[2]}-{m[3]}", spoken)
+
 
 def for_tts(sentence: str) -> str:
     """`sentence` with numbers, units and symbols in words, in the sentence's own language.
@@ -36,13 +131,15 @@ def for_tts(sentence: str) -> str:
         return sentence
     lang = "zh" if is_chinese(sentence) else "en"
     try:
+        text = _english_before(sentence) if lang == "en" else sentence
         with _lock:
             normalizer = _normalizers.get(lang)
             if normalizer is None:
                 from wetext import Normalizer
 
                 normalizer = _normalizers[lang] = Normalizer(lang=lang, operator="tn")
-            spoken = normalizer.normalize(sentence)
+            spoken = normalizer.normalize(text) if _NEEDS_WORDS.search(text) else text
+        spoken = _english_after(spoken) if lang == "en" else spoken
     except ImportError:
         _failed = True
         log.warning("wetext is not installed: sentences reach the TTS with their digits "
