@@ -18,6 +18,12 @@ An error event that does not say so (e.g. "cannot reach" after the stream began)
 Memory and threads are measured after a warm-up (SDK imported, clients built). The fakes are instrumented
 here, not in tests/: their request logs become tallies (RSS then measures the API, not the log), and their
 connections and handler-thread exceptions are counted instead of printed, and their listen backlog is 128.
+
+Threads are back to baseline when all growth is idle pools, each within its bound: the API loop's default
+executor (asyncio.to_thread; under uvloop its threads are "uvloop_N", under asyncio "asyncio_N"), at most
+its max_workers; one fake-upstream handler thread per kept-alive connection still open, at most one such
+connection per concurrent client; and the router's idle generation threads. After the run the soak waits
+(up to 10 s) for those to settle: a handler thread outlives its connection for a moment while it closes.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs import ProviderConfig  # noqa: E402
+from llm.providers.transport import MAX_CONNECTIONS  # noqa: E402
 from tests.api_helpers import serve_router  # noqa: E402
 from tests.fake_servers import FakeOpenAIServer  # noqa: E402
 
@@ -53,7 +60,7 @@ DEADLINE = ("hang", "stall")            # absorbed by first_token_timeout/stall_
 MID_REPLY = ("drop", "truncate", "stall")   # may cut a stream after text reached the client
 KINDS = ("seed", "seed-stream", "v1", "v1-stream")
 LISTEN_BACKLOG = 128            # for the fakes, like a real server (each dropped SYN costs a client 1-3 s)
-KEEPALIVE_PER_CLIENT = 32       # llm.providers.transport: max_keepalive_connections of each upstream client
+SETTLE_S = 10                   # after the run: for generation threads, hangs and closing handlers to end
 
 
 @dataclass
@@ -130,6 +137,19 @@ def thread_groups() -> collections.Counter:
 
 def generation_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("llm-") and t.name != "llm-api"]
+
+
+def default_executor_threads(handle) -> str:
+    """How the API loop's default executor (asyncio.to_thread, run_in_executor(None, ...)) names its
+    threads, folded like `thread_groups`: uvloop's "uvloop_N", asyncio's "asyncio_N"."""
+    loop = handle.server.servers[0].get_loop()
+    return "uvloop_N" if type(loop).__module__.split(".")[0] == "uvloop" else "asyncio_N"
+
+
+def default_executor_size() -> int:
+    """concurrent.futures.ThreadPoolExecutor's default max_workers, which both loops' executors use."""
+    cpus = getattr(os, "process_cpu_count", os.cpu_count)()     # process_cpu_count: Python 3.13+
+    return min(32, (cpus or 1) + 4)
 
 
 # ---- the fault script ------------------------------------------------------------------------------
@@ -312,13 +332,35 @@ class Upstream:
 
 
 @dataclass
+class Snapshot:
+    """Live threads by name and the upstreams' open connections, read at one moment."""
+
+    threads: collections.Counter
+    connections: dict[str, int]     # upstream name -> TCP connections its fake holds open now
+
+    @classmethod
+    def take(cls, upstreams: tuple[Upstream, ...]) -> Snapshot:
+        return cls(thread_groups(), {u.name: len(u.fake._connections) for u in upstreams})
+
+
+@dataclass
+class Pools:
+    """Thread growth from `before` to `after`: what idle pools explain (with why), what they do not."""
+
+    explained: int
+    unexplained: dict[str, int]
+    reasons: list[str]
+
+
+@dataclass
 class Measured:
     results: list[Result]
     seconds: float
     capped: bool
     rss: tuple[float, float]
     rss_trend: list[tuple[int, float]]
-    threads: tuple[collections.Counter, collections.Counter]
+    threads: tuple[Snapshot, Snapshot]
+    pools: Pools
     settled_s: float
     met: collections.Counter       # the faults the flaky upstream's requests met
 
@@ -374,16 +416,24 @@ def main(argv=None) -> int:
                 path, body = body_for(kind, 0)
                 body["provider" if kind.startswith("seed") else "model"] = provider
                 session.post(server.url + path, json=body, timeout=30).raise_for_status()
-        threads_before, rss_before = thread_groups(), rss_mb()
+        upstreams, executor = (flaky, backup), default_executor_threads(server.handle)
+        threads_before, rss_before = Snapshot.take(upstreams), rss_mb()
         flaky.mark()
         backup.mark()
 
         results, seconds, capped, rss_trend = soak(args, server.url, server.handle.port, plan, rng)
 
-        _, settled_s = settle(lambda: not generation_threads() and flaky.fake.hanging == 0
-                              and backup.fake.hanging == 0, 10)
+        def settled() -> bool:
+            if generation_threads() or flaky.fake.hanging or backup.fake.hanging:
+                return False
+            after = Snapshot.take(upstreams)
+            return not idle_pool_growth(threads_before, after, executor, args.concurrency).unexplained
+
+        _, settled_s = settle(settled, SETTLE_S)
+        threads_after = Snapshot.take(upstreams)
         run = Measured(results, seconds, capped, (rss_before, rss_mb()), rss_trend,
-                       (threads_before, thread_groups()), settled_s,
+                       (threads_before, threads_after),
+                       idle_pool_growth(threads_before, threads_after, executor, args.concurrency), settled_s,
                        injected(script, flaky.requests_before, flaky.requests))
         report(args, run, flaky, backup, counter)
         return verdict(args, run, flaky, backup)
@@ -400,21 +450,39 @@ def injected(script: list[str], start: int, count: int) -> collections.Counter:
     return collections.Counter(met + [script[-1]] * (count - len(met)))
 
 
-def idle_pool_growth(before: collections.Counter, after: collections.Counter,
-                     upstreams: tuple[Upstream, ...], concurrency: int) -> tuple[int, dict]:
-    """Thread growth that idle pools explain: the API loop's default executor, and the upstream handler
-    threads that serve the router's kept-alive connections (at most KEEPALIVE_PER_CLIENT per client), and
-    the router's reused generation threads (llm.policy.spawn: named "pool-idle" while idle, they end
-    after a minute; at most three per request in flight: the async bridge, the attempt and a hedge)."""
-    executor = min(32, (os.cpu_count() or 1) + 4)   # asyncio's default executor size
-    grown = {name: after[name] - before[name] for name in after if after[name] > before[name]}
-    pools = {"asyncio_N": min(grown.get("asyncio_N", 0), executor)}
-    open_conns = sum(min(len(u.fake._connections), KEEPALIVE_PER_CLIENT) for u in upstreams)
+def idle_pool_growth(before: Snapshot, after: Snapshot, executor: str, concurrency: int) -> Pools:
+    """Thread growth that idle pools explain, each only up to its bound (more is a leak):
+
+    - the API loop's default executor (`executor`: its threads' folded name): a ThreadPoolExecutor whose
+      idle workers stay for the life of the loop, at most `default_executor_size()` of them in all;
+    - the fake upstreams' handler threads, one per TCP connection the router keeps alive: at most the
+      connections open at that moment, each upstream's at most `concurrency` (one upstream request per
+      client request at a time: no hedging here) and MAX_CONNECTIONS (the router's pool per client);
+      the router closes them after KEEPALIVE_SECONDS idle;
+    - the router's reused generation threads (llm.policy.spawn: named "pool-idle" while idle, they end
+      after a minute; at most three per request in flight: the async bridge, the attempt and a hedge)."""
+    grown = {name: n - before.threads[name] for name, n in after.threads.items() if n > before.threads[name]}
+    size = default_executor_size()
+    kept = {name: min(n, concurrency, MAX_CONNECTIONS) for name, n in after.connections.items()}
     handlers = "Thread-N (process_request_thread)"
-    pools[handlers] = min(grown.get(handlers, 0), open_conns)
-    pools["pool-idle"] = min(grown.get("pool-idle", 0), 3 * concurrency)
-    unexplained = {k: v - pools.get(k, 0) for k, v in grown.items() if v - pools.get(k, 0) > 0}
-    return sum(pools.values()), unexplained
+    bounds = {
+        executor: (max(0, size - before.threads[executor]),
+                   f"the API loop's default executor (asyncio.to_thread), {after.threads[executor]} of at "
+                   f"most {size} workers"),
+        handlers: (max(0, sum(kept.values()) - before.threads[handlers]),
+                   "fake-upstream handlers of kept-alive connections, open now: "
+                   + ", ".join(f"{name} {n}" for name, n in after.connections.items())),
+        "pool-idle": (3 * concurrency, "the router's idle generation threads"),
+    }
+    explained, unexplained, reasons = 0, {}, []
+    for name, n in grown.items():
+        bound, why = bounds.get(name, (0, ""))
+        explained += min(n, bound)
+        if min(n, bound):
+            reasons.append(f"{name} +{min(n, bound)}: {why}")
+        if n > bound:
+            unexplained[name] = n - bound
+    return Pools(explained, unexplained, reasons)
 
 
 def report(args, run: Measured, flaky: Upstream, backup: Upstream, counter: Counter) -> None:
@@ -455,11 +523,12 @@ def report(args, run: Measured, flaky: Upstream, backup: Upstream, counter: Coun
         print(f"  {message}")
     print(f"RSS: {run.rss[0]:.1f} MB before, {run.rss[1]:.1f} MB after ({run.rss[1] - run.rss[0]:+.1f} MB); "
           "along the run: " + ", ".join(f"{mb:.0f} MB at {i}" for i, mb in run.rss_trend))
-    before, after = run.threads
-    pooled, unexplained = idle_pool_growth(before, after, (flaky, backup), args.concurrency)
+    before, after = (snapshot.threads for snapshot in run.threads)
     print(f"threads: {sum(before.values())} before, {sum(after.values())} after "
-          f"(settled in {run.settled_s:.1f} s; +{pooled} idle in pools: the API's executor, reused "
-          f"generation threads, kept-alive upstream connections; unexplained: {unexplained or 'none'})")
+          f"(settled in {run.settled_s:.1f} s; +{run.pools.explained} idle in bounded pools; "
+          f"unexplained: {run.pools.unexplained or 'none'})")
+    for reason in run.pools.reasons:
+        print(f"  {reason}")
     print("  before: " + ", ".join(f"{k} {v}" for k, v in sorted(before.items())))
     print("  after:  " + ", ".join(f"{k} {v}" for k, v in sorted(after.items())))
     print(f"generation threads (llm-* but llm-api) left: {len(generation_threads())}; upstream requests "
@@ -484,9 +553,8 @@ def verdict(args, run: Measured, flaky: Upstream, backup: Upstream) -> int:
     left = generation_threads()
     if left:
         reasons.append(f"{len(left)} generation threads left: {left[:5]}")
-    _, unexplained = idle_pool_growth(*run.threads, (flaky, backup), args.concurrency)
-    if unexplained:
-        reasons.append(f"threads not back to baseline: {unexplained}")
+    if run.pools.unexplained:
+        reasons.append(f"threads not back to baseline: {run.pools.unexplained}")
     hanging = flaky.fake.hanging + backup.fake.hanging
     if hanging:
         reasons.append(f"upstream requests still hanging: {hanging}")
@@ -494,7 +562,7 @@ def verdict(args, run: Measured, flaky: Upstream, backup: Upstream) -> int:
         print("FAIL: " + "; ".join(reasons))
         return 1
     print(f"PASS: 0 unexpected errors, RSS {rss_growth:+.1f} MB (< {args.max_rss_mb:g}), threads back to "
-          f"baseline (idle pools aside), 0 generation threads, 0 upstream requests hanging")
+          f"baseline (bounded idle pools aside), 0 generation threads, 0 upstream requests hanging")
     return 0
 
 
