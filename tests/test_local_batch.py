@@ -247,3 +247,44 @@ def test_a_reply_too_long_for_the_cache_is_a_503_with_the_fix_and_the_engine_rec
         assert text_of(p.stream(HI, GREEDY, CancelToken()))
     finally:
         p.close()
+
+
+def test_a_request_while_the_engine_winds_down_after_a_fatal_error_waits_for_it_and_is_served(tmp_path,
+                                                                                            monkeypatch):
+    """The engine's thread fails its requests first and exits after: a request that arrives in between (a
+    client retrying at once) waits for the new engine instead of a 503 "not taking requests". Here the dying
+    thread is held until the next request stops it, so that window is always open (under load it opens by
+    chance); the test waits for no time, only for the engine."""
+    from transformers.generation.continuous_batching import continuous_api
+
+    thread_status = continuous_api.BackgroundThreadStatus
+    stopped = threading.Event()     # someone asked the dying engine to stop: the next request's restart
+    fail = continuous_api.ContinuousBatchingManager._handle_critical_error
+    request_stop = thread_status.request_stop
+
+    def fail_and_linger(self, error, batch_processor):
+        fail(self, error, batch_processor)      # the requests have their error now
+        assert stopped.wait(timeout=60), "nothing stopped the dying engine"
+
+    def note_stop(self, status, global_rank):
+        request_stop(self, status, global_rank)
+        if status == thread_status.FLUSH_AND_STOP:     # from manager.stop(), not from the crash (HARD_STOP)
+            stopped.set()
+
+    monkeypatch.setattr(continuous_api.ContinuousBatchingManager, "_handle_critical_error", fail_and_linger)
+    monkeypatch.setattr(thread_status, "request_stop", note_stop)
+    p = local(build_llama(tmp_path / "m", seed=3, max_positions=4096), "lingering", engine="batched",
+              max_concurrency=1)
+    p.load()
+    try:
+        engine = p._weights.engine
+        with pytest.raises(UpstreamError) as caught:
+            text_of(p.stream([Message("user", "你好 " * 300)], GenerationParams(max_new_tokens=1500), CancelToken()))
+        assert "does not fit" in str(caught.value)
+        dying = engine._manager
+        assert dying.is_running() and not stopped.is_set()     # the window: its thread is still there
+        assert text_of(p.stream(HI, GREEDY, CancelToken()))
+        assert engine._manager is not dying and not dying.is_running() and engine._manager.is_running()
+    finally:
+        stopped.set()
+        p.close()

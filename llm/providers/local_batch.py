@@ -38,6 +38,7 @@ class Batcher:
         self.vocab = model.config.get_text_config().vocab_size
         self.eos, self.pad = special["eos_token_id"], special["pad_token_id"]
         self._lock = threading.Lock()
+        self._closed = False
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name=f"batch-results-{name}", daemon=True).start()
         try:
@@ -66,14 +67,24 @@ class Batcher:
         return manager
 
     def _running(self) -> Any:
-        """The manager; a new one if the last died (a fatal error fails its requests, not the model)."""
+        """A manager that takes requests: a new one if the last died or is dying (a fatal error fails its
+        requests, not the model). A caller that comes while it is replaced waits here for the new one."""
         with self._lock:
-            if not self._manager.is_running():
+            if self._closed:
+                raise self._refused()
+            if not self._accepting(self._manager):
+                # Its thread fails its requests first and exits after: a request that came in between
+                # (the reply that met the error, retried at once) would be refused by the dying engine.
                 log.warning("%s: the batching engine had stopped (%s); starting it again", self.name,
-                            self._manager.background_thread_status.fatal_error)
+                            self._manager.background_thread_status.fatal_error or "stopping")
                 self._manager.stop(block=True, timeout=10)
                 self._manager = self._start()
             return self._manager
+
+    @staticmethod
+    def _accepting(manager: Any) -> bool:
+        """Whether the manager's thread runs and will take a new request (not stopping, no fatal error)."""
+        return manager.is_running() and manager.background_thread_status.can_accept_new_requests() is None
 
     def sampling(self, greedy: bool, temperature: float | None, top_p: float | None,
                  top_k: int | None) -> dict[str, Any]:
@@ -93,20 +104,11 @@ class Batcher:
         """The new token ids of one request as the engine makes them. `request`: its sampling params (from
         `sampling`), maybe its own eos_token_id. Closing this (or cancelling) drops the request from the
         batch at the next step."""
-        manager = self._running()
         rid = f"{self.name}-{uuid.uuid4().hex}"
         results: queue.SimpleQueue = queue.SimpleQueue()
-
-        async def register() -> None:   # before add_request, so no result can miss its queue
-            manager.register_result_handler(rid, results.put)
-
-        asyncio.run_coroutine_threadsafe(register(), self._loop).result(timeout=10)
+        manager = self._submit(rid, results, ids, max_new_tokens, request)
         seen, finished = 0, False
         try:
-            if manager.add_request(ids, request_id=rid, max_new_tokens=max_new_tokens, streaming=True,
-                                   **{"eos_token_id": self.eos} | request) is None:
-                raise UpstreamError(f"{self.name}: the batching engine is not taking requests now",
-                                    status=503, fix="try again in a moment")
             while True:
                 try:
                     out = results.get(timeout=POLL_S)
@@ -130,6 +132,28 @@ class Batcher:
                 # A cancelled request gets no last result, so its handler would stay registered
                 self._loop.call_soon_threadsafe(manager.output_router.result_handlers.pop, rid, None)
 
+    def _submit(self, rid: str, results: queue.SimpleQueue, ids: list[int], max_new_tokens: int,
+                request: dict[str, Any]) -> Any:
+        """Add the request to a running manager, its results going to `results`; the manager. An engine
+        that dies between `_running` and here (another request's fatal error) refuses it: then once more
+        on the engine `_running` starts in its place. UpstreamError (503) if that one refuses it too."""
+        for _ in range(2):
+            manager = self._running()
+
+            async def register(manager: Any = manager) -> None:    # before add_request: no result is lost
+                manager.register_result_handler(rid, results.put)
+
+            asyncio.run_coroutine_threadsafe(register(), self._loop).result(timeout=10)
+            if manager.add_request(ids, request_id=rid, max_new_tokens=max_new_tokens, streaming=True,
+                                   **{"eos_token_id": self.eos} | request) is not None:
+                return manager
+            self._loop.call_soon_threadsafe(manager.output_router.result_handlers.pop, rid, None)
+        raise self._refused()
+
+    def _refused(self) -> UpstreamError:
+        return UpstreamError(f"{self.name}: the batching engine is not taking requests now", status=503,
+                             fix="try again in a moment")
+
     def _error(self, text: str) -> UpstreamError:
         """The engine's error text as a typed error; one that does not fit the cache says how to fit."""
         if "can be scheduled" in text:
@@ -145,8 +169,10 @@ class Batcher:
         return self._running().pause()
 
     def close(self) -> None:
-        """Stop the engine (its requests end) and free its cache."""
-        try:
-            self._manager.stop(block=True, timeout=10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        """Stop the engine (its requests end) and free its cache; for good: no request starts it again."""
+        with self._lock:
+            self._closed = True
+            try:
+                self._manager.stop(block=True, timeout=10)
+            finally:
+                self._loop.call_soon_threadsafe(self._loop.stop)
