@@ -459,7 +459,7 @@ def idle_pool_growth(before: Snapshot, after: Snapshot, executor: str, concurren
       connections open at that moment, each upstream's at most `concurrency` (one upstream request per
       client request at a time: no hedging here) and MAX_CONNECTIONS (the router's pool per client);
       the router closes them after KEEPALIVE_SECONDS idle;
-    - the router's reused generation threads (llm.policy.spawn: named "pool-idle" while idle, they end
+    - the router's reused generation threads (llm.threads.spawn: named "pool-idle" while idle, they end
       after a minute; at most three per request in flight: the async bridge, the attempt and a hedge)."""
     grown = {name: n - before.threads[name] for name, n in after.threads.items() if n > before.threads[name]}
     size = default_executor_size()

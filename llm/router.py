@@ -17,10 +17,10 @@ from typing import Any, AsyncIterator, Iterator, Mapping
 from configs import Settings, load_settings
 
 from . import speech
-from .errors import CancelledError, InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
-from .policy import AsyncRace, Breaker, Policy, Race, cooling_fix, spawn
+from .errors import InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
+from .policy import AsyncRace, Breaker, Policy, Race, cooling_fix
 from .providers import Provider, kind_honours, provider_class
-from .tries import Slot, Try
+from .tries import Slots, Try
 from .types import (
     DEFAULT_MAX_NEW_TOKENS,
     CancelToken,
@@ -56,7 +56,7 @@ class Router:
         self.settings = settings or load_settings()
         self.env = env
         self._providers: dict[str, Provider] = {}
-        self._slots: dict[str, threading.BoundedSemaphore | None] = {}
+        self._slots: dict[str, Slots] = {}
         self._breakers: dict[str, Breaker] = {}
         self._secrets: set[str] = set()
         self._lock = threading.Lock()
@@ -97,7 +97,7 @@ class Router:
 
     def _add(self, name: str, p: Provider) -> None:
         limit = p.config.max_concurrency or p.default_concurrency
-        self._slots[name] = threading.BoundedSemaphore(limit) if limit else None
+        self._slots[name] = Slots(limit or None)
         self._providers[name] = p
 
     def status(self, name: str) -> ProviderStatus:
@@ -254,13 +254,6 @@ class Router:
         return [req.provider] + [n for n in self.settings.providers[req.provider].fallback
                                  if n != req.provider and self._can_serve(n, req.params, req.history)]
 
-    def _on_loop(self, chain: list[str]) -> bool:
-        """Whether the whole chain can run on the event loop: async clients, no generation slots."""
-        try:
-            return all(self.provider(n).supports_async and self._slots.get(n) is None for n in chain)
-        except LLMError:
-            return False    # a missing SDK: the threaded path reports it
-
     def chat(self, prompt: str | Request, *, cancel: CancelToken | None = None, **kw) -> Reply:
         """The whole reply, with the provider that answered and timings in ms."""
         req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
@@ -278,8 +271,8 @@ class Router:
 
     async def astream(self, prompt: str | Request, *, cancel: CancelToken | None = None,
                       hold: str = "none", **kw) -> AsyncIterator[Chunk]:
-        """`stream` for the event loop, which never blocks: a chain of providers with async clients
-        runs on the loop itself (AsyncRace: no thread), any other in worker threads. Leaving the loop
+        """`stream` for the event loop, which never blocks: the chain runs on the loop (AsyncRace), and a
+        provider whose library blocks is read from a worker thread (`Provider.astream`). Leaving the loop
         early (or the task being cancelled) cancels the generation."""
         req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
         cancel = cancel or CancelToken()
@@ -287,50 +280,16 @@ class Router:
             raise ValueError(f"hold must be one of {', '.join(HOLDS)}")
         # the chain builds its fallbacks on first use (an SDK import): not on the loop
         chain = self._chain(req) if self.built(req.provider) else await asyncio.to_thread(self._chain, req)
-        if self._on_loop(chain):
-            def stream_one(name: str, token: CancelToken, progress) -> AsyncIterator[Chunk]:
-                return self._astream_one(name, req, token, progress)
 
-            race = AsyncRace(chain, stream_one, self.policy, self.breaker, cancel, show=HOLDS[hold],
-                             redact=self.redact)
-            try:
-                async with aclosing(race.arun()) as chunks:
-                    async for chunk in chunks:
-                        yield chunk
-            finally:
-                cancel.cancel()
-            return
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        done = object()
+        def stream_one(name: str, token: CancelToken, progress) -> AsyncIterator[Chunk]:
+            return self._astream_one(name, req, token, progress)
 
-        def post(item: object) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:    # the loop closed: the consumer is gone, nobody to tell
-                cancel.cancel()
-
-        def produce() -> None:
-            try:
-                for chunk in self.stream(req, cancel=cancel, hold=hold):
-                    post(chunk)
-                    if cancel.cancelled:
-                        break
-                post(done)
-            except BaseException as e:  # noqa: BLE001 - handed to the awaiting side
-                post(e)
-
-        spawn(produce, name=f"llm-{req.provider}")
-        # A cancel wakes the consumer at once, even while the worker still waits on a slow upstream.
-        cancel.on_cancel(lambda: post(CancelledError("generation cancelled")))
+        race = AsyncRace(chain, stream_one, self.policy, self.breaker, cancel, show=HOLDS[hold],
+                         redact=self.redact)
         try:
-            while True:
-                item = await queue.get()
-                if item is done:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            async with aclosing(race.arun()) as chunks:
+                async for chunk in chunks:
+                    yield chunk
         finally:
             cancel.cancel()
 
@@ -355,18 +314,16 @@ class Router:
         messages = provider.fit(self._messages(provider, req, styled), reserve=reserve)
         return Try(name, provider, params, messages, req.budget if styled else None,
                     {"emotions": req.emotions if styled else (), "verbatim": provider.verbatim,
-                     "lang": "zh" if speech.is_chinese(req.prompt or "") else "en"})
+                     "lang": "zh" if speech.is_chinese(req.prompt or "") else "en"}, self._slots[name])
 
     def _stream_one(self, name: str, req: Request, cancel: CancelToken,
                     progress=lambda: None) -> Iterator[Chunk]:
         """One try at one provider, in the calling thread, holding one of its generation slots."""
-        one = self._prepare(name, req)
-        with Slot(self._slots.get(name), cancel):
-            yield from one.run(cancel, progress)
+        yield from self._prepare(name, req).run(cancel, progress)
 
     def _astream_one(self, name: str, req: Request, cancel: CancelToken,
                      progress=lambda: None) -> AsyncIterator[Chunk]:
-        """`_stream_one` on the event loop, for a provider with an async client (and no slot limit)."""
+        """`_stream_one` on the event loop."""
         return self._prepare(name, req).arun(cancel, progress)
 
     def _messages(self, provider: Provider, req: Request, styled: bool) -> list[Message]:

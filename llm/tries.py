@@ -3,6 +3,9 @@ finish reason and the usage), the stall clock's touch at each delta, and a provi
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import threading
 from contextlib import aclosing
 from typing import AsyncIterator, Callable, Iterator, Mapping
@@ -41,37 +44,40 @@ class Try:
     last one with the finish reason and the usage: the upstream's, else counted here)."""
 
     def __init__(self, name: str, provider: Provider, params: GenerationParams, messages: list[Message],
-                 budget: speech.Budget | None, speech_options: dict):
+                 budget: speech.Budget | None, speech_options: dict, slots: Slots):
         self.name, self.provider, self.params, self.messages = name, provider, params, messages
-        self.budget, self.speech = budget, speech_options
+        self.budget, self.speech, self.slots = budget, speech_options, slots
         self.said: list[str] = []
         self.finish: str | None = None
         self.usage: Mapping[str, int] | None = None
 
     def run(self, cancel: CancelToken, progress: Callable[[], None]) -> Iterator[Chunk]:
-        """The provider's stream through the speech stages, as Chunks; closing it stops the upstream."""
-        upstream = _touching(self.provider.stream(self.messages, self.params, cancel), progress)
-        try:
-            for piece, emotion in speech.speak(upstream, self.budget, **self.speech):
-                _check(cancel)
-                if (chunk := self.chunk(piece, emotion)) is not None:
-                    yield chunk
-            _check(cancel)     # a provider that ended because of the cancel
-            yield self.last()
-        finally:
-            upstream.close()   # stops generation upstream when we stop early
+        """The provider's stream through the speech stages, as Chunks, holding one of its generation
+        slots; closing it stops the upstream."""
+        with self.slots.held_sync(cancel):
+            upstream = _touching(self.provider.stream(self.messages, self.params, cancel), progress)
+            try:
+                for piece, emotion in speech.speak(upstream, self.budget, **self.speech):
+                    _check(cancel)
+                    if (chunk := self.chunk(piece, emotion)) is not None:
+                        yield chunk
+                _check(cancel)     # a provider that ended because of the cancel
+                yield self.last()
+            finally:
+                upstream.close()   # stops generation upstream when we stop early
 
     async def arun(self, cancel: CancelToken, progress: Callable[[], None]) -> AsyncIterator[Chunk]:
         """`run` on the event loop (`Provider.astream`)."""
-        upstream = _atouching(self.provider.astream(self.messages, self.params, cancel), progress)
-        pieces = speech.aspeak(upstream, self.budget, **self.speech)
-        async with aclosing(upstream), aclosing(pieces):
-            async for piece, emotion in pieces:
-                _check(cancel)
-                if (chunk := self.chunk(piece, emotion)) is not None:
-                    yield chunk
-        _check(cancel)
-        yield self.last()
+        async with self.slots.held():
+            upstream = _atouching(self.provider.astream(self.messages, self.params, cancel), progress)
+            pieces = speech.aspeak(upstream, self.budget, **self.speech)
+            async with aclosing(upstream), aclosing(pieces):
+                async for piece, emotion in pieces:
+                    _check(cancel)
+                    if (chunk := self.chunk(piece, emotion)) is not None:
+                        yield chunk
+            _check(cancel)
+            yield self.last()
 
     def chunk(self, piece: str | StreamEvent, emotion: str | None) -> Chunk | None:
         if isinstance(piece, StreamEvent):
@@ -96,18 +102,76 @@ def _counted(provider: Provider, messages: list[Message], reply: str, limit: int
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-class Slot:
-    """Waits for a free generation slot of a provider, giving up if the call is cancelled."""
+class Slots:
+    """A provider's generation slots (`max_concurrency`; None: no limit), shared by every thread and
+    event loop that uses the router (the API's, the page's). A waiter on a loop waits on a future of
+    its own loop, handed a freed slot first; a thread polls. Waiting ends when the call is cancelled."""
 
-    def __init__(self, sem: threading.BoundedSemaphore | None, cancel: CancelToken):
-        self.sem, self.cancel = sem, cancel
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self._free = limit or 0
+        self._lock = threading.Lock()
+        self._waiters: collections.deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]]
+        self._waiters = collections.deque()
 
-    def __enter__(self):
-        while self.sem is not None and not self.sem.acquire(timeout=0.05):
-            if self.cancel.cancelled:
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """One slot while the block runs (cancelling the task gives up the wait)."""
+        if self.limit is None:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            taken = self._free > 0
+            if taken:
+                self._free -= 1
+            else:
+                handed = loop.create_future()
+                self._waiters.append((loop, handed))
+        if not taken:
+            try:
+                await handed    # cancelled before a slot came: one handed later is passed on (`_hand`)
+            except asyncio.CancelledError:
+                if handed.done() and not handed.cancelled():
+                    self._release()     # handed, then cancelled before it could run: give it back
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    @contextlib.contextmanager
+    def held_sync(self, cancel: CancelToken) -> Iterator[None]:
+        """`held` for a thread, giving up when `cancel` is cancelled."""
+        while self.limit is not None and not self._take():
+            if cancel.wait(0.05):
                 raise CancelledError("generation cancelled while waiting for the model")
-        return self
+        try:
+            yield
+        finally:
+            if self.limit is not None:
+                self._release()
 
-    def __exit__(self, *exc):
-        if self.sem is not None:
-            self.sem.release()
+    def _take(self) -> bool:
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return True
+            return False
+
+    def _release(self) -> None:
+        with self._lock:
+            while self._waiters:
+                loop, handed = self._waiters.popleft()
+                try:
+                    loop.call_soon_threadsafe(self._hand, handed)
+                    return
+                except RuntimeError:    # its loop is closed: the next waiter
+                    continue
+            self._free += 1
+
+    def _hand(self, handed: asyncio.Future) -> None:
+        if handed.done():       # its waiter gave up: the slot goes on
+            self._release()
+        else:
+            handed.set_result(None)

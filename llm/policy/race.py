@@ -17,9 +17,9 @@ from ..errors import (
     UpstreamTimeoutError,
 )
 from ..providers.transport import abort_scope
+from ..threads import spawn
 from ..types import CancelToken, Chunk
 from .rules import STOP_WAIT, Breaker, Policy, backoff
-from .threads import spawn
 
 log = logging.getLogger("llm.policy")
 

@@ -12,7 +12,8 @@ import logging
 import os
 import re
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar, Iterator, Mapping
+from contextlib import aclosing
+from typing import TYPE_CHECKING, AsyncIterator, ClassVar, Iterator, Mapping
 
 from ..errors import (
     InvalidRequestError,
@@ -23,7 +24,9 @@ from ..errors import (
     UpstreamRefusedError,
     UpstreamTimeoutError,
 )
+from ..threads import in_worker
 from ..types import CancelToken, GenerationParams, Message, ProviderStatus, StreamEvent
+from .transport import abort_scope
 from .wire import readable, retry_after_seconds
 
 if TYPE_CHECKING:
@@ -49,7 +52,6 @@ class Provider(ABC):
     kind: ClassVar[str]
     style_mode: ClassVar[str] = "system"        # how the speech style is given: system | prefix
     default_concurrency: ClassVar[int | None] = None   # None: no limit
-    supports_async: ClassVar[bool] = False      # True: `astream` runs on the event loop, no thread
     styled: ClassVar[bool] = True               # False: the speech style never applies
     verbatim: ClassVar[bool] = False            # True: the text is passed on exactly as it came
     # Reliability defaults for this kind (seconds; None = no deadline); a config value overrides them.
@@ -69,6 +71,22 @@ class Provider(ABC):
                cancel: CancelToken) -> Iterator[str | StreamEvent]:
         """Yield the reply as text deltas; "" may come too, as a sign of life (e.g. a reasoning chunk).
         A StreamEvent carries tool-call deltas, the finish reason or token usage, when the backend says."""
+
+    async def astream(self, messages: list[Message], params: GenerationParams,
+                      cancel: CancelToken) -> AsyncIterator[str | StreamEvent]:
+        """`stream` on the event loop: what the router reads. A kind with an async client overrides it;
+        for the others (local models, a blocking SDK) this adapter runs `stream` in a worker thread,
+        where a cancel (or closing this) shuts the HTTP call's socket and stops a local model's tokens."""
+        own = CancelToken()     # closing this must not cancel the caller's token: a retry may follow
+        cancel.on_cancel(own.cancel)
+
+        def items() -> Iterator[str | StreamEvent]:
+            with abort_scope(own):
+                yield from self.stream(messages, params, own)
+
+        async with aclosing(in_worker(items, own, name=f"llm-{self.name}")) as stream:
+            async for item in stream:
+                yield item
 
     def unsupported(self, params: GenerationParams) -> str | None:
         """The first field the call asks for that this provider cannot honour; None when it can honour all.

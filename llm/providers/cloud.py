@@ -85,7 +85,7 @@ class CloudProvider(Provider):
             await pair[1]()
 
     def make_async_client(self, http: Any) -> Any:
-        """A new async SDK client that sends through the async `http` client (kinds with `supports_async`)."""
+        """A new async SDK client that sends through the async `http` client."""
         return http
 
     def close(self) -> None:
@@ -166,7 +166,7 @@ class CloudProvider(Provider):
 
     async def astream(self, messages: list[Message], params: GenerationParams,
                       cancel: CancelToken) -> AsyncIterator[str | StreamEvent]:
-        """`stream` on the event loop, for kinds with `supports_async` (no thread per request).
+        """`stream` on the event loop, for kinds with an async client (no thread per request).
         Cancelling the task that iterates it closes the HTTP stream."""
         if cancel.cancelled:
             raise CancelledError("generation cancelled")
@@ -185,7 +185,7 @@ class CloudProvider(Provider):
                 await response.aclose()
 
     async def aopen_stream(self, messages: list[Message], params: GenerationParams) -> Any:
-        """Start the streaming call on the event loop (kinds with `supports_async`)."""
+        """Start the streaming call on the event loop (kinds with an async client)."""
         raise NotImplementedError
 
     def failure(self, e: BaseException, cancel: CancelToken, response: Any, seen: _Seen) -> LLMError:

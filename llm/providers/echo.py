@@ -15,7 +15,6 @@ class EchoProvider(Provider):
     verbatim = True     # and the avatar reads it exactly as typed
     # Sampling controls cannot change a reply that is the typed text; stop strings, tools or JSON would.
     honours = HONOURS["echo"]
-    supports_async = True   # nothing to wait for: a chain ending in Direct Reply stays on the event loop
 
     def stream(self, messages: list[Message], params: GenerationParams,
                cancel: CancelToken) -> Iterator[str]:

@@ -33,7 +33,6 @@ class GeminiProvider(CloudProvider):
     # key required even with a custom base_url: without one the SDK sends no request
     sdk_errors = (genai_errors.APIError, genai_errors.UnknownApiResponseError)
     lazy_stream = True      # generate_content_stream connects on the first next()
-    supports_async = True   # client.aio: served on the API's event loop
     honours = HONOURS["gemini"]
 
     def make_client(self, http: Any, async_http: Any = None) -> genai.Client:

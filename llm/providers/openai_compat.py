@@ -38,7 +38,6 @@ class OpenAIProvider(CloudProvider):
     style_mode = "system"
     default_base_url = DEFAULT_BASE_URL
     key_required = False        # vLLM, Ollama and llama.cpp servers need no key
-    supports_async = True       # the API serves it on its event loop: no thread per request
     sdk_errors = ()             # set below: StreamError, and aiohttp's errors on the event loop
 
     def unsupported(self, params: GenerationParams) -> str | None:

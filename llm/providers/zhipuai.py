@@ -13,6 +13,7 @@ from ..errors import (
 )
 from ..types import GenerationParams, Message
 from . import HONOURS
+from .base import Provider
 from .cloud import CloudProvider
 from .wire import backend_message, delta_event, delta_finished, delta_text
 
@@ -26,6 +27,7 @@ class ZhipuAIProvider(CloudProvider):
     default_base_url = DEFAULT_BASE_URL
     sdk_errors = (zhipuai.ZhipuAIError,)   # key required: the SDK won't start without
     honours = HONOURS["zhipuai"]
+    astream = Provider.astream      # its SDK blocks: the base's worker-thread adapter reads `stream`
 
     def unsupported(self, params: GenerationParams) -> str | None:
         extra = params.extra or {}

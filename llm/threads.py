@@ -1,11 +1,15 @@
-"""Reused worker threads for generation work (`spawn`)."""
+"""Worker threads for blocking libraries: `spawn` (reused threads) and `in_worker` (a blocking
+generator read on the event loop)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
-from typing import Callable
+from typing import AsyncIterator, Callable, Iterator
+
+from .types import CancelToken
 
 log = logging.getLogger("llm.policy")
 
@@ -55,3 +59,42 @@ def spawn(fn: Callable, *args: object, name: str) -> None:
     with _IDLE_LOCK:
         worker = _IDLE.pop() if _IDLE else None
     (worker or _Worker()).jobs.put((fn, args, name))
+
+
+async def in_worker(items: Callable[[], Iterator], cancel: CancelToken, *, name: str) -> AsyncIterator:
+    """The items of the blocking generator `items()`, made and closed in a worker thread, read on the
+    event loop without blocking it. Closing this cancels `cancel`, which the generator heeds (a local
+    model stops at its next token, an HTTP call's socket is shut), and returns at once: a generator
+    that does not heed it only keeps its own thread."""
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    def post(item: object) -> None:
+        try:
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+        except RuntimeError:    # the loop closed: nobody reads any more
+            cancel.cancel()
+
+    def work() -> None:
+        try:
+            gen = items()
+            try:
+                for item in gen:
+                    post(item)
+                    if cancel.cancelled:
+                        break
+            finally:
+                gen.close()
+            post(end)
+        except BaseException as e:  # noqa: BLE001 - handed to the reader
+            post(e)
+
+    spawn(work, name=name)
+    try:
+        while (item := await inbox.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.cancel()
