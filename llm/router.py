@@ -18,7 +18,7 @@ from configs import Settings, load_settings
 
 from . import speech
 from .errors import InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
-from .policy import AsyncRace, Breaker, Policy, Race, cooling_fix
+from .policy import Breaker, FallbackChain, Policy, cooling_fix
 from .providers import Provider, kind_honours, provider_class
 from .tries import Slots, Try
 from .types import (
@@ -231,23 +231,22 @@ class Router:
 
     def stream(self, prompt: str | Request, *, cancel: CancelToken | None = None, hold: str = "none",
                **kw) -> Iterator[Chunk]:
-        """Stream the reply as Chunks under the reliability policy (`llm.policy`): retries, deadlines,
-        cooldown and hedging, falling back along the provider's `fallback` list while no text has been
-        yielded. `hold` is how much the caller holds back before anyone sees it, so a provider that
-        fails within it can still be replaced: "none"; "sentence" (a sentence stream shows whole
-        sentences); "all" (a non-streaming reply, which comes at once when complete)."""
-        req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
+        """`astream` for synchronous callers (the CLI, the scoreboard, scripts), on an event loop of this
+        call's own; a cancel from another thread still ends it at once. Not for use on a running loop."""
         cancel = cancel or CancelToken()
-        chain = self._chain(req)
-
-        def stream_one(name: str, token: CancelToken, progress) -> Iterator[Chunk]:
-            return self._stream_one(name, req, token, progress)
-
-        if hold not in HOLDS:
-            raise ValueError(f"hold must be one of {', '.join(HOLDS)}")
-        race = Race(chain, stream_one, self.policy, self.breaker, cancel, show=HOLDS[hold],
-                    redact=self.redact)
-        yield from race.run()
+        loop = asyncio.new_event_loop()
+        chunks = self.astream(prompt, cancel=cancel, hold=hold, **kw)
+        try:
+            while True:
+                try:
+                    yield loop.run_until_complete(anext(chunks))
+                except StopAsyncIteration:
+                    return
+        finally:
+            cancel.cancel()
+            loop.run_until_complete(chunks.aclose())
+            loop.run_until_complete(self.aclose_loop())     # this loop's upstream clients
+            loop.close()
 
     def _chain(self, req: Request) -> list[str]:
         """The provider, then its fallbacks that can honour the request."""
@@ -271,9 +270,15 @@ class Router:
 
     async def astream(self, prompt: str | Request, *, cancel: CancelToken | None = None,
                       hold: str = "none", **kw) -> AsyncIterator[Chunk]:
-        """`stream` for the event loop, which never blocks: the chain runs on the loop (AsyncRace), and a
-        provider whose library blocks is read from a worker thread (`Provider.astream`). Leaving the loop
-        early (or the task being cancelled) cancels the generation."""
+        """Stream the reply as Chunks under the reliability policy (`llm.policy`): retries, deadlines,
+        cooldown and hedging, falling back along the provider's `fallback` list while no text has been
+        yielded. `hold` is how much the caller holds back before anyone sees it, so a provider that
+        fails within it can still be replaced: "none"; "sentence" (a sentence stream shows whole
+        sentences); "all" (a non-streaming reply, which comes at once when complete).
+
+        The chain runs on the running loop, which it never blocks (a provider whose library blocks is
+        read from a worker thread: `Provider.astream`). Leaving early, or the task being cancelled,
+        cancels the generation."""
         req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
         cancel = cancel or CancelToken()
         if hold not in HOLDS:
@@ -282,12 +287,12 @@ class Router:
         chain = self._chain(req) if self.built(req.provider) else await asyncio.to_thread(self._chain, req)
 
         def stream_one(name: str, token: CancelToken, progress) -> AsyncIterator[Chunk]:
-            return self._astream_one(name, req, token, progress)
+            return self._prepare(name, req).arun(token, progress)
 
-        race = AsyncRace(chain, stream_one, self.policy, self.breaker, cancel, show=HOLDS[hold],
-                         redact=self.redact)
+        fallbacks = FallbackChain(chain, stream_one, self.policy, self.breaker, cancel, show=HOLDS[hold],
+                                  redact=self.redact)
         try:
-            async with aclosing(race.arun()) as chunks:
+            async with aclosing(fallbacks.run()) as chunks:
                 async for chunk in chunks:
                     yield chunk
         finally:
@@ -315,16 +320,6 @@ class Router:
         return Try(name, provider, params, messages, req.budget if styled else None,
                     {"emotions": req.emotions if styled else (), "verbatim": provider.verbatim,
                      "lang": "zh" if speech.is_chinese(req.prompt or "") else "en"}, self._slots[name])
-
-    def _stream_one(self, name: str, req: Request, cancel: CancelToken,
-                    progress=lambda: None) -> Iterator[Chunk]:
-        """One try at one provider, in the calling thread, holding one of its generation slots."""
-        yield from self._prepare(name, req).run(cancel, progress)
-
-    def _astream_one(self, name: str, req: Request, cancel: CancelToken,
-                     progress=lambda: None) -> AsyncIterator[Chunk]:
-        """`_stream_one` on the event loop."""
-        return self._prepare(name, req).arun(cancel, progress)
 
     def _messages(self, provider: Provider, req: Request, styled: bool) -> list[Message]:
         prompt, system = req.prompt, req.system

@@ -12,6 +12,7 @@ from typing import AsyncIterator, Callable, Iterator
 from .types import CancelToken
 
 log = logging.getLogger("llm.policy")
+JOIN_WAIT = 1.0         # seconds a closed reader waits for its worker to let go of the backend
 
 
 IDLE_NAME = "pool-idle"
@@ -62,13 +63,18 @@ def spawn(fn: Callable, *args: object, name: str) -> None:
 
 
 async def in_worker(items: Callable[[], Iterator], cancel: CancelToken, *, name: str) -> AsyncIterator:
-    """The items of the blocking generator `items()`, made and closed in a worker thread, read on the
-    event loop without blocking it. Closing this cancels `cancel`, which the generator heeds (a local
-    model stops at its next token, an HTTP call's socket is shut), and returns at once: a generator
-    that does not heed it only keeps its own thread."""
+    """The items of the blocking generator `items()`, made, read and closed in a worker thread, on the
+    event loop without blocking it. Read lazily, as a generator is: the worker takes the next item
+    only when the reader asks, so a reader that stops (the speech budget) has not made it run ahead.
+    Closing this cancels `cancel`, which the generator heeds (a local model stops at its next token,
+    an HTTP call's socket is shut), and waits for the worker to close it, so the backend is free when
+    this returns; at most JOIN_WAIT: a generator that does not heed a cancel keeps only its thread."""
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue = asyncio.Queue()
+    asked = threading.Semaphore(0)
+    cancel.on_cancel(asked.release)     # wakes a worker waiting to be asked
     end = object()
+    finished = asyncio.Event()
 
     def post(item: object) -> None:
         try:
@@ -80,21 +86,34 @@ async def in_worker(items: Callable[[], Iterator], cancel: CancelToken, *, name:
         try:
             gen = items()
             try:
-                for item in gen:
+                while asked.acquire() and not cancel.cancelled:
+                    item = next(gen, end)
                     post(item)
-                    if cancel.cancelled:
-                        break
+                    if item is end:
+                        return
             finally:
                 gen.close()
-            post(end)
         except BaseException as e:  # noqa: BLE001 - handed to the reader
             post(e)
+        finally:
+            try:
+                loop.call_soon_threadsafe(finished.set)
+            except RuntimeError:
+                pass
 
     spawn(work, name=name)
     try:
-        while (item := await inbox.get()) is not end:
+        while True:
+            asked.release()
+            item = await inbox.get()
+            if item is end:
+                return
             if isinstance(item, BaseException):
                 raise item
             yield item
     finally:
         cancel.cancel()
+        try:
+            await asyncio.wait_for(finished.wait(), JOIN_WAIT)
+        except asyncio.TimeoutError:
+            log.warning("%s did not stop within %g s of its cancel: left to finish alone", name, JOIN_WAIT)

@@ -8,7 +8,7 @@ import collections
 import contextlib
 import threading
 from contextlib import aclosing
-from typing import AsyncIterator, Callable, Iterator, Mapping
+from typing import AsyncIterator, Callable, Mapping
 
 from . import speech
 from .errors import CancelledError
@@ -21,22 +21,12 @@ def _check(cancel: CancelToken) -> None:
         raise CancelledError("generation cancelled")
 
 
-async def _atouching(upstream: AsyncIterator, progress) -> AsyncIterator:
-    """`_touching` for an async stream."""
+async def _touching(upstream: AsyncIterator, progress) -> AsyncIterator:
+    """`upstream`, calling `progress()` at each delta (the policy's stall clock); closing this closes it."""
     async with aclosing(upstream):
         async for text in upstream:
             progress()
             yield text
-
-
-def _touching(upstream: Iterator[str], progress) -> Iterator[str]:
-    """`upstream`, calling `progress()` at each delta (the policy's stall clock); closing this closes it."""
-    try:
-        for text in upstream:
-            progress()
-            yield text
-    finally:
-        upstream.close()
 
 
 class Try:
@@ -51,25 +41,11 @@ class Try:
         self.finish: str | None = None
         self.usage: Mapping[str, int] | None = None
 
-    def run(self, cancel: CancelToken, progress: Callable[[], None]) -> Iterator[Chunk]:
+    async def arun(self, cancel: CancelToken, progress: Callable[[], None]) -> AsyncIterator[Chunk]:
         """The provider's stream through the speech stages, as Chunks, holding one of its generation
         slots; closing it stops the upstream."""
-        with self.slots.held_sync(cancel):
-            upstream = _touching(self.provider.stream(self.messages, self.params, cancel), progress)
-            try:
-                for piece, emotion in speech.speak(upstream, self.budget, **self.speech):
-                    _check(cancel)
-                    if (chunk := self.chunk(piece, emotion)) is not None:
-                        yield chunk
-                _check(cancel)     # a provider that ended because of the cancel
-                yield self.last()
-            finally:
-                upstream.close()   # stops generation upstream when we stop early
-
-    async def arun(self, cancel: CancelToken, progress: Callable[[], None]) -> AsyncIterator[Chunk]:
-        """`run` on the event loop (`Provider.astream`)."""
         async with self.slots.held():
-            upstream = _atouching(self.provider.astream(self.messages, self.params, cancel), progress)
+            upstream = _touching(self.provider.astream(self.messages, self.params, cancel), progress)
             pieces = speech.aspeak(upstream, self.budget, **self.speech)
             async with aclosing(upstream), aclosing(pieces):
                 async for piece, emotion in pieces:
@@ -103,9 +79,9 @@ def _counted(provider: Provider, messages: list[Message], reply: str, limit: int
 
 
 class Slots:
-    """A provider's generation slots (`max_concurrency`; None: no limit), shared by every thread and
-    event loop that uses the router (the API's, the page's). A waiter on a loop waits on a future of
-    its own loop, handed a freed slot first; a thread polls. Waiting ends when the call is cancelled."""
+    """A provider's generation slots (`max_concurrency`; None: no limit), shared by every event loop
+    that uses the router (the API's, the page's, a synchronous caller's): a waiter awaits a future of
+    its own loop, handed a freed slot in turn. Cancelling the waiting task gives up the wait."""
 
     def __init__(self, limit: int | None):
         self.limit = limit
@@ -139,25 +115,6 @@ class Slots:
             yield
         finally:
             self._release()
-
-    @contextlib.contextmanager
-    def held_sync(self, cancel: CancelToken) -> Iterator[None]:
-        """`held` for a thread, giving up when `cancel` is cancelled."""
-        while self.limit is not None and not self._take():
-            if cancel.wait(0.05):
-                raise CancelledError("generation cancelled while waiting for the model")
-        try:
-            yield
-        finally:
-            if self.limit is not None:
-                self._release()
-
-    def _take(self) -> bool:
-        with self._lock:
-            if self._free > 0 and not self._waiters:
-                self._free -= 1
-                return True
-            return False
 
     def _release(self) -> None:
         with self._lock:

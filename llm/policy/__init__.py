@@ -1,14 +1,12 @@
 """The reliability policy, in one package: retries, cooldown, deadlines and hedged fallback.
 
     rules.py    Policy (one provider's settings), backoff, Breaker (cooldown)
-    race.py     Race: one request down its fallback chain, attempts in threads (synchronous callers)
-    arace.py    AsyncRace: the same on the event loop, attempts as tasks (the API and the page)
+    chain.py    FallbackChain: one request down its fallback chain, on the event loop
 
-The router hands one request's fallback chain to `AsyncRace` (`Race` for synchronous callers, to
-be replaced by a facade over it). Each provider call (an *attempt*) runs as a task of its own and
-reports text, its end or its error on one queue; the caller watches the clock, so a deadline or a
-cancel never waits on a blocked socket (a provider whose library blocks is read from a worker
-thread: `Provider.astream`):
+The router hands one request's fallback chain to `FallbackChain`. Each provider call (an *attempt*)
+runs as a task of its own and reports text, its end or its error on one queue; the chain watches
+the clock, so a deadline or a cancel never waits on a blocked socket (a provider whose library
+blocks is read from a worker thread: `Provider.astream`):
 
 - retries: an attempt retries transient failures (408/409/429/5xx, a lost connection) before any
   text, with exponential backoff and jitter, or after the backend's Retry-After when that is short;
@@ -27,8 +25,7 @@ only allowed before the first text of a generator; expressing that through a ret
 took more code than the loop below.
 """
 
-from .arace import AsyncRace
-from .race import Race
+from .chain import FallbackChain
 from .rules import Breaker, Policy, backoff, cooling_fix, counts_as_failure
 
-__all__ = ["AsyncRace", "Breaker", "Policy", "Race", "backoff", "cooling_fix", "counts_as_failure"]
+__all__ = ["Breaker", "FallbackChain", "Policy", "backoff", "cooling_fix", "counts_as_failure"]

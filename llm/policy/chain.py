@@ -1,13 +1,13 @@
-"""Race: one request down its fallback chain under the policy, each attempt in a thread of its own."""
+"""FallbackChain: one request down its provider's fallback chain under the policy, on the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
-import queue
-import threading
 import time
-from typing import Callable, Iterator
+from contextlib import aclosing
+from typing import AsyncIterator, Callable
 
 from ..errors import (
     AllProvidersFailedError,
@@ -16,8 +16,6 @@ from ..errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from ..providers.transport import abort_scope
-from ..threads import spawn
 from ..types import CancelToken, Chunk
 from .rules import STOP_WAIT, Breaker, Policy, backoff
 
@@ -26,7 +24,7 @@ log = logging.getLogger("llm.policy")
 
 
 class _Attempt:
-    """One provider's go at the request: a thread, its own cancel token, and its clocks."""
+    """One provider's go at the request (retries included): a task, its own cancel token, its clocks."""
 
     def __init__(self, name: str, policy: Policy, parent: CancelToken):
         self.name, self.policy = name, policy
@@ -36,7 +34,6 @@ class _Attempt:
         self.last_token: float | None = None     # the last raw token from the backend
         self.texted = False                      # text was sent on to the caller
         self.hedged = False
-        self.finished = threading.Event()       # its thread has let go of the provider
 
     def touch(self) -> None:
         self.last_token = time.monotonic()
@@ -67,11 +64,13 @@ class _Attempt:
         return None if h is None or self.hedged or self.texted else self.started + h
 
 
-StreamOne = Callable[[str, CancelToken, Callable[[], None]], Iterator[Chunk]]
+StreamOne = Callable[[str, CancelToken, Callable[[], None]], AsyncIterator[Chunk]]
 
 
-class Race:
+class FallbackChain:
     """Runs one request down its fallback chain under the policy; iterate `run()` for the Chunks.
+    Each attempt is a task on the running loop; their events come on one queue, and the clocks
+    (deadlines, hedging) are watched here, so a deadline or a cancel never waits on a slow upstream.
 
     Text is held back until `show()` says it may go out: `show` makes, for each provider that
     answers, a function that sees each piece of its text and says True once the caller may show
@@ -88,23 +87,26 @@ class Race:
         self.cancel, self.show = cancel, show
         self.shown = False              # the winner's text has reached the caller
         self._may_show: Callable[[str], bool] = bool
-        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self.tasks: dict[_Attempt, asyncio.Task] = {}
         self.running: list[_Attempt] = []
         self.errors: dict[str, LLMError] = {}
         self.winner: _Attempt | None = None
         self.buffer: list[Chunk] = []
 
-    def run(self) -> Iterator[Chunk]:
-        self.cancel.on_cancel(lambda: self.events.put((None, "cancel", None)))
+    async def run(self) -> AsyncIterator[Chunk]:
+        self.cancel.on_cancel(lambda: self._post((None, "cancel", None)))
         try:
             self._start_next()
             while True:
-                out, ended = self._on_event(*self._next_event())
-                yield from out
+                out, ended = self._on_event(*await self._next_event())
+                for chunk in out:
+                    yield chunk
                 if ended:
                     return
         finally:
-            self._stop_all()
+            await self._stop_all()
 
     def _on_event(self, attempt: _Attempt | None, kind: str, payload: object) -> tuple[list[Chunk], bool]:
         """One event from an attempt: the chunks the caller may see now, and whether the reply ended."""
@@ -129,14 +131,14 @@ class Race:
         self._failed(attempt, payload)
         return [], False
 
-    def _stop_all(self) -> None:
+    async def _stop_all(self) -> None:
         """Cancel what still runs (closing its upstream stream), then wait briefly for it to end, so
         closing a stream frees the backend (a model slot, a socket) before `close()` returns."""
         for attempt in self.running:
             attempt.cancel.cancel()
-        deadline = time.monotonic() + STOP_WAIT
-        for attempt in self.running:
-            attempt.finished.wait(max(0.0, deadline - time.monotonic()))
+        tasks = [self.tasks[a] for a in self.running if not self.tasks[a].done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_WAIT)
 
     # ---- scheduling --------------------------------------------------------------------------
 
@@ -159,15 +161,18 @@ class Race:
             raise self._final_error()
 
     def _launch(self, attempt: _Attempt) -> None:
-        spawn(self._work, attempt, name=f"llm-{attempt.name}")
+        task = self.tasks[attempt] = self.loop.create_task(self._work(attempt), name=f"llm-{attempt.name}")
+        attempt.cancel.on_cancel(lambda: self._on_loop(task.cancel))
 
-    def _next_event(self) -> tuple[_Attempt | None, str, object]:
+    async def _next_event(self) -> tuple[_Attempt | None, str, object]:
         """The next event, or a timeout/hedge event made here when a clock runs out first."""
         while True:
+            if not self.events.empty():     # the common case: no timer task per chunk
+                return self.events.get_nowait()
             soonest = self._soonest()
             try:
-                return self.events.get(timeout=_seconds_to(soonest))
-            except queue.Empty:
+                return await asyncio.wait_for(self.events.get(), _seconds_to(soonest))
+            except asyncio.TimeoutError:
                 if (event := self._expire(soonest)) is not None:
                     return event
 
@@ -231,35 +236,46 @@ class Race:
             return next(iter(self.errors.values()))
         return AllProvidersFailedError(self.errors)
 
-    # ---- one attempt, in its own thread ------------------------------------------------------
+    # ---- one attempt, as a task --------------------------------------------------------------------
+
+    def _on_loop(self, fn: Callable[..., object], *args: object) -> None:
+        """Run `fn(*args)` on the chain's loop: now when called there, else soon (a cancel may come from
+        any thread: the page's Stop, a closing sync facade)."""
+        try:
+            here = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            here = False
+        if here:
+            fn(*args)
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(fn, *args)
 
     def _post(self, event: tuple[_Attempt | None, str, object]) -> None:
-        self.events.put(event)
+        self._on_loop(self.events.put_nowait, event)
 
-    def _work(self, attempt: _Attempt) -> None:
+    async def _work(self, attempt: _Attempt) -> None:
         try:
-            with abort_scope(attempt.cancel):
-                self._tries(attempt)
-        except BaseException as e:  # noqa: BLE001 - handed to the scheduling thread
+            await self._tries(attempt)
+        except asyncio.CancelledError:
+            self._post((attempt, "error", CancelledError("generation cancelled")))
+        except BaseException as e:  # noqa: BLE001 - handed to the scheduling loop
             self._post((attempt, "error", e))
         else:
             self._post((attempt, "done", None))
-        finally:
-            attempt.finished.set()
 
-    def _tries(self, attempt: _Attempt) -> None:
+    async def _tries(self, attempt: _Attempt) -> None:
         for retry in itertools.count():
             out = _Output(self, attempt)
             try:
-                for chunk in self.stream_one(attempt.name, attempt.cancel, attempt.touch):
-                    out.put(chunk)
+                async with aclosing(self.stream_one(attempt.name, attempt.cancel, attempt.touch)) as chunks:
+                    async for chunk in chunks:
+                        out.put(chunk)
                 return out.end()
             except UpstreamError as e:
                 wait = self._retry_wait(attempt, e, retry, out.produced)
                 if wait is None:
                     raise
-                if attempt.cancel.wait(wait):
-                    raise CancelledError("generation cancelled") from e
+                await asyncio.sleep(wait)   # a cancel cancels the task, and so this sleep
 
     def _retry_wait(self, attempt: _Attempt, error: UpstreamError, retry: int,
                     produced: bool) -> float | None:
@@ -283,7 +299,7 @@ class _Output:
     """One try's chunks on their way to the race. An end with no answer before it (finish reason,
     usage) is held back: a reply with neither text nor tool calls is an empty reply, an error."""
 
-    def __init__(self, race: Race, attempt: _Attempt):
+    def __init__(self, race: FallbackChain, attempt: _Attempt):
         self.race, self.attempt = race, attempt
         self.produced, self.news = False, []
 
