@@ -48,7 +48,7 @@ class ProviderConfig:
     style_mode: str | None = None         # how the speech style is given: system | prefix
     max_concurrency: int | None = None    # parallel generations; local: 1 (generate) or 16 (batched)
     download: str | None = None           # hub id for `python -m llm download`, when model is a path
-    # Reliability (llm/policy.py); None = the kind's default, 0 = off. Seconds unless said otherwise.
+    # Reliability (llm/policy/); None = the kind's default, 0 = off. Seconds unless said otherwise.
     retries: int | None = None            # tries after a transient failure before any text (cloud: 2)
     cooldown: float | None = None         # skip the provider this long after it fails (30)
     first_token_timeout: float | None = None  # no text by then: 504, fallback (cloud: 20)

@@ -13,8 +13,9 @@ import pytest
 
 from configs import ProviderConfig
 from llm.errors import CancelledError, UpstreamError
-from llm.providers import local_batch, local_engine
 from llm.providers.local import POOL, LocalProvider
+from llm.providers.local import batch as local_batch
+from llm.providers.local import engine as local_engine
 from llm.types import CancelToken, GenerationParams, Message, StreamEvent
 from tests.tiny_models import build_llama
 

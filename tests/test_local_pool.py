@@ -11,7 +11,7 @@ import pytest
 from configs import ProviderConfig, load_settings
 from llm.errors import ConfigError, NotReadyError
 from llm.providers.local import LocalProvider
-from llm.providers.local_pool import GB, MARGIN, ModelPool, estimate_bytes
+from llm.providers.local.pool import GB, MARGIN, ModelPool, estimate_bytes
 
 
 class Device:

@@ -12,8 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from ..errors import NotReadyError, UpstreamError
-from ..types import CancelToken
+from ...errors import NotReadyError, UpstreamError
+from ...types import CancelToken
 
 Progress = Callable[[float, str], None]
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

@@ -6,11 +6,36 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Iterator, Sequence
 
-from ..errors import CancelledError
-from ..types import CancelToken, Message, StreamEvent, history_pairs
-from .wire import StopAt
+from ...errors import CancelledError
+from ...types import CancelToken, Message, StreamEvent, history_pairs
 
 _PLACEHOLDER = re.compile(r"\{(system|history|prompt)\}")
+
+
+class StopAt:
+    """Ends a text stream before the first of some stop strings (OpenAI's `stop`: not part of the reply).
+    Holds back just enough text to see a stop string split across deltas."""
+
+    def __init__(self, stops: Iterable[str] | None):
+        self.stops = tuple(s for s in stops or () if s)
+        self.keep = max((len(s) for s in self.stops), default=1) - 1
+        self.held, self.hit = "", False
+
+    def feed(self, text: str) -> str:
+        """The text that is safe to pass on now; after a hit, nothing more."""
+        if not self.stops or self.hit:
+            return "" if self.hit else text
+        self.held += text
+        cut = min((i for i in (self.held.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.hit, out, self.held = True, self.held[:cut], ""
+            return out
+        out, self.held = self.held[:len(self.held) - self.keep], self.held[len(self.held) - self.keep:]
+        return out
+
+    def flush(self) -> str:
+        out, self.held = ("" if self.hit else self.held), ""
+        return out
 
 
 class IncrementalDetokenizer:

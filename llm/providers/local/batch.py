@@ -20,9 +20,9 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-from ..errors import UpstreamError
-from ..types import CancelToken
-from .local_engine import generation_error
+from ...errors import UpstreamError
+from ...types import CancelToken
+from .engine import generation_error
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1            # how often a waiting request looks at its cancel token and the engine's health

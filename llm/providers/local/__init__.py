@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..download import hub_location, model_is_path
-from ..errors import CancelledError, ConfigError, InvalidRequestError, NotReadyError
-from ..types import (
+from ...download import hub_location, model_is_path
+from ...errors import CancelledError, ConfigError, InvalidRequestError, NotReadyError
+from ...types import (
     DEFAULT_MAX_NEW_TOKENS,
     CancelToken,
     GenerationParams,
@@ -24,11 +24,10 @@ from ..types import (
     ProviderStatus,
     StreamEvent,
 )
-from . import HONOURS
-from .base import Provider
-from .local_pool import ModelPool, Weights, estimate_bytes
-from .local_text import IncrementalDetokenizer, render_template, reply
-from .wire import StopAt
+from .. import HONOURS
+from ..base import Provider
+from .pool import ModelPool, Weights, estimate_bytes
+from .text import IncrementalDetokenizer, StopAt, render_template, reply
 
 __all__ = ["IncrementalDetokenizer", "LocalProvider", "render_template"]
 
@@ -127,7 +126,7 @@ class LocalProvider(Provider):
             report(0.85, f"{self.config.display_name}: warming up the batching engine")
             before = engine.allocated(device)
             try:
-                from .local_batch import Batcher
+                from .batch import Batcher
                 batcher = Batcher(model, special, self.config.max_concurrency or BATCH_STREAMS, self.name)
             except Exception as e:  # noqa: BLE001 - any failure here leaves plain generate, which works
                 log.warning("%s: continuous batching is unavailable for %s (%s: %s); using generate, one "
@@ -344,13 +343,13 @@ def transformers_model_types() -> tuple[frozenset[str], str]:
 
 
 def _engine(name: str) -> Any:
-    """The torch side of local models (`local_engine`), imported on first use."""
+    """The torch side of local models (`local.engine`), imported on first use."""
     try:
-        from . import local_engine
+        from . import engine
     except ImportError as e:
         raise NotReadyError(f"{name} needs torch and transformers: {e}",
                             fix="pip install torch transformers") from e
-    return local_engine
+    return engine
 
 
 def _free(weights: Weights) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import NotReadyError
+from ...errors import NotReadyError
 
 log = logging.getLogger(__name__)
 GB = 1024 ** 3
@@ -80,7 +80,7 @@ class Weights:
     model: Any
     special: dict[str, Any]
     size: int | None
-    engine: Any = None                          # the batching engine (local_batch.Batcher), if it runs one
+    engine: Any = None                          # the batching engine (local.batch.Batcher), if it runs one
     users: set = field(default_factory=set)     # the providers holding it
     solo: threading.Lock = field(default_factory=threading.Lock)   # plain generate: one at a time
     busy: int = 0                               # generations running on it now
@@ -93,7 +93,7 @@ class ModelPool:
     def __init__(self, free_bytes: Callable[[str], int | None] = cuda_free_bytes,
                  unload: Callable[[Weights], None] | None = None):
         self.free_bytes = free_bytes
-        self.unload_hook = unload or (lambda weights: None)     # frees the device's cache (local_engine)
+        self.unload_hook = unload or (lambda weights: None)     # frees the device's cache (local.engine)
         self._lock = threading.Lock()
         self._loading: dict[Key, threading.Lock] = {}
         self.loaded: dict[Key, Weights] = {}
