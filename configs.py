@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llm.errors import ConfigError
+from llm.providers import KINDS
 from llm.speech import DEFAULT_EMOTIONS, DEFAULT_MAX_SECONDS, SECONDS_RULE, valid_seconds
 
 log = logging.getLogger(__name__)
 
-KINDS = ("local", "openai", "gemini", "zhipuai", "echo")
 DEFAULT_CONFIG_FILE = "configs.yaml"
 MAX_RETRIES = 10
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed",

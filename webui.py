@@ -107,6 +107,8 @@ class Starting:
         import http.server
         import threading
 
+        from llm import api
+
         page = self.PAGE
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -124,7 +126,7 @@ class Starting:
                 """Quiet: the console is for the real server's lines."""
 
         class Server(http.server.ThreadingHTTPServer):
-            address_family = socket_family(host)
+            address_family = api.socket_family(host)
             daemon_threads = True
 
         self.server = Server((host.strip("[]"), port), Handler)
@@ -137,22 +139,14 @@ class Starting:
             self.server.server_close()
 
 
-def socket_family(host: str):
-    import socket
-
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
 def port_in_use(host: str, port: int) -> str | None:
     """Why `port` cannot be bound on `host` (e.g. "Address already in use"), or None when it is free."""
-    import socket
+    from llm import api
 
-    with socket.socket(socket_family(host), socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host.strip("[]"), port))
-        except OSError as e:
-            return e.strerror or str(e)
+    try:
+        api.bind(host, port).close()
+    except OSError as e:
+        return e.strerror or str(e)
     return None
 
 

@@ -5,6 +5,7 @@ cloud providers overlap. Bodies are read and parsed here, strictly, so every bad
 the route's error shape instead of a 500.
 
     app.py      the app factory, the API key gate, /health
+    context.py  what the routes share: the router, limits, secrets
     errors.py   any failure -> each route's error shape
     seed.py     POST /
     openai.py   /v1/chat/completions, /v1/models
@@ -15,6 +16,7 @@ the route's error shape instead of a 500.
 """
 
 from .app import create_app
-from .server import ServerThread, check_bind_security, serve, start_in_thread
+from .server import ServerThread, bind, check_bind_security, serve, socket_family, start_in_thread
 
-__all__ = ["create_app", "ServerThread", "check_bind_security", "serve", "start_in_thread"]
+__all__ = ["create_app", "ServerThread", "bind", "check_bind_security", "serve", "socket_family",
+           "start_in_thread"]

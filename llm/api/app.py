@@ -8,13 +8,11 @@ instead of a 500. The two generation routes skip FastAPI's routing (`HOT_ROUTES`
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +21,7 @@ from starlette.exceptions import HTTPException
 from .. import speech
 from ..errors import LLMError
 from ..router import Router
+from .context import Context
 from .errors import error_response, handle_error
 from .openai import chat_completions, get_model, list_models, statuses
 from .openapi import openapi_document
@@ -30,30 +29,8 @@ from .schemas import ApiError
 from .seed import seed
 
 log = logging.getLogger("llm.api")
-OPEN_PATHS = ("/health",)       # the only route that needs no API key
 
 
-@dataclass
-class Context:
-    """What the routes share: the router, the limits, and the secrets that must never leak."""
-
-    router: Router
-    api_key: str | None
-    max_body_bytes: int
-
-    def authorized(self, scope: dict) -> bool:
-        if not self.api_key or scope["path"] in OPEN_PATHS:
-            return True
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(),
-                                                                           self.api_key.encode())
-        return False
-
-    def redact(self, text: str) -> str:
-        """`text` with the server's key and every provider key replaced by ***."""
-        return self.router.redact(text)
 
 
 def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: int = 1_000_000) -> FastAPI:

@@ -19,7 +19,7 @@ from .schemas import ApiError
 from .turn import rid
 
 if TYPE_CHECKING:
-    from .app import Context
+    from .context import Context
 
 log = logging.getLogger("llm.api")
 

@@ -18,7 +18,7 @@ from .schemas import ChatCompletionRequest, read_body
 from .turn import EventStream, Turn, begin, drain, rid
 
 if TYPE_CHECKING:
-    from .app import Context
+    from .context import Context
 
 
 async def chat_completions(request: Request):

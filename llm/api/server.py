@@ -32,20 +32,32 @@ def _is_loopback(host: str) -> bool:
         return False    # a hostname: it may resolve anywhere
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening-ready socket, so a busy port fails here with a clear error (uvicorn would exit)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def socket_family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port`, ready to listen; OSError (the system's words in `strerror`)
+    when the port is taken. Also how the page checks its ports before it starts."""
     # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
     # listening socket says so; without it every back-to-back request stalled ~40 ms on a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = socket.socket(socket_family(host), socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
-    except OSError as e:
+    except OSError:
         sock.close()
+        raise
+    return sock
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """`bind`, so a busy port fails here with a clear error (uvicorn would exit)."""
+    try:
+        return bind(host, port)
+    except OSError as e:
         raise OSError(e.errno, f"cannot serve the API on {host}:{port}: {e.strerror} "
                                "(is another server using the port? choose another with --api-port)") from e
-    return sock
 
 
 def _server(app: FastAPI, host: str, port: int) -> tuple[uvicorn.Server, socket.socket]:

@@ -1,49 +1,59 @@
-"""One module per backend kind. Kinds are imported lazily so a missing SDK only affects its own kind."""
+"""One module per backend kind, and the table of kinds (`KINDS`). Kinds are imported lazily so a missing
+SDK only affects its own kind."""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 from ..errors import NotReadyError
 from .base import Provider
 
-_KINDS = {
-    "echo": ("llm.providers.echo", "EchoProvider", None),
-    "local": ("llm.providers.local", "LocalProvider", "torch transformers"),
-    "openai": ("llm.providers.openai_compat", "OpenAIProvider", "openai"),
-    "gemini": ("llm.providers.gemini", "GeminiProvider", "google-genai"),
-    "zhipuai": ("llm.providers.zhipuai", "ZhipuAIProvider", "zhipuai"),
-}
+
+@dataclass(frozen=True)
+class Kind:
+    """A backend kind: where its Provider class lives (imported on first use, so a missing SDK only
+    affects its own kind), the pip packages it needs, and the OpenAI request fields beyond sampling
+    (GenerationParams.asked) it can honour, readable without importing it (local imports torch); None:
+    every field, passed on as sent. A kind may still refuse some values of a field it honours
+    (Provider.unsupported)."""
+
+    module: str
+    cls: str
+    packages: str | None
+    honours: frozenset[str] | None
 
 
-# The OpenAI request fields beyond sampling (GenerationParams.asked) each kind can honour, readable
-# without importing the kind (local imports torch); None: every field, passed on as sent. A kind may
-# refuse some values of a field it honours (Provider.unsupported).
-HONOURS: dict[str, frozenset[str] | None] = {
-    "echo": frozenset({"seed", "frequency_penalty", "presence_penalty"}),   # no sampling to change
-    "local": frozenset({"stop", "seed"}),
-    "openai": None,
-    "gemini": frozenset({"stop", "seed", "frequency_penalty", "presence_penalty", "response_format", "tools",
-                         "tool_choice"}),
-    "zhipuai": frozenset({"stop", "seed", "tools", "tool_choice", "response_format"}),
+# The one table of backend kinds: the config's `kind` values, in the order its errors list them.
+KINDS: dict[str, Kind] = {
+    "local": Kind("llm.providers.local", "LocalProvider", "torch transformers", frozenset({"stop", "seed"})),
+    "openai": Kind("llm.providers.openai_compat", "OpenAIProvider", "openai", None),
+    "gemini": Kind("llm.providers.gemini", "GeminiProvider", "google-genai",
+                   frozenset({"stop", "seed", "frequency_penalty", "presence_penalty", "response_format",
+                              "tools", "tool_choice"})),
+    "zhipuai": Kind("llm.providers.zhipuai", "ZhipuAIProvider", "zhipuai",
+                    frozenset({"stop", "seed", "tools", "tool_choice", "response_format"})),
+    # Direct Reply: sampling cannot change a reply that is the typed text; stop strings, tools or JSON would.
+    "echo": Kind("llm.providers.echo", "EchoProvider", None,
+                 frozenset({"seed", "frequency_penalty", "presence_penalty"})),
 }
 
 
 def kind_honours(kind: str, fields: list[str]) -> bool:
     """Whether providers of `kind` can honour these fields (by name: a hint for error messages)."""
-    honoured = HONOURS.get(kind, frozenset())
+    honoured = KINDS[kind].honours if kind in KINDS else frozenset()
     return honoured is None or all(f in honoured for f in fields)
 
 
 def provider_class(kind: str) -> type[Provider]:
     """The Provider class for a kind; NotReadyError naming the pip command when its SDK is missing."""
-    module_name, class_name, packages = _KINDS[kind]
+    entry = KINDS[kind]
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(entry.module)
     except ImportError as e:
         raise NotReadyError(f"the {kind} backend needs a package that is not installed: {e}",
-                            fix=f"pip install {packages}") from e
-    return getattr(module, class_name)
+                            fix=f"pip install {entry.packages}") from e
+    return getattr(module, entry.cls)
 
 
-__all__ = ["HONOURS", "Provider", "kind_honours", "provider_class"]
+__all__ = ["KINDS", "Kind", "Provider", "kind_honours", "provider_class"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import AsyncIterator, Iterator
 
 from ..types import CancelToken, GenerationParams, Message
-from . import HONOURS
+from . import KINDS
 from .base import Provider
 
 
@@ -13,8 +13,7 @@ class EchoProvider(Provider):
     kind = "echo"
     styled = False      # Direct Reply is never styled
     verbatim = True     # and the avatar reads it exactly as typed
-    # Sampling controls cannot change a reply that is the typed text; stop strings, tools or JSON would.
-    honours = HONOURS["echo"]
+    honours = KINDS["echo"].honours
 
     def stream(self, messages: list[Message], params: GenerationParams,
                cancel: CancelToken) -> Iterator[str]:

@@ -15,7 +15,7 @@ from ..errors import (
     UpstreamError,
 )
 from ..types import GenerationParams, Message, StreamEvent
-from . import HONOURS
+from . import KINDS
 from .cloud import CloudProvider
 from .wire import backend_message
 
@@ -33,7 +33,7 @@ class GeminiProvider(CloudProvider):
     # key required even with a custom base_url: without one the SDK sends no request
     sdk_errors = (genai_errors.APIError, genai_errors.UnknownApiResponseError)
     lazy_stream = True      # generate_content_stream connects on the first next()
-    honours = HONOURS["gemini"]
+    honours = KINDS["gemini"].honours
 
     def make_client(self, http: Any, async_http: Any = None) -> genai.Client:
         # HttpOptions.timeout is in milliseconds; no retry_options means the SDK never retries.

@@ -12,7 +12,7 @@ from ..errors import (
     UpstreamError,
 )
 from ..types import GenerationParams, Message
-from . import HONOURS
+from . import KINDS
 from .base import Provider
 from .cloud import CloudProvider
 from .wire import backend_message, delta_event, delta_finished, delta_text
@@ -26,7 +26,7 @@ class ZhipuAIProvider(CloudProvider):
     style_mode = "system"
     default_base_url = DEFAULT_BASE_URL
     sdk_errors = (zhipuai.ZhipuAIError,)   # key required: the SDK won't start without
-    honours = HONOURS["zhipuai"]
+    honours = KINDS["zhipuai"].honours
     astream = Provider.astream      # its SDK blocks: the base's worker-thread adapter reads `stream`
 
     def unsupported(self, params: GenerationParams) -> str | None:

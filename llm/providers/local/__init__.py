@@ -24,7 +24,7 @@ from ...types import (
     ProviderStatus,
     StreamEvent,
 )
-from .. import HONOURS
+from .. import KINDS
 from ..base import Provider
 from .pool import ModelPool, Weights, estimate_bytes
 from .text import IncrementalDetokenizer, StopAt, render_template, reply
@@ -48,7 +48,7 @@ class LocalProvider(Provider):
     # No router slot: the engine decides. Plain generate runs one at a time per model (Weights.solo);
     # the batching engine serves up to max_concurrency (default BATCH_STREAMS) streams at once.
     default_concurrency = None
-    honours = HONOURS["local"]
+    honours = KINDS["local"].honours
 
     def __init__(self, config, env=None):
         super().__init__(config, env)
