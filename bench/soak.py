@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs import ProviderConfig  # noqa: E402
 from llm.providers.transport import MAX_CONNECTIONS  # noqa: E402
-from tests.api_helpers import serve_router  # noqa: E402
+from tests.api_helpers import generation_threads, serve_router  # noqa: E402
 from tests.fake_servers import FakeOpenAIServer  # noqa: E402
 
 REPLY = "你好，我是数字人。今天天气很好。"
@@ -133,10 +133,6 @@ def rss_mb() -> float:
 def thread_groups() -> collections.Counter:
     """Live threads by name, with numbers folded: "asyncio_3" -> "asyncio_N"."""
     return collections.Counter(re.sub(r"\d+", "N", t.name) for t in threading.enumerate())
-
-
-def generation_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("llm-") and t.name != "llm-api"]
 
 
 def default_executor_threads(handle) -> str:

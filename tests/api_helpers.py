@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 from dataclasses import dataclass, replace
 
@@ -43,6 +45,18 @@ def serve_router(configs: list[ProviderConfig] = (), providers: list[Provider] =
     router = Router(settings, env={} if env is None else env, providers={p.name: p for p in providers})
     app = api.create_app(router, api_key=api_key, max_body_bytes=max_body_bytes)
     return Served(router, api.start_in_thread(app, "127.0.0.1", 0))
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def generation_threads() -> list[str]:
+    """The router's generation threads still alive (worker threads of blocking providers)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("llm-") and t.name != "llm-api"]
 
 
 def sse_events(response: requests.Response) -> list[tuple[float, object]]:

@@ -49,11 +49,6 @@ def served(fake_openai):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def sdk(served):
-    return openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=10)
-
-
 # ---- the seed API --------------------------------------------------------------------------
 
 def test_seed_client_style_request_gets_the_echo(served):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from configs import PRESETS, ProviderConfig, Settings, load_settings
 from llm.router import Router
+from tests.api_helpers import free_port
 from tests.fake_servers import FakeOpenAIServer, refused_url
 
 CHROMIUM = "/usr/bin/chromium"
@@ -47,12 +47,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 if not shutil.which(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium fonts-wqy-microhei",
                 allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

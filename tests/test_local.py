@@ -16,7 +16,13 @@ from llm.errors import CancelledError, ConfigError, InvalidRequestError, NotRead
 from llm.providers.local import IncrementalDetokenizer, LocalProvider
 from llm.router import Router
 from llm.types import CancelToken, GenerationParams, Message
-from tests.tiny_models import build_llama, build_remote_code_dir, build_sentencepiece_style_tokenizer, corpus
+from tests.tiny_models import (
+    build_llama,
+    build_remote_code_dir,
+    build_sentencepiece_style_tokenizer,
+    corpus,
+    local_provider,
+)
 
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0)
 LONG = GenerationParams(max_new_tokens=2000, temperature=0)
@@ -40,7 +46,7 @@ def remote_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def shared_chat(chat_dir):
     """One loaded chat provider for the tests that do not care about loading."""
-    p = local(chat_dir)
+    p = local_provider(chat_dir)
     p.load()
     yield p
     p.close()
@@ -60,10 +66,6 @@ providers:
     r = Router(load_settings(path, env={}), env={})
     yield r
     r.close()
-
-
-def local(model_dir, name="tiny", **kw) -> LocalProvider:
-    return LocalProvider(ProviderConfig(name, "local", str(model_dir), device="cpu", **kw))
 
 
 @contextmanager
@@ -143,7 +145,7 @@ def test_linly_preset_on_a_base_model_uses_the_upstream_prompt(router):
 
 def test_render_prompt_for_base_and_chat_models(base_dir, shared_chat):
     messages = [Message("system", "S"), Message("user", "q1"), Message("assistant", "a1"), Message("user", "q2")]
-    base = local(base_dir, prompt_template=LINLY_TEMPLATE)
+    base = local_provider(base_dir, prompt_template=LINLY_TEMPLATE)
     assert base.render_prompt(messages) == "S User: q1 Bot: a1 ### Instruction:q2  ### Response:"
     assert base.render_prompt([Message("user", "q")]) == "### Instruction:q  ### Response:"
     chat = shared_chat.render_prompt(messages)
@@ -152,7 +154,7 @@ def test_render_prompt_for_base_and_chat_models(base_dir, shared_chat):
 
 def test_a_base_model_without_prompt_template_is_a_clear_config_error(base_dir):
     with pytest.raises(ConfigError, match="prompt_template"):
-        list(local(base_dir).stream([Message("user", "hi")], GREEDY, CancelToken()))
+        list(local_provider(base_dir).stream([Message("user", "hi")], GREEDY, CancelToken()))
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def own_copy(chat_dir, tmp_path):
 
 
 def test_two_first_callers_load_once(chat_dir, tmp_path):
-    provider = local(own_copy(chat_dir, tmp_path))
+    provider = local_provider(own_copy(chat_dir, tmp_path))
     steps: list[str] = []
     start = threading.Barrier(3)
     replies: list[str] = []
@@ -193,7 +195,7 @@ def test_two_first_callers_load_once(chat_dir, tmp_path):
 
 
 def test_load_reports_progress_in_order_and_warms_up_before_ready(chat_dir, tmp_path):
-    provider = local(own_copy(chat_dir, tmp_path))
+    provider = local_provider(own_copy(chat_dir, tmp_path))
     progress: list[tuple[float, str]] = []
     provider.load(lambda fraction, message: progress.append((fraction, message)))
     assert progress == sorted(progress) and len(progress) >= 3 and progress[-1][0] == 1.0
@@ -223,7 +225,7 @@ def test_missing_weights_are_not_ready_with_the_download_command(router):
 
 
 def test_a_folder_without_config_json_is_not_ready(tmp_path):
-    status = local(tmp_path / "empty").status()
+    status = local_provider(tmp_path / "empty").status()
     assert not status.ready and "not found locally" in status.reason
 
 
@@ -232,7 +234,7 @@ def test_remote_code_needs_the_opt_in(router, remote_dir):
     assert not status.ready and "set trust_remote_code: true for provider remote in configs.yaml" in status.fix
     with pytest.raises(NotReadyError, match="trust_remote_code: true for provider remote"):
         router.provider("remote").load()
-    assert local(remote_dir, trust_remote_code=True).status().ready
+    assert local_provider(remote_dir, trust_remote_code=True).status().ready
 
 
 # ---- stopping --------------------------------------------------------------------------------
@@ -322,7 +324,7 @@ def test_incremental_detokenizer_cost_is_linear_on_a_long_line(shared_chat):
 
 
 def test_count_tokens_uses_the_tokenizer_once_loaded(chat_dir):
-    provider = local(chat_dir)
+    provider = local_provider(chat_dir)
     messages = [Message("user", "数字人 hello world " * 10)]
     estimate = provider.count_tokens(messages)
     provider.load()
@@ -331,17 +333,17 @@ def test_count_tokens_uses_the_tokenizer_once_loaded(chat_dir):
 
 
 def test_context_window_comes_from_the_model_once_loaded(chat_dir):
-    provider = local(chat_dir)
+    provider = local_provider(chat_dir)
     assert provider.context_window == 8192
     provider.load()
     assert provider.context_window == 512
-    capped = local(chat_dir, context_window=100)
+    capped = local_provider(chat_dir, context_window=100)
     capped.load()
     assert capped.context_window == 100
 
 
 def test_history_is_trimmed_oldest_first_keeping_the_system_prompt(chat_dir):
-    provider = local(chat_dir, context_window=120)
+    provider = local_provider(chat_dir, context_window=120)
     turns = [Message("user" if i % 2 == 0 else "assistant", f"第{i}轮 数字人 hello world 今天天气很好")
              for i in range(12)]
     messages = [Message("system", "你是数字人")] + turns + [Message("user", "最后的问题")]

@@ -11,13 +11,12 @@ import time
 
 import pytest
 
-from configs import ProviderConfig
 from llm.errors import CancelledError, UpstreamError
 from llm.providers.local import POOL, LocalProvider
 from llm.providers.local import batch as local_batch
 from llm.providers.local import engine as local_engine
 from llm.types import CancelToken, GenerationParams, Message, StreamEvent
-from tests.tiny_models import build_llama
+from tests.tiny_models import build_llama, local_provider
 
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0)
 HI = [Message("user", "你好，请介绍一下你自己")]
@@ -29,13 +28,9 @@ def twin_dirs(tmp_path_factory):
     return [build_llama(tmp_path_factory.mktemp(f"twin-{i}"), seed=3) for i in range(2)]
 
 
-def local(model_dir, name: str, **kw) -> LocalProvider:
-    return LocalProvider(ProviderConfig(name, "local", str(model_dir), device="cpu", **kw))
-
-
 @pytest.fixture(scope="module")
 def batched(twin_dirs):
-    p = local(twin_dirs[0], "batched", engine="batched", max_concurrency=4)
+    p = local_provider(twin_dirs[0], "batched", engine="batched", max_concurrency=4)
     p.load()
     yield p
     p.close()
@@ -43,7 +38,7 @@ def batched(twin_dirs):
 
 @pytest.fixture(scope="module")
 def plain(twin_dirs):
-    p = local(twin_dirs[1], "plain", engine="generate")
+    p = local_provider(twin_dirs[1], "plain", engine="generate")
     p.load()
     yield p
     p.close()
@@ -76,7 +71,7 @@ def timed_streams(provider: LocalProvider, params: list[GenerationParams]) -> li
 
 
 def test_auto_uses_generate_on_the_cpu_and_batching_when_asked(batched, plain, twin_dirs):
-    auto = local(twin_dirs[1], "auto")
+    auto = local_provider(twin_dirs[1], "auto")
     auto.load()     # the same files as `plain`: shares its copy
     assert auto._weights is plain._weights and plain._weights.engine is None
     assert isinstance(batched._weights.engine, local_batch.Batcher)
@@ -209,7 +204,7 @@ def test_an_engine_that_cannot_start_falls_back_to_generate_with_a_log_line(twin
         raise ValueError("Implementation flex_attention is not supported for continuous batching")
 
     monkeypatch.setattr(local_batch.Batcher, "_start", broken)
-    p = local(build_llama(tmp_path / "m", seed=3), "fallback", engine="batched")
+    p = local_provider(build_llama(tmp_path / "m", seed=3), "fallback", engine="batched")
     with caplog.at_level(logging.WARNING, logger="llm.providers.local"):
         p.load()
     try:
@@ -222,7 +217,7 @@ def test_an_engine_that_cannot_start_falls_back_to_generate_with_a_log_line(twin
 
 
 def test_unloading_a_model_stops_its_engine(tmp_path):
-    p = local(build_llama(tmp_path / "m", seed=3), "unloaded", engine="batched", max_concurrency=2)
+    p = local_provider(build_llama(tmp_path / "m", seed=3), "unloaded", engine="batched", max_concurrency=2)
     p.load()
     manager = p._weights.engine._manager
     assert text_of(p.stream(HI, GREEDY, CancelToken()))
@@ -238,7 +233,7 @@ def test_running_out_of_gpu_memory_in_the_engine_is_a_503_with_a_fix():
 
 
 def test_a_reply_too_long_for_the_cache_is_a_503_with_the_fix_and_the_engine_recovers(tmp_path):
-    p = local(build_llama(tmp_path / "m", seed=3, max_positions=4096), "small-cache", engine="batched",
+    p = local_provider(build_llama(tmp_path / "m", seed=3, max_positions=4096), "small-cache", engine="batched",
               max_concurrency=1)   # on the CPU: a cache of 512 tokens per stream
     p.load()
     try:
@@ -274,7 +269,7 @@ def test_a_request_while_the_engine_winds_down_after_a_fatal_error_waits_for_it_
 
     monkeypatch.setattr(continuous_api.ContinuousBatchingManager, "_handle_critical_error", fail_and_linger)
     monkeypatch.setattr(thread_status, "request_stop", note_stop)
-    p = local(build_llama(tmp_path / "m", seed=3, max_positions=4096), "lingering", engine="batched",
+    p = local_provider(build_llama(tmp_path / "m", seed=3, max_positions=4096), "lingering", engine="batched",
               max_concurrency=1)
     p.load()
     try:

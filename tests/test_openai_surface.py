@@ -64,11 +64,6 @@ def served(fakes):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def sdk(served):
-    return openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=20)
-
-
 @pytest.fixture(autouse=True)
 def plain_reply(fakes):
     fakes.script(REPLY)

@@ -52,11 +52,6 @@ def fresh(llama, served):
     served.router._breakers.clear()
 
 
-@pytest.fixture(scope="module")
-def sdk(served):
-    return openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=20)
-
-
 def provider_for(served, fake, **kw) -> str:
     """A provider of the openai kind in front of `fake`, added to the running server; its name."""
     name = f"up{fake.base_url.rsplit(':', 1)[1].split('/')[0]}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from contextlib import ExitStack, contextmanager
 
@@ -19,7 +18,7 @@ from configs import ProviderConfig
 from llm.__main__ import main as llm_cli
 from llm.policy import Policy
 from llm.providers import provider_class
-from tests.api_helpers import assert_error, serve_router, sse_events
+from tests.api_helpers import assert_error, generation_threads, serve_router, sse_events
 from tests.fake_servers import FAKES
 
 WIRES = ("openai", "zhipuai", "gemini")
@@ -258,10 +257,6 @@ def test_clients_that_hang_up_while_waiting_close_the_upstream_calls():
         assert wait_until(lambda: fake.hanging == 0, 3), f"{fake.hanging} upstream calls left open"
         # no generation thread is left waiting for nobody (idle executor threads are a pool, not a leak)
         assert wait_until(lambda: not generation_threads(), 3), generation_threads()
-
-
-def generation_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("llm-") and t.name != "llm-api"]
 
 
 def test_the_openai_sdk_gets_a_stream_error_it_can_raise():

@@ -14,15 +14,10 @@ import requests
 import webui
 from configs import PRESETS, Settings
 from llm.router import Router
+from tests.api_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "page-Key-5f1c"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -104,3 +104,11 @@ def build_remote_code_dir(directory: str | Path) -> Path:
         "class TinyRemoteForCausalLM(LlamaForCausalLM):\n    config_class = TinyRemoteConfig\n",
         encoding="utf-8")
     return directory
+
+
+def local_provider(model_dir: str | Path, name: str = "tiny", **kw):
+    """A local provider for a tiny model directory, on the CPU; `kw` are more ProviderConfig fields."""
+    from configs import ProviderConfig
+    from llm.providers.local import LocalProvider
+
+    return LocalProvider(ProviderConfig(name, "local", str(model_dir), device="cpu", **kw))
