@@ -9,6 +9,7 @@ import queue
 import threading
 from typing import AsyncIterator, Callable, Iterator
 
+from .errors import CancelledError
 from .types import CancelToken
 
 log = logging.getLogger("llm.policy")
@@ -91,6 +92,7 @@ async def in_worker(items: Callable[[], Iterator], cancel: CancelToken, *, name:
                     post(item)
                     if item is end:
                         return
+                post(CancelledError("generation cancelled"))    # a reader may still be waiting
             finally:
                 gen.close()
         except BaseException as e:  # noqa: BLE001 - handed to the reader

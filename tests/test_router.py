@@ -18,6 +18,7 @@ from llm.errors import (
 from llm.policy import backoff
 from llm.providers.wire import retry_after_seconds
 from llm.router import Router
+from llm.threads import in_worker
 from llm.types import CancelToken, GenerationParams, Message
 from tests.fakes import ScriptedProvider, settings_for
 
@@ -277,3 +278,16 @@ def test_achat_returns_timings_and_provider():
     reply = asyncio.run(Router(settings_for(), env={}).achat("你好"))
     assert reply.text == "你好" and reply.provider == "direct"
     assert reply.timings["total_ms"] >= reply.timings["ttft_ms"] >= 0
+
+
+def test_a_worker_stopped_by_its_cancel_ends_the_read_instead_of_leaving_it_waiting():
+    def items():
+        yield "never read"
+
+    async def main():
+        cancel = CancelToken()
+        cancel.cancel()     # before the first item: the worker stops without making one
+        with pytest.raises(CancelledError):
+            await asyncio.wait_for(anext(in_worker(items, cancel, name="llm-test")), 5)
+
+    asyncio.run(main())

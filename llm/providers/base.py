@@ -139,7 +139,8 @@ class Provider(ABC):
         (and its Retry-After, from `headers`). `field`: the request field the backend blamed, if any.
 
         The client sees the backend's words without a traceback or file paths; the log has them whole."""
-        raw, detail = self.scrub(detail), self.scrub(readable(detail))
+        raw = self.scrub(detail)        # masked before `readable` can cut a key in half
+        detail = readable(raw)
         if raw != detail:
             log.warning("%s: the server answered %d: %s", self.name, status, raw)
         retry_after = retry_after_seconds(headers or {})

@@ -20,6 +20,7 @@ _BROKEN_TAG = re.compile(r"[\[【]\s*([A-Za-z_]{1,16})(?![A-Za-z_\]】])")   # "
 _MARK = re.compile(f"[{MARKS}]")
 # A sentence end or a line break, and the spaces after it: a sentence starts where it ends.
 _SENTENCE_END = re.compile(r"[。！？!?.\n][ \t]*")
+_ENDS_A_SENTENCE = re.compile(_SENTENCE_END.pattern + r"\Z")
 _WORD = re.compile(r"[ \t]*([A-Za-z_]{1,16})")
 _ALONE = re.compile(r"[ \t]*[.!。！]?[ \t]*")             # nothing after the word but an end mark
 # What follows a bare tag and not a word of the sentence: "joy: …", "joy\n…", "joy 今天…"
@@ -46,7 +47,7 @@ class EmotionTags:
         out = self._bracket_tags(text, final)
         self._pending += held
         if out.strip(" \t"):
-            self._at_start = re.search(r"[。！？!?.\n][ \t]*\Z", out) is not None
+            self._at_start = _ENDS_A_SENTENCE.search(out) is not None
         return out
 
     def _bare_tags(self, text: str, final: bool) -> tuple[str, str]:
