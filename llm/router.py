@@ -9,7 +9,6 @@ import asyncio
 import logging
 import os
 import threading
-import time
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, Mapping
@@ -20,6 +19,8 @@ from . import speech
 from .errors import InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
 from .policy import Breaker, FallbackChain, Policy, cooling_fix
 from .providers import Provider, kind_honours, provider_class
+from .reply import Reply
+from .threads import in_loop
 from .tries import Slots, Try
 from .types import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -28,7 +29,6 @@ from .types import (
     GenerationParams,
     Message,
     ProviderStatus,
-    Reply,
     normalize_history,
 )
 
@@ -234,19 +234,7 @@ class Router:
         """`astream` for synchronous callers (the CLI, the scoreboard, scripts), on an event loop of this
         call's own; a cancel from another thread still ends it at once. Not for use on a running loop."""
         cancel = cancel or CancelToken()
-        loop = asyncio.new_event_loop()
-        chunks = self.astream(prompt, cancel=cancel, hold=hold, **kw)
-        try:
-            while True:
-                try:
-                    yield loop.run_until_complete(anext(chunks))
-                except StopAsyncIteration:
-                    return
-        finally:
-            cancel.cancel()
-            loop.run_until_complete(chunks.aclose())
-            loop.run_until_complete(self.aclose_loop())     # this loop's upstream clients
-            loop.close()
+        return in_loop(lambda: self.astream(prompt, cancel=cancel, hold=hold, **kw), cancel, self.aclose_loop)
 
     def _chain(self, req: Request) -> list[str]:
         """The provider, then its fallbacks that can honour the request."""
@@ -254,19 +242,13 @@ class Router:
                                  if n != req.provider and self._can_serve(n, req.params, req.history)]
 
     def chat(self, prompt: str | Request, *, cancel: CancelToken | None = None, **kw) -> Reply:
-        """The whole reply, with the provider that answered and timings in ms."""
-        req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
-        start = time.perf_counter()
-        parts: list[str] = []
-        provider, ttft = req.provider, None
-        for chunk in self.stream(req, cancel=cancel, hold="all"):
-            if ttft is None:
-                ttft = (chunk.at - start) * 1000
-            parts.append(chunk.text)
-            provider = chunk.provider
-        total = (time.perf_counter() - start) * 1000
-        return Reply("".join(parts), provider,
-                     {"ttft_ms": round(ttft if ttft is not None else total, 1), "total_ms": round(total, 1)})
+        """`achat` for synchronous callers (see `stream`)."""
+        cancel = cancel or CancelToken()
+
+        async def whole() -> AsyncIterator[Reply]:
+            yield await self.achat(prompt, cancel=cancel, **kw)
+        [reply] = in_loop(whole, cancel, self.aclose_loop)
+        return reply
 
     async def astream(self, prompt: str | Request, *, cancel: CancelToken | None = None,
                       hold: str = "none", **kw) -> AsyncIterator[Chunk]:
@@ -299,7 +281,13 @@ class Router:
             cancel.cancel()
 
     async def achat(self, prompt: str | Request, *, cancel: CancelToken | None = None, **kw) -> Reply:
-        return await asyncio.to_thread(self.chat, prompt, cancel=cancel, **kw)
+        """The whole reply: its text, the provider that answered, timings in ms, tool calls and usage."""
+        req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
+        reply = Reply(req, cancel)
+        async with aclosing(reply.chunks(self.astream(req, cancel=reply.cancel, hold="all"))) as chunks:
+            async for _ in chunks:
+                pass
+        return reply
 
     # ---- one provider ----------------------------------------------------------------------
 

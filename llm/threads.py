@@ -1,5 +1,5 @@
-"""Worker threads for blocking libraries: `spawn` (reused threads) and `in_worker` (a blocking
-generator read on the event loop)."""
+"""Crossing between blocking code and the event loop: `spawn` (reused worker threads), `in_worker` (a
+blocking generator read on the event loop) and `in_loop` (an async generator read by blocking code)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import logging
 import queue
 import threading
-from typing import AsyncIterator, Callable, Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 from .errors import CancelledError
 from .types import CancelToken
@@ -119,3 +119,39 @@ async def in_worker(items: Callable[[], Iterator], cancel: CancelToken, *, name:
             await asyncio.wait_for(finished.wait(), JOIN_WAIT)
         except asyncio.TimeoutError:
             log.warning("%s did not stop within %g s of its cancel: left to finish alone", name, JOIN_WAIT)
+
+
+def in_loop(make: Callable[[], AsyncIterator], cancel: CancelToken,
+            finish: Callable[[], Awaitable[None]] | None = None) -> Iterator:
+    """The items of the async generator `make()` for a synchronous caller (the CLI, the scoreboard, a
+    script), on an event loop of this call's own: the one sync facade over the async core. A cancel from
+    any thread interrupts the wait at once (CancelledError); leaving early closes the async generator.
+    `finish` then runs on the same loop (closing the clients that belong to it), and the loop ends.
+    Not for use on a running loop."""
+    loop = asyncio.new_event_loop()
+    agen = make()
+    step: list[asyncio.Future] = []
+
+    def interrupt() -> None:
+        try:
+            loop.call_soon_threadsafe(lambda: [s.cancel() for s in step])
+        except RuntimeError:    # the loop has closed: nothing is waiting
+            pass
+
+    cancel.on_cancel(interrupt)
+    try:
+        while True:
+            step[:] = [asyncio.ensure_future(agen.__anext__(), loop=loop)]
+            try:
+                item = loop.run_until_complete(step[0])
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                raise CancelledError("generation cancelled") from None
+            yield item
+    finally:
+        step.clear()
+        loop.run_until_complete(agen.aclose())
+        if finish is not None:
+            loop.run_until_complete(finish())
+        loop.close()

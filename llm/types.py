@@ -168,13 +168,6 @@ class Chunk:
         return bool(self.text or self.tool_calls)
 
 
-@dataclass
-class Reply:
-    text: str
-    provider: str
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class ProviderStatus:
     ready: bool

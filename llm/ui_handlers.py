@@ -18,8 +18,9 @@ from typing import Any, AsyncIterator, Callable
 
 import gradio as gr
 
-from . import download, speech
+from . import download
 from .errors import CancelledError, LLMError
+from .reply import Reply
 from .router import Router
 from .types import CancelToken, GenerationParams, normalize_history
 
@@ -278,58 +279,43 @@ def report(turn: Turn | None) -> None:
 
 
 class Sayings:
-    """What the avatar says, sentence by sentence, as the reply streams: the router's own splitter
-    (abbreviations and numbers handled), the TTS-ready text of each sentence, and its emotion. The
-    page's script speaks each new entry; as JSON in a hidden element (#sayings)."""
+    """What the avatar says, sentence by sentence, as the reply streams (`Reply.events`: the router's
+    own splitter, the TTS-ready text of each sentence, its emotion). The page's script speaks each new
+    entry; as JSON in a hidden element (#sayings)."""
 
     NONE = "<pre>[]</pre>"
 
-    def __init__(self) -> None:
-        self.splitter = speech.SentenceSplitter()
-        self.items: list[dict[str, Any]] = []
-
-    async def add(self, text: str, emotion: str | None = None) -> None:
-        for sentence, feeling in self.splitter.feed_tagged(text, emotion):
-            await self._say(sentence, feeling)
-
-    async def finish(self) -> None:
-        for sentence, feeling in self.splitter.flush_tagged():
-            await self._say(sentence, feeling)
-
-    async def _say(self, sentence: str, emotion: str | None) -> None:
-        self.items.append(await speech.sentence_event(sentence, emotion))   # the seed stream's events
-
-    def html(self) -> str:
-        return f"<pre>{html.escape(json.dumps(self.items, ensure_ascii=False))}</pre>"
+    @staticmethod
+    def html(events: list[dict]) -> str:
+        return f"<pre>{html.escape(json.dumps(events, ensure_ascii=False))}</pre>"
 
 
 async def _stream(router: Router, before: History, question: str, opts: TurnOptions,
                   turn: Turn, progress: Progress | None) -> AsyncIterator[tuple[str, str, str]]:
     """(growing reply, status line, sayings) triples; a stop after some text ends quietly with the
-    partial reply."""
+    partial reply, and the avatar does not start its unfinished last sentence."""
     req = router.request(question, provider=opts.provider, history=before, system=opts.system or None,
                          params=opts.params(), style=opts.style, max_seconds=float(opts.max_seconds))
     await _load_with_progress(router, opts.provider, progress)
-    reply, answered, feeling, sayings = "", "", "", Sayings()
+    reply, feeling, said = Reply(req, turn, speak=True), "", Sayings.NONE
     try:
-        async with aclosing(router.astream(req, cancel=turn)) as chunks:
+        async with aclosing(reply.chunks(router.astream(req, cancel=turn))) as chunks:
             async for chunk in chunks:
-                reply, answered = reply + chunk.text, chunk.provider
                 feeling = f" · feeling: {chunk.emotion}" if chunk.emotion else feeling
-                await sayings.add(chunk.text, chunk.emotion)
-                yield reply, f"{answered_by(router, opts.provider, answered)}{feeling} …", sayings.html()
+                said = Sayings.html(reply.events)
+                yield reply.text, f"{answered_by(router, opts.provider, reply.provider)}{feeling} …", said
     except CancelledError:
-        if not reply:
+        if not reply.text:
             raise
+    answered = answered_by(router, opts.provider, reply.provider)
     if turn.stopped:   # a provider may also end quietly when cancelled: say no more
-        if not reply:
+        if not reply.text:
             raise CancelledError("generation cancelled")
-        yield reply, f"Stopped. {answered_by(router, opts.provider, answered)}", sayings.html()
-    elif not reply:
+        yield reply.text, f"Stopped. {answered}", said
+    elif not reply.text:
         raise LLMError(f"{opts.provider} returned an empty reply", fix="try again or choose another provider")
     else:
-        await sayings.finish()      # the last sentence, if it had no end mark
-        yield reply, answered_by(router, opts.provider, answered) + feeling, sayings.html()
+        yield reply.text, answered + feeling, Sayings.html(reply.events)
 
 
 def answered_by(router: Router, chosen: str, answered: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 
 import google.genai
@@ -188,7 +190,7 @@ def test_an_openai_compatible_server_needs_no_key():
     with FakeOpenAIServer(["好的"]) as fake:
         provider = provider_for("openai", fake.base_url, env={})
         assert provider.status().ready
-        assert drain(provider.stream([Message("user", "hi")], GenerationParams(), CancelToken())) == ["好", "的"]
+        assert "".join(drain(provider.stream([Message("user", "hi")], GenerationParams(), CancelToken()))) == "好的"
     assert fake.requests[0]["_headers"]["authorization"].startswith("Bearer ")
 
 
@@ -374,29 +376,46 @@ def test_a_server_that_wants_a_key_nobody_configured_says_where_to_name_it():
 
 # ---- connection reuse ----------------------------------------------------------------------------
 
+async def adrain(provider, n: int | None = None) -> list[str]:
+    """`drain` of the provider's async stream (on the running loop, whose client it keeps), closed after."""
+    out = []
+    async with aclosing(provider.astream([Message("user", "hi")], GenerationParams(), CancelToken())) as gen:
+        async for item in gen:
+            if item and isinstance(item, str):
+                out.append(item)
+                if n is not None and len(out) == n:
+                    break
+    return out
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_back_to_back_streams_reuse_one_upstream_connection(kind):
     """The openai SDK stops reading at [DONE] and closes the response; without reading the rest of the
-    body first, httpx dropped the connection and every request paid a new one (with a cloud: TLS too)."""
+    body first, httpx dropped the connection and every request paid a new one (with a cloud: TLS too).
+    A connection belongs to its event loop: the streams share one, as the API's requests do."""
     with FAKES[kind](["好的。"]) as fake:
         provider = provider_for(kind, fake.base_url)
-        for _ in range(5):
-            assert drain(provider.stream([Message("user", "hi")], GenerationParams(), CancelToken())) == list("好的。")
+
+        async def five() -> None:
+            for _ in range(5):
+                assert "".join(await adrain(provider)) == "好的。"
+            await provider.aclose_loop()
+        asyncio.run(five())
         assert fake.connections == 1
-        provider.close()
 
 
 def test_a_stream_left_early_is_still_cut_so_the_upstream_stops():
     with FakeOpenAIServer([LONG_REPLY], chunk_delay=0.01) as fake:
         provider = provider_for("openai", fake.base_url)
-        stream = provider.stream([Message("user", "hi")], GenerationParams(), CancelToken())
-        assert len(drain(stream, 3)) == 3
-        stream.close()
-        time.sleep(0.3)
-        assert fake.chunks_sent < len(LONG_REPLY) / 2
-        drain(provider.stream([Message("user", "hi")], GenerationParams(), CancelToken()), 1)
+
+        async def cut_then_again() -> None:
+            assert len(await adrain(provider, 3)) == 3
+            await asyncio.sleep(0.3)
+            assert fake.chunks_sent < len(LONG_REPLY) / 2
+            await adrain(provider, 1)
+            await provider.aclose_loop()
+        asyncio.run(cut_then_again())
         assert fake.connections == 2    # the cut connection was not put back in the pool
-        provider.close()
 
 
 def test_a_server_that_never_ends_the_body_after_done_costs_at_most_the_drain_bound():
@@ -404,7 +423,8 @@ def test_a_server_that_never_ends_the_body_after_done_costs_at_most_the_drain_bo
     with FakeOpenAIServer(["好的。"], faults=["linger"]) as fake:
         provider = provider_for("openai", fake.base_url, timeout=20.0)
         start = time.monotonic()
-        assert drain(provider.stream([Message("user", "hi")], GenerationParams(), CancelToken())) == list("好的。")
+        assert "".join(drain(provider.stream([Message("user", "hi")], GenerationParams(),
+                                             CancelToken()))) == "好的。"
         assert time.monotonic() - start < 5     # not the 20 s read timeout
         provider.close()
 
@@ -412,8 +432,6 @@ def test_a_server_that_never_ends_the_body_after_done_costs_at_most_the_drain_bo
 def test_an_async_client_belongs_to_its_event_loop():
     """The API's loop and Gradio's each get their own async client: a connection opened on one loop
     cannot be used from another."""
-    import asyncio
-
     with FakeOpenAIServer(["好的。"]) as fake:
         router = router_for("openai", fake)
 

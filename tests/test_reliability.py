@@ -5,6 +5,7 @@ Each row of issue #7's table: a fault the upstream commits, and what a user of t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -194,7 +195,12 @@ def test_a_provider_without_settings_gets_live_avatar_deadlines():
         assert (policy.retries, policy.first_token_timeout, policy.stall_timeout) == (2, 20, 15)
         assert provider.timeout == 30       # per connect/read, not the SDKs' 600 s
     http = provider_class("openai")(ProviderConfig("p", "openai", "m", base_url="http://127.0.0.1:9"), ENV)
-    assert http.client().timeout.read == 30
+
+    async def read_timeout() -> float:
+        timeout = http.client().timeout.sock_read     # the running loop's aiohttp session
+        await http.aclose_loop()
+        return timeout
+    assert asyncio.run(read_timeout()) == 30
 
 
 @pytest.mark.parametrize("route", ["seed", "seed-stream", "v1", "v1-stream"])

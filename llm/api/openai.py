@@ -11,11 +11,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ..errors import LLMError, UnknownProviderError
+from ..reply import Reply
 from ..router import Router
 from ..types import Chunk, GenerationParams, ProviderStatus
 from .errors import error_event
 from .schemas import ChatCompletionRequest, read_body
-from .turn import EventStream, Turn, begin, drain, rid
+from .turn import EventStream, begin, drain, log_done, rid
 
 if TYPE_CHECKING:
     from .context import Context
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 async def chat_completions(request: Request):
     """OpenAI chat completions. `model` is a provider name, one of its `aliases`, or "default".
 
-    The speech style (short, speakable answers) follows the server config; turn it off for one
+    The speech style (short, speakable answers) follows the server config; reply it off for one
     request with the extra body field `"style": "none"` (openai SDK: `extra_body={"style": "none"}`).
     A request with tools, a JSON response_format or logprobs is for a program: it is not styled.
     """
@@ -42,35 +43,27 @@ async def chat_completions(request: Request):
     style = None if body.style is None else body.style == "short"
     provider = None if body.model == "default" else body.model
     prompt = None if last.role == "tool" else last.text()     # after tool results: no new prompt
-    turn, chunks = await begin(request, prompt=prompt, provider=provider, history=history, system=system,
+    reply, chunks = await begin(request, prompt=prompt, provider=provider, history=history, system=system,
                                params=params, style=style, max_seconds=body.max_seconds,
                                hold="none" if body.stream else "all")
     meta = {"id": f"chatcmpl-{rid(request)}", "created": int(time.time())}
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStream(turn, _openai_events(request, turn, chunks, meta, usage))
-    await drain(request, turn, turn.chunks(chunks))
-    turn.log_done(rid(request))
-    message: dict = {"role": "assistant", "content": turn.text}
-    if turn.tool_calls:
-        message.update(content=turn.text or None, tool_calls=turn.tool_calls)
-    choice = {"index": 0, "message": message, "finish_reason": turn.finish}
+        return EventStream(reply, _openai_events(request, reply, chunks, meta, usage))
+    await drain(request, reply, reply.chunks(chunks))
+    log_done(request, reply)
+    message: dict = {"role": "assistant", "content": reply.text}
+    if reply.tool_calls:
+        message.update(content=reply.text or None, tool_calls=reply.tool_calls)
+    choice = {"index": 0, "message": message, "finish_reason": reply.finish}
     if body.logprobs:
-        choice["logprobs"] = {"content": turn.logprobs, "refusal": None}
+        choice["logprobs"] = {"content": reply.logprobs, "refusal": None}
     # a JSONResponse as FastAPI would make of the dict, without its recursive jsonable_encoder walk
-    return JSONResponse({**meta, "object": "chat.completion", "model": turn.provider,
-                         "timings": turn.timings(), "choices": [choice], "usage": _usage(turn)})
+    return JSONResponse({**meta, "object": "chat.completion", "model": reply.provider,
+                         "timings": reply.timings, "choices": [choice], "usage": reply.token_usage})
 
 
-def _usage(turn: Turn) -> dict[str, int]:
-    usage = dict(turn.usage or {})
-    for key in ("prompt_tokens", "completion_tokens"):
-        usage.setdefault(key, 0)
-    usage["total_tokens"] = usage.get("total_tokens") or usage["prompt_tokens"] + usage["completion_tokens"]
-    return {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-
-
-async def _openai_events(request: Request, turn: Turn, chunks: AsyncIterator[Chunk], meta: dict,
+async def _openai_events(request: Request, reply: Reply, chunks: AsyncIterator[Chunk], meta: dict,
                          include_usage: bool) -> AsyncIterator[dict | str]:
     """chat.completion.chunk events; with include_usage, every chunk has "usage": null and a last one
     with no choices carries the usage, as OpenAI streams it."""
@@ -84,11 +77,11 @@ async def _openai_events(request: Request, turn: Turn, chunks: AsyncIterator[Chu
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
         if logprobs:
             choice["logprobs"] = {"content": list(logprobs), "refusal": None}
-        return {**meta, "object": "chat.completion.chunk", "model": turn.provider, "choices": [choice],
+        return {**meta, "object": "chat.completion.chunk", "model": reply.provider, "choices": [choice],
                 **usage_field}
 
     try:
-        async with aclosing(turn.chunks(chunks)) as items:
+        async with aclosing(reply.chunks(chunks)) as items:
             async for item in items:
                 if item.text:
                     yield chunk({"content": item.text})
@@ -96,11 +89,11 @@ async def _openai_events(request: Request, turn: Turn, chunks: AsyncIterator[Chu
                     yield chunk({"tool_calls": [_streamed_call(c) for c in item.tool_calls]})
                 if item.logprobs:
                     yield chunk({}, logprobs=item.logprobs)
-        turn.log_done(rid(request))
-        yield chunk({}, turn.finish)
+        log_done(request, reply)
+        yield chunk({}, reply.finish)
         if include_usage:
-            yield {**meta, "object": "chat.completion.chunk", "model": turn.provider, "choices": [],
-                   "usage": _usage(turn)}
+            yield {**meta, "object": "chat.completion.chunk", "model": reply.provider, "choices": [],
+                   "usage": reply.token_usage}
         yield "[DONE]"
     except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
         yield error_event(request, e)

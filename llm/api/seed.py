@@ -10,10 +10,11 @@ from typing import AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from ..reply import Reply
 from ..types import Chunk, GenerationParams, history_pairs
 from .errors import error_event
 from .schemas import SeedRequest, read_body
-from .turn import EventStream, Turn, begin, drain, rid
+from .turn import EventStream, begin, drain, log_done
 
 
 async def seed(request: Request):
@@ -25,31 +26,40 @@ async def seed(request: Request):
     body = await read_body(request, SeedRequest, request.app.state.ctx.max_body_bytes)
     params = GenerationParams(max_new_tokens=body.max_length, temperature=body.temperature, top_p=body.top_p)
     style = None if body.style is None else body.style == "short"
-    turn, chunks = await begin(request, prompt=body.prompt, provider=body.provider,
+    reply, chunks = await begin(request, prompt=body.prompt, provider=body.provider,
                                 hold="sentence" if body.stream else "all",
                                 history=body.history_data(), system=body.system, params=params, style=style,
                                 max_seconds=body.max_seconds, max_chars=body.max_chars,
                                 emotions=body.emotions)
     if body.stream:
-        return EventStream(turn, _seed_events(request, turn, chunks))
-    await drain(request, turn, turn.sentences(chunks))
-    turn.log_done(rid(request))
-    return JSONResponse({**_seed_reply(turn), "sentences": turn.events})   # no jsonable_encoder walk
+        return EventStream(reply, _seed_events(request, reply, chunks))
+    await drain(request, reply, reply.sentences(chunks))
+    log_done(request, reply)
+    return JSONResponse({**_seed_reply(reply), "sentences": _events(reply)})   # no jsonable_encoder walk
 
 
-def _seed_reply(turn: Turn) -> dict:
-    history = history_pairs(turn.req.history) + [[turn.req.prompt, turn.text]]
-    return {"response": turn.text, "history": history, "status": 200,
+def _seed_reply(reply: Reply) -> dict:
+    history = history_pairs(reply.req.history) + [[reply.req.prompt, reply.text]]
+    return {"response": reply.text, "history": history, "status": 200,
             "time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
-            "provider": turn.provider, "timings": turn.timings()}
+            "provider": reply.provider, "timings": reply.timings}
 
 
-async def _seed_events(request: Request, turn: Turn, chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict]:
+def _events(reply: Reply) -> list[dict]:
+    """The sentence events; `emotion` only for a client that asked for emotions."""
+    return reply.events if reply.req.emotions else [_unfelt(e) for e in reply.events]
+
+
+def _unfelt(event: dict) -> dict:
+    return {k: v for k, v in event.items() if k != "emotion"}
+
+
+async def _seed_events(request: Request, reply: Reply, chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict]:
     try:
-        async with aclosing(turn.sentences(chunks)) as sentences:
+        async with aclosing(reply.sentences(chunks)) as sentences:
             async for event in sentences:
-                yield event
-        turn.log_done(rid(request))
-        yield {"done": True, **_seed_reply(turn)}
+                yield event if reply.req.emotions else _unfelt(event)
+        log_done(request, reply)
+        yield {"done": True, **_seed_reply(reply)}
     except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
         yield error_event(request, e)

@@ -27,11 +27,11 @@ class Kind:
 # The one table of backend kinds: the config's `kind` values, in the order its errors list them.
 KINDS: dict[str, Kind] = {
     "local": Kind("llm.providers.local", "LocalProvider", "torch transformers", frozenset({"stop", "seed"})),
-    "openai": Kind("llm.providers.openai_compat", "OpenAIProvider", "openai", None),
+    "openai": Kind("llm.providers.openai_compat", "OpenAIProvider", "aiohttp", None),
     "gemini": Kind("llm.providers.gemini", "GeminiProvider", "google-genai",
                    frozenset({"stop", "seed", "frequency_penalty", "presence_penalty", "response_format",
                               "tools", "tool_choice"})),
-    "zhipuai": Kind("llm.providers.zhipuai", "ZhipuAIProvider", "zhipuai",
+    "zhipuai": Kind("llm.providers.zhipuai", "ZhipuAIProvider", "aiohttp",
                     frozenset({"stop", "seed", "tools", "tool_choice", "response_format"})),
     # Direct Reply: sampling cannot change a reply that is the typed text; stop strings, tools or JSON would.
     "echo": Kind("llm.providers.echo", "EchoProvider", None,

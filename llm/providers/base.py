@@ -1,9 +1,9 @@
 """The provider contract: stream text for a message list; report readiness; close.
 
     base.py       Provider: the contract, readiness, keys, the shared vocabulary of upstream failures
-    cloud.py      CloudProvider: a backend behind an SDK or HTTP client, one stream loop, one error path
+    cloud.py      CloudProvider: a backend behind an async client, one stream loop, one error path
     wire.py       reading wire formats: error bodies, Retry-After, OpenAI-shaped chunks, stop strings
-    transport.py  HTTP clients a cancel interrupts at the socket; connection reuse after streams
+    transport.py  the async HTTP clients: pool sizes, timeouts, proxies and certificates
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from abc import ABC, abstractmethod
+from abc import ABC
 from contextlib import aclosing
 from typing import TYPE_CHECKING, AsyncIterator, ClassVar, Iterator, Mapping
 
@@ -24,9 +24,8 @@ from ..errors import (
     UpstreamRefusedError,
     UpstreamTimeoutError,
 )
-from ..threads import in_worker
+from ..threads import in_loop, in_worker
 from ..types import CancelToken, GenerationParams, Message, ProviderStatus, StreamEvent
-from .transport import abort_scope
 from .wire import readable, retry_after_seconds
 
 if TYPE_CHECKING:
@@ -42,11 +41,13 @@ ROUTER_FIELDS = {"model": "check model in configs.yaml", "stream": "use a server
 
 
 class Provider(ABC):
-    """A backend. Subclasses implement `stream`; everything else has a sensible default.
+    """A backend. A kind implements one of `astream` (an async client) or `stream` (a blocking library:
+    local models, Direct Reply); the base adapts each to the other, so the router reads `astream` and
+    a script may read `stream`. Everything else has a sensible default.
 
-    `stream` is a generator of text deltas. When the caller closes it early (budget reached,
-    cancel, client gone) the generator's `finally` must stop the upstream work: stop generating
-    tokens or close the HTTP stream. Providers also check `cancel` between deltas.
+    When the caller closes the stream early (budget reached, cancel, client gone) its `finally` must stop
+    the upstream work: stop generating tokens or close the HTTP stream. Providers also check `cancel`
+    between deltas.
     """
 
     kind: ClassVar[str]
@@ -62,31 +63,29 @@ class Provider(ABC):
     honours: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: ProviderConfig, env: Mapping[str, str] | None = None):
+        if type(self).stream is Provider.stream and type(self).astream is Provider.astream:
+            raise TypeError(f"{type(self).__name__} must implement astream or stream")
         self.config = config
         self.name = config.name
         self.env = os.environ if env is None else env
 
-    @abstractmethod
-    def stream(self, messages: list[Message], params: GenerationParams,
-               cancel: CancelToken) -> Iterator[str | StreamEvent]:
-        """Yield the reply as text deltas; "" may come too, as a sign of life (e.g. a reasoning chunk).
-        A StreamEvent carries tool-call deltas, the finish reason or token usage, when the backend says."""
-
     async def astream(self, messages: list[Message], params: GenerationParams,
                       cancel: CancelToken) -> AsyncIterator[str | StreamEvent]:
-        """`stream` on the event loop: what the router reads. A kind with an async client overrides it;
-        for the others (local models, a blocking SDK) this adapter runs `stream` in a worker thread,
-        where a cancel (or closing this) shuts the HTTP call's socket and stops a local model's tokens."""
+        """Yield the reply as text deltas; "" may come too, as a sign of life (e.g. a reasoning chunk).
+        A StreamEvent carries tool-call deltas, the finish reason or token usage, when the backend says.
+
+        For a kind that implements `stream`, this runs it in a worker thread (`in_worker`)."""
         own = CancelToken()     # closing this must not cancel the caller's token: a retry may follow
         cancel.on_cancel(own.cancel)
-
-        def items() -> Iterator[str | StreamEvent]:
-            with abort_scope(own):
-                yield from self.stream(messages, params, own)
-
-        async with aclosing(in_worker(items, own, name=f"llm-{self.name}")) as stream:
+        async with aclosing(in_worker(lambda: self.stream(messages, params, own), own,
+                                      name=f"llm-{self.name}")) as stream:
             async for item in stream:
                 yield item
+
+    def stream(self, messages: list[Message], params: GenerationParams,
+               cancel: CancelToken) -> Iterator[str | StreamEvent]:
+        """`astream` for a blocking caller, on an event loop of this call's own (`in_loop`)."""
+        return in_loop(lambda: self.astream(messages, params, cancel), cancel, self.aclose_loop)
 
     def unsupported(self, params: GenerationParams) -> str | None:
         """The first field the call asks for that this provider cannot honour; None when it can honour all.

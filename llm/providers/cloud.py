@@ -1,5 +1,5 @@
-"""CloudProvider: a backend reached through an SDK (or plain HTTP) client; one shared client per
-thread pool and one per event loop, one stream loop (sync and async), one error path."""
+"""CloudProvider: a backend reached through an async client (an SDK's or plain HTTP), one per event loop;
+one stream loop, one error path."""
 
 from __future__ import annotations
 
@@ -9,19 +9,21 @@ import threading
 import weakref
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Mapping
+
+import httpx2
 
 from ..errors import CancelledError, LLMError, MissingKeyError, UpstreamError, UpstreamTimeoutError
 from ..types import CancelToken, GenerationParams, Message, ProviderStatus, StreamEvent
 from .base import DEFAULT_TIMEOUT, Provider
-from .transport import abortable_client, async_client
+from .transport import async_client
 
 if TYPE_CHECKING:
     from configs import ProviderConfig
 
 
 class CloudProvider(Provider):
-    """A backend reached through an SDK client: one shared client, one stream loop, one error path.
+    """A backend reached through an async client: one per event loop, one stream loop, one error path.
 
     Subclasses supply the connection (`make_client`) and the wire format (`open_stream`,
     `chunk_text`) and map their SDK's exceptions in `translate`.
@@ -37,8 +39,6 @@ class CloudProvider(Provider):
 
     def __init__(self, config: ProviderConfig, env: Mapping[str, str] | None = None):
         super().__init__(config, env)
-        self._client: Any = None
-        self._http: Any = None
         self._lock = threading.Lock()
         # one async client per event loop (the API's, Gradio's): a connection belongs to its loop
         self._aclients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -57,26 +57,18 @@ class CloudProvider(Provider):
         return super().status()
 
     def client(self) -> Any:
-        """The SDK client, created on first use and shared (the SDK clients are thread-safe)."""
-        with self._lock:
-            if self._client is None:
-                self._http = abortable_client(self.http_module(), self.timeout)
-                self._client = self.make_client(self._http)
-            return self._client
-
-    def async_client(self) -> Any:
         """The async SDK client for the running event loop, created on first use there."""
         loop = asyncio.get_running_loop()
         with self._lock:
             pair = self._aclients.get(loop)
             if pair is None:
-                pair = self._aclients[loop] = self.new_async_client()
+                pair = self._aclients[loop] = self.new_client()
             return pair[0]
 
-    def new_async_client(self) -> tuple[Any, Callable[[], Awaitable[Any]]]:
+    def new_client(self) -> tuple[Any, Callable[[], Awaitable[Any]]]:
         """A new async client for the running loop, and the coroutine function that closes it."""
-        http = async_client(self.http_module(), self.timeout)
-        return self.make_async_client(http), http.aclose
+        http = async_client(self.timeout)
+        return self.make_client(http), http.aclose
 
     async def aclose_loop(self) -> None:
         with self._lock:
@@ -84,16 +76,8 @@ class CloudProvider(Provider):
         if pair is not None:
             await pair[1]()
 
-    def make_async_client(self, http: Any) -> Any:
-        """A new async SDK client that sends through the async `http` client."""
-        return http
-
     def close(self) -> None:
         with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._http.close()      # not every SDK closes a client it was given
-                self._client = self._http = None
             aclients, self._aclients = list(self._aclients.items()), weakref.WeakKeyDictionary()
         for loop, (_, aclose) in aclients:
             if loop.is_running():   # on their own loop
@@ -101,23 +85,19 @@ class CloudProvider(Provider):
             elif loop.is_closed():  # its sockets went with it: mark the client closed, so no warning
                 _close_orphan(aclose)   # says "Unclosed client session" at exit (the Gradio page's loop)
 
-    def http_module(self) -> Any:
-        """The httpx package this SDK sends through: httpx2 when installed (openai, google-genai)."""
-        return _HTTPX[-1]
-
     @property
     def timeout(self) -> float:
         """Seconds for one connect or read: the config's `timeout`, else a default fit for a live avatar."""
         return self.config.timeout or DEFAULT_TIMEOUT
 
-    @abstractmethod
     def make_client(self, http: Any) -> Any:
-        """A new SDK client for this config that sends through `http` (so a cancel reaches the
-        socket: see `transport`), with SDK retries off (the router's policy retries)."""
+        """A new async SDK client for this config that sends through the async `http` client (httpx2),
+        with SDK retries off (the router's policy retries)."""
+        return http
 
     @abstractmethod
-    def open_stream(self, messages: list[Message], params: GenerationParams) -> Iterable[Any]:
-        """Start the SDK's streaming call."""
+    async def open_stream(self, messages: list[Message], params: GenerationParams) -> Any:
+        """Start the streaming call: an async iterable of chunks with an `aclose()`."""
 
     @abstractmethod
     def chunk_text(self, chunk: Any) -> str:
@@ -136,44 +116,23 @@ class CloudProvider(Provider):
     def translate(self, e: BaseException) -> LLMError:
         """The typed error for an SDK exception, without the API key in its text."""
 
-    def close_stream(self, response: Any) -> None:
-        response.close()    # closes the HTTP stream, so the server stops generating
-
     def content_type(self, response: Any) -> str:
         """The stream's HTTP Content-Type, when the SDK exposes it ("" otherwise)."""
         http = getattr(response, "response", None)
         return str(getattr(http, "headers", {}).get("content-type", ""))
 
-    def stream(self, messages: list[Message], params: GenerationParams,
-               cancel: CancelToken) -> Iterator[str]:
-        """The reply's text; a stream that ends without its end marker is an error, never a short reply."""
-        if cancel.cancelled:
-            raise CancelledError("generation cancelled")
-        response, seen = None, _Seen()
-        try:
-            response = self.open_stream(messages, params)
-            for chunk in response:
-                if cancel.cancelled:
-                    raise CancelledError("generation cancelled")
-                yield from seen.take(self, chunk)
-            if not seen.finished:
-                raise self.unfinished_error(response, seen.text)
-        except (*self.sdk_errors, *TRANSPORT_ERRORS) as e:
-            raise self.failure(e, cancel, response, seen) from e
-        finally:
-            if response is not None:
-                self.close_stream(response)
-
     async def astream(self, messages: list[Message], params: GenerationParams,
                       cancel: CancelToken) -> AsyncIterator[str | StreamEvent]:
-        """`stream` on the event loop, for kinds with an async client (no thread per request).
-        Cancelling the task that iterates it closes the HTTP stream."""
+        """The reply's text; a stream that ends without its end marker is an error, never a short reply.
+        Cancelling the task that iterates it (or closing it) closes the HTTP stream."""
         if cancel.cancelled:
             raise CancelledError("generation cancelled")
         response, seen = None, _Seen()
         try:
-            response = await self.aopen_stream(messages, params)
+            response = await self.open_stream(messages, params)
             async for chunk in response:
+                if cancel.cancelled:
+                    raise CancelledError("generation cancelled")
                 for item in seen.take(self, chunk):
                     yield item
             if not seen.finished:
@@ -183,10 +142,6 @@ class CloudProvider(Provider):
         finally:
             if response is not None:
                 await response.aclose()
-
-    async def aopen_stream(self, messages: list[Message], params: GenerationParams) -> Any:
-        """Start the streaming call on the event loop (kinds with an async client)."""
-        raise NotImplementedError
 
     def failure(self, e: BaseException, cancel: CancelToken, response: Any, seen: _Seen) -> LLMError:
         """The typed error for an SDK or transport exception met while streaming."""
@@ -257,16 +212,6 @@ class _Seen:
         return [text] if event is None else [text, event]
 
 
-def _httpx_modules() -> tuple[Any, ...]:
-    import httpx
-    try:    # openai and google-genai send through httpx2 when it is installed
-        import httpx2
-    except ImportError:  # pragma: no cover - depends on the environment
-        return (httpx,)
-    return (httpx, httpx2)
-
-
-_HTTPX = _httpx_modules()
-TRANSPORT_ERRORS = tuple(m.TransportError for m in _HTTPX)
-TIMEOUT_ERRORS = tuple(m.TimeoutException for m in _HTTPX)
-CONNECT_ERRORS = tuple(m.ConnectError for m in _HTTPX)
+TRANSPORT_ERRORS = (httpx2.TransportError,)
+TIMEOUT_ERRORS = (httpx2.TimeoutException,)
+CONNECT_ERRORS = (httpx2.ConnectError,)

@@ -10,10 +10,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from ..errors import (
-    LLMError,
-    UpstreamError,
-)
+from ..errors import LLMError, UpstreamError
 from ..types import GenerationParams, Message, StreamEvent
 from . import KINDS
 from .cloud import CloudProvider
@@ -35,24 +32,16 @@ class GeminiProvider(CloudProvider):
     lazy_stream = True      # generate_content_stream connects on the first next()
     honours = KINDS["gemini"].honours
 
-    def make_client(self, http: Any, async_http: Any = None) -> genai.Client:
+    def make_client(self, http: Any) -> genai.Client:
         # HttpOptions.timeout is in milliseconds; no retry_options means the SDK never retries.
         options = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout * 1000),
-                                    httpx_client=http, httpx_async_client=async_http)
+                                    httpx_async_client=http)
         # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI in the environment must not reroute calls.
         return genai.Client(api_key=self.api_key(), vertexai=False, http_options=options)
 
-    def make_async_client(self, http: Any) -> genai.Client:
-        return self.make_client(None, http)
-
-    def open_stream(self, messages: list[Message], params: GenerationParams) -> Any:
+    async def open_stream(self, messages: list[Message], params: GenerationParams) -> Any:
         system, contents = to_contents(messages)
-        return self.client().models.generate_content_stream(
-            model=self.config.model, contents=contents, config=generation_config(system, params))
-
-    async def aopen_stream(self, messages: list[Message], params: GenerationParams) -> Any:
-        system, contents = to_contents(messages)
-        return await self.async_client().aio.models.generate_content_stream(
+        return await self.client().aio.models.generate_content_stream(
             model=self.config.model, contents=contents, config=generation_config(system, params))
 
     def chunk_text(self, chunk: Any) -> str:

@@ -3,19 +3,17 @@
 This is the hot path of a router in front of vLLM, so the chat-completions call is made here rather than
 through the openai SDK, whose request building and pydantic object per stream chunk cost ~3 ms and
 ~0.4 ms of CPU per request and chunk. The wire format is plain: POST {base_url}/chat/completions, bearer
-key, JSON in, SSE out. Threads (the Gradio page) send it over a pooled httpx2 client whose reads a cancel
-can interrupt (see `transport`); the API's event loop sends it over aiohttp (`transport.aiohttp_session`),
-and there text deltas that arrive in one network read are relayed as one chunk (`_merge`).
+key, JSON in, SSE out, sent over aiohttp (`transport.aiohttp_session`); text deltas that arrive in one
+network read are relayed as one chunk (`_merge`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator
 
 import aiohttp
-import httpx2
 
 try:    # 3-4x faster than json on the stream's events (a dependency of gradio, so usually present)
     from orjson import loads as _loads
@@ -43,51 +41,31 @@ class OpenAIProvider(CloudProvider):
     def unsupported(self, params: GenerationParams) -> str | None:
         return None     # every OpenAI field is passed on as sent: the upstream decides
 
-    def make_client(self, http: httpx2.Client) -> httpx2.Client:
-        return http
-
-    def open_stream(self, messages: list[Message], params: GenerationParams) -> EventStream:
-        """Send the request; an error status is raised here as the typed error, with the backend's words."""
-        http = self.client()
-        url, body, headers = self._request(messages, params)
-        response = http.send(http.build_request("POST", url, json=body, headers=headers), stream=True)
-        if response.status_code >= 400:
-            try:
-                response.read()
-            finally:
-                response.close()
-            self._raise_status(response)
-        return EventStream(response)
-
-    def new_async_client(self) -> tuple[aiohttp.ClientSession, Any]:
+    def new_client(self) -> tuple[aiohttp.ClientSession, Any]:
         session = aiohttp_session(self.timeout, self.base_url)
         return session, session.close
 
-    async def aopen_stream(self, messages: list[Message], params: GenerationParams) -> AsyncEventStream:
+    async def open_stream(self, messages: list[Message], params: GenerationParams) -> EventStream:
+        """Send the request; an error status is raised here as the typed error, with the backend's words."""
         url, body, headers = self._request(messages, params)
-        response = await self.async_client().post(url, data=json.dumps(body, ensure_ascii=False).encode(),
-                                                  headers={**headers, "Content-Type": "application/json"})
+        response = await self.client().post(url, data=json.dumps(body, ensure_ascii=False).encode(),
+                                            headers={**headers, "Content-Type": "application/json"})
         if response.status >= 400:
             try:
                 raw = await response.read()
             finally:
                 response.release()
-            detail, field = _detail(raw.decode(errors="replace"))
-            raise self.status_error(response.status, detail, headers=response.headers, field=field)
-        return AsyncEventStream(response)
+            try:
+                response.raise_for_status()
+            except aiohttp.ClientResponseError as e:
+                detail, field = _detail(raw.decode(errors="replace"))
+                raise self.status_error(response.status, detail, headers=response.headers, field=field) from e
+        return EventStream(response)
 
     def _request(self, messages: list[Message], params: GenerationParams) -> tuple[str, dict, dict]:
         key = self.api_key(required=not self.config.base_url) or PLACEHOLDER_KEY
         return (f"{self.base_url.rstrip('/')}/chat/completions", self.request_body(messages, params),
                 {"Authorization": f"Bearer {key}"})
-
-    def _raise_status(self, response: httpx2.Response) -> None:
-        try:
-            response.raise_for_status()
-        except httpx2.HTTPStatusError as e:
-            detail, field = _detail(response.text)
-            raise self.status_error(response.status_code, detail, headers=response.headers,
-                                    field=field) from e
 
     def chunk_text(self, chunk: dict) -> str:
         delta = _delta(chunk)
@@ -171,27 +149,8 @@ class StreamError(Exception):
 
 
 class EventStream:
-    """An OpenAI-style event stream read as plain dicts, one per `data:` line, up to `data: [DONE]`.
-
-    `response` is the httpx response (its headers tell an HTML page from an event stream)."""
-
-    def __init__(self, response: httpx2.Response):
-        self.response = response
-
-    def __iter__(self) -> Iterator[dict]:
-        for line in self.response.iter_lines():
-            chunk = _event(line)
-            if chunk is _DONE:
-                return
-            if chunk is not None:
-                yield chunk
-
-    def close(self) -> None:
-        self.response.close()
-
-
-class AsyncEventStream:
-    """`EventStream` on the event loop, over an aiohttp response. The events of one network read come
+    """An OpenAI-style event stream read as plain dicts, one per `data:` line, up to `data: [DONE]`, over an
+    aiohttp response (its headers tell an HTML page from an event stream). The events of one network read come
     together: consecutive plain text deltas among them are merged into one chunk (`_merge`), so a burst
     (a fast server, or a reader that fell behind) costs one pass through the router, not one per token;
     what arrives alone is relayed alone, as soon as it arrives. After [DONE] it reads the few bytes left

@@ -1,5 +1,4 @@
-"""Reading the backends' wire formats: error bodies and Retry-After, OpenAI-shaped stream chunks (as
-the SDKs give them)."""
+"""Reading the backends' error answers: their own words, the field they blame, Retry-After."""
 
 from __future__ import annotations
 
@@ -8,8 +7,6 @@ import email.utils
 import re
 import time
 from typing import Any, Mapping
-
-from ..types import StreamEvent
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -91,33 +88,3 @@ def refused_field(body: Any, text: str) -> str | None:
             return loc[1]
     match = re.search(r"'loc': \('body', '(\w+)'", text)
     return match[1] if match else None
-
-
-def delta_text(chunk: Any) -> str:
-    """The text of an OpenAI-shaped stream chunk; "" for role-only, usage-only or filter-result chunks."""
-    if not chunk.choices or chunk.choices[0].delta is None:
-        return ""
-    return chunk.choices[0].delta.content or ""
-
-
-def delta_finished(chunk: Any) -> bool:
-    """Whether an OpenAI-shaped stream chunk carries a finish_reason (the end of the reply)."""
-    return bool(chunk.choices) and chunk.choices[0].finish_reason is not None
-
-
-def delta_event(chunk: Any) -> StreamEvent | None:
-    """Tool-call deltas, finish reason and usage of an OpenAI-shaped stream chunk (the SDKs' objects)."""
-    choice = chunk.choices[0] if chunk.choices else None
-    calls = getattr(choice.delta, "tool_calls", None) if choice is not None and choice.delta else None
-    usage = getattr(chunk, "usage", None)
-    finish = choice.finish_reason if choice is not None else None
-    if not (calls or usage or finish):
-        return None
-    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
-    return StreamEvent(tool_calls=tuple(_plain(c) for c in calls or ()), finish_reason=finish,
-                       usage={k: int(getattr(usage, k, 0) or 0) for k in counts} if usage else None)
-
-
-def _plain(obj: Any) -> dict:
-    """An SDK model as a plain dict without its unset (None) fields."""
-    return obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else dict(obj)
