@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from configs import load_settings
 from llm.errors import ConfigError
 from llm.router import Router
+from llm.types import BOUNDS
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -247,8 +248,9 @@ def _settings_panel(router: Router, api_port: int, api_key: str | None, api_host
                        elem_id="budget")
     temperature0, top_p0, tokens0 = ui.sampling_defaults(router, default)
     with gr.Accordion("Sampling", open=False):
-        temperature = gr.Slider(0, 2, value=temperature0, step=0.05, label="Temperature (0 = greedy)")
-        top_p = gr.Slider(0.05, 1, value=top_p0, step=0.01, label="top_p")
+        temperature = gr.Slider(*BOUNDS["temperature"][:2], value=temperature0, step=0.05,
+                                label="Temperature (0 = greedy)")
+        top_p = gr.Slider(0.05, BOUNDS["top_p"][1], value=top_p0, step=0.01, label="top_p")
         max_new = gr.Slider(1, 4096, value=tokens0, step=1, label="Max new tokens")
     with gr.Accordion("API", open=False, elem_id="api-panel"):
         curl = gr.Code(ui.api_curl(api_port, api_key, default, api_host), language="shell",

@@ -1,0 +1,1 @@
+"""The avatar assistant's brain: a router from one chat turn to many LLM providers, with speech built in."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import closing
 from typing import Sequence
 
 from configs import load_settings
@@ -23,6 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_ERROR
+    unknown = [n for n in args.names if n not in settings.providers]
+    if unknown:
+        known = ", ".join(settings.providers)
+        print(f"error: unknown provider {unknown[0]!r}; known: {known}", file=sys.stderr)
+        return USAGE_ERROR
     return args.run(settings, args)
 
 
@@ -32,32 +38,25 @@ def _parser() -> argparse.ArgumentParser:
                         help="settings file (default: $LLM_CONFIG or ./configs.yaml)")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     fetch = commands.add_parser("download", help="download a local provider's model weights")
-    fetch.add_argument("name", help="a provider name, e.g. qwen, linly, chatglm")
+    fetch.add_argument("names", nargs=1, metavar="name", help="a provider name, e.g. qwen, linly, chatglm")
     fetch.add_argument("--source", choices=SOURCES, default="huggingface")
     fetch.add_argument("--dir", metavar="DIR", help="download into this folder (default: the HF cache, "
                                                    "or the provider's model folder)")
     fetch.add_argument("--repo", metavar="ID", help="the repo id to fetch, when it differs on this source")
-    fetch.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    fetch.set_defaults(run=_download)
     status = commands.add_parser("status", help="show whether each provider is ready, and the fix if not")
-    status.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    status.set_defaults(run=_status)
     board = commands.add_parser("scoreboard", help="score each ready provider's replies for speech: budget, "
                                                    "sentence ends, leaks, latency")
     board.add_argument("names", nargs="*", metavar="NAME", help="providers to score (default: all ready)")
-    board.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    board.set_defaults(run=_scoreboard)
+    for command, run in ((fetch, _download), (status, _status), (board, _scoreboard)):
+        # --config after the command too; SUPPRESS keeps the top-level value when it is not given here
+        command.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.set_defaults(run=run, names=[])
     return parser
 
 
 def _download(settings, args) -> int:
-    cfg = settings.providers.get(args.name)
-    if cfg is None:
-        known = ", ".join(settings.providers)
-        print(f"error: unknown provider {args.name!r}; known: {known}", file=sys.stderr)
-        return USAGE_ERROR
-    reason = nothing_to_download(cfg)
-    if reason:
+    cfg = settings.providers[args.names[0]]
+    if reason := nothing_to_download(cfg):
         print(reason)
         return 0
     try:
@@ -80,20 +79,17 @@ def _download(settings, args) -> int:
 def _status(settings, args) -> int:
     """Each provider's readiness; from the running API's /health when one answers on this config's
     api_port (it alone knows which providers are cooling down after failures), else checked here."""
-    live = _live_statuses(settings)
-    if live is None:
+    statuses = _live_statuses(settings)
+    if statuses is not None:
+        print(f"(live, from the API on port {settings.server.api_port})")
+    else:
         from .router import Router
 
         statuses = {name: st.as_dict() for name, st in Router(settings).statuses().items()}
-    else:
-        statuses = live
-        print(f"(live, from the API on port {settings.server.api_port})")
     width = max(map(len, statuses))
     for name, st in statuses.items():
-        line = f"{name:<{width}}  {'ready' if st['ready'] else 'not ready'}"
-        if not st["ready"]:
-            line += f": {st['reason']}" + (f" -> {st['fix']}" if st.get("fix") else "")
-        print(line)
+        fix = f" -> {st['fix']}" if st.get("fix") else ""
+        print(f"{name:<{width}}  " + ("ready" if st["ready"] else f"not ready: {st['reason']}{fix}"))
     return 0
 
 
@@ -101,16 +97,8 @@ def _scoreboard(settings, args) -> int:
     from . import scoreboard
     from .router import Router
 
-    unknown = [n for n in args.names if n not in settings.providers]
-    if unknown:
-        known = ", ".join(settings.providers)
-        print(f"error: unknown provider {unknown[0]!r}; known: {known}", file=sys.stderr)
-        return USAGE_ERROR
-    router = Router(settings)
-    try:
+    with closing(Router(settings)) as router:
         scores = scoreboard.run(router, args.names or None)
-    finally:
-        router.close()
     if not scores:
         print("no provider is ready to score: see python -m llm status", file=sys.stderr)
         return 1

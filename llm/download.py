@@ -14,7 +14,6 @@ CHECK_TIMEOUT = 5.0     # seconds for the first request: with no network, fail i
 _REPO_ID = re.compile(r"^[\w-][\w.-]*(/[\w-][\w.-]*)?$")
 # Other formats of the same weights; skipped when the repo has safetensors, so nothing downloads twice
 _DUPLICATE_FORMATS = ["*.bin", "*.pth", "*.pt", "*.h5", "*.msgpack", "*.ot", "*.gguf", "original/*"]
-_NO_DOWNLOAD = {"echo": "it repeats the user's text and needs no model"}
 
 
 class DownloadError(Exception):
@@ -39,8 +38,8 @@ def nothing_to_download(cfg: ProviderConfig) -> str | None:
     """Why a provider needs no download (remote API, echo), or None for local models."""
     if cfg.kind == "local":
         return None
-    if cfg.kind in _NO_DOWNLOAD:
-        return f"{cfg.name} needs no download: {_NO_DOWNLOAD[cfg.kind]}."
+    if cfg.kind == "echo":
+        return f"{cfg.name} needs no download: it repeats the user's text and needs no model."
     need = f" It needs {' or '.join(cfg.api_key_env)} set in the environment." if cfg.api_key_env else ""
     where = cfg.base_url or f"the {cfg.kind} API"
     return f"{cfg.name} needs no download: it runs {cfg.model} on {where}.{need}"
@@ -64,25 +63,18 @@ def plan(cfg: ProviderConfig, source: str = "huggingface", directory: str | None
 
 
 def hub_location() -> tuple[str, str]:
-    """(endpoint, cache dir) of the Hugging Face hub, from the environment now, not at import time.
-
-    huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_CACHE once, when it is imported; this reads
-    them on every call, in the library's order, so a process (or test) that sets them later is obeyed.
-    """
+    """(endpoint, cache dir) of the HF hub from the environment now: huggingface_hub reads it at import."""
     from huggingface_hub import constants
 
     endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if not cache and os.environ.get("HF_HOME"):
-        cache = os.path.join(os.environ["HF_HOME"], "hub")
+    cache = (os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+             or (os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None))
     return endpoint, os.path.expandvars(os.path.expanduser(cache)) if cache else constants.HF_HUB_CACHE
 
 
 def download(p: Plan) -> Path:
     """Fetch the files (tqdm progress bars on stderr); returns the folder they are in."""
-    if p.source == "modelscope":
-        return _from_modelscope(p)
-    return _from_huggingface(p)
+    return _from_modelscope(p) if p.source == "modelscope" else _from_huggingface(p)
 
 
 def _from_huggingface(p: Plan) -> Path:
@@ -116,33 +108,29 @@ def _from_huggingface(p: Plan) -> Path:
 
 
 def _from_modelscope(p: Plan) -> Path:
+    import urllib.error
+    import urllib.request
+
     try:
         from modelscope import snapshot_download
     except ImportError as e:
         raise DownloadError("--source modelscope needs the modelscope package: pip install modelscope") from e
-    _check_reachable("https://www.modelscope.cn")
+    url = "https://www.modelscope.cn"
+    try:    # fail in seconds when it cannot be reached (honours HTTPS_PROXY like the download will)
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=CHECK_TIMEOUT).close()
+    except urllib.error.HTTPError:
+        pass    # it answered: reachable
+    except (OSError, ValueError) as e:
+        raise DownloadError(_unreachable(url, e)) from e
     try:
         return Path(snapshot_download(p.repo_id, local_dir=str(p.local_dir)))
     except Exception as e:  # noqa: BLE001 - modelscope raises many types; the message names the fix
         raise DownloadError(f"downloading {p.repo_id} from ModelScope failed: {type(e).__name__}: {e}") from e
 
 
-def _check_reachable(url: str) -> None:
-    """Fail in seconds when the host cannot be reached (honours HTTPS_PROXY like the download will)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=CHECK_TIMEOUT).close()
-    except urllib.error.HTTPError:
-        return      # it answered: reachable
-    except (OSError, ValueError) as e:
-        raise DownloadError(_unreachable(url, e)) from e
-
-
 def _unreachable(endpoint: str, e: BaseException) -> str:
     hint = ("set HF_ENDPOINT=https://hf-mirror.com, or use --source modelscope"
             if "modelscope" not in endpoint else "check the network or proxy settings")
-    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy") if os.environ.get(v)), None)
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
     via = f" via proxy {proxy}" if proxy else ""
     return f"cannot reach {endpoint}{via} ({type(e).__name__}: {e}). Check the network, or {hint}."

@@ -1,10 +1,7 @@
 """The speech-fitness scoreboard: how fit each provider's replies are for an avatar to say.
 
-`python -m llm scoreboard [NAME...]` sends a fixed set of Chinese and English prompts through the
-router, with the speech style on, to each ready provider, and prints per provider the share of
-replies within the spoken-time budget, the share ending on a sentence end, the share with leaks
-(markdown, emoji, URLs, reasoning) and the p50/p95 time to first text and to the first sentence.
-"""
+`python -m llm scoreboard` sends fixed Chinese and English prompts, speech style on, and prints per
+provider the shares of replies in budget, ending a sentence and leaking, and the p50/p95 latencies."""
 
 from __future__ import annotations
 
@@ -70,10 +67,11 @@ def _score(router: Router, name: str, prompts: tuple[str, ...]) -> Score:
         except LLMError as e:
             score.errors.append(f"{prompt[:20]}: {e.message}")
             continue
-        reply = "".join(parts)
+        reply, budget = "".join(parts), req.budget
         first_sentence = first_sentence if first_sentence is not None else time.perf_counter() - start
         score.replies += 1
-        score.within += _within(reply, req.budget)
+        score.within += (len(reply) <= budget.chars if budget.chars is not None
+                         else speech.spoken_seconds(reply) <= budget.seconds + 1e-6)
         score.sentence_end += reply.rstrip()[-1:] in speech.SENTENCE_ENDS + "."
         for kind, pattern in LEAKS.items():
             score.leaks[kind] = score.leaks.get(kind, 0) + bool(pattern.search(reply))
@@ -82,25 +80,17 @@ def _score(router: Router, name: str, prompts: tuple[str, ...]) -> Score:
     return score
 
 
-def _within(reply: str, budget: speech.Budget) -> bool:
-    if budget.chars is not None:
-        return len(reply) <= budget.chars
-    return speech.spoken_seconds(reply) <= budget.seconds + 1e-6
-
-
 def table(scores: list[Score]) -> str:
     """The scoreboard as aligned text, one provider a row."""
-    head = ("provider", "replies", "in budget", "sentence end", "leaks", "TTFT p50/p95 ms",
-            "1st sentence p50/p95 ms", "errors")
-    rows = [head]
+    rows = [("provider", "replies", "in budget", "sentence end", "leaks", "TTFT p50/p95 ms",
+             "1st sentence p50/p95 ms", "errors")]
     for s in scores:
         n = max(s.replies, 1)
-        leaks = sum(s.leaks.values())
         kinds = ", ".join(f"{k} {v}" for k, v in s.leaks.items() if v)
         rows.append((s.provider, str(s.replies), f"{s.within / n:.0%}", f"{s.sentence_end / n:.0%}",
-                     f"{leaks / n:.0%}" + (f" ({kinds})" if kinds else ""), _p50_p95(s.ttft_ms),
-                     _p50_p95(s.first_sentence_ms), str(len(s.errors))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+                     f"{sum(s.leaks.values()) / n:.0%}" + (f" ({kinds})" if kinds else ""),
+                     _p50_p95(s.ttft_ms), _p50_p95(s.first_sentence_ms), str(len(s.errors))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     for s in scores:
         lines += [f"{s.provider} error: {e}" for e in s.errors[:3]]

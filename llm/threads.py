@@ -4,6 +4,7 @@ blocking generator read on the event loop) and `in_loop` (an async generator rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -14,10 +15,10 @@ from .types import CancelToken
 
 log = logging.getLogger("llm.policy")
 JOIN_WAIT = 1.0         # seconds a closed reader waits for its worker to let go of the backend
-
-
 IDLE_NAME = "pool-idle"
 IDLE_SECONDS = 60.0     # an idle pooled thread ends after this long
+_IDLE: list[_Worker] = []
+_IDLE_LOCK = threading.Lock()
 
 
 class _Worker:
@@ -31,14 +32,13 @@ class _Worker:
     def _loop(self) -> None:
         while True:
             try:
-                job = self.jobs.get(timeout=IDLE_SECONDS)
+                fn, args, name = self.jobs.get(timeout=IDLE_SECONDS)
             except queue.Empty:
                 with _IDLE_LOCK:
                     if self in _IDLE:       # still idle, and nobody can hand us a job now
                         _IDLE.remove(self)
                         return
                 continue                    # taken just now: its job is on the way
-            fn, args, name = job
             self.thread.name = name         # while it runs, the thread says whose it is (leak checks)
             try:
                 fn(*args)
@@ -50,26 +50,18 @@ class _Worker:
                     _IDLE.append(self)
 
 
-_IDLE: list[_Worker] = []
-_IDLE_LOCK = threading.Lock()
-
-
 def spawn(fn: Callable, *args: object, name: str) -> None:
-    """Run `fn(*args)` in a thread of its own, reusing an idle one: a new thread per request cost
-    more than the rest of a short request's bookkeeping. Threads are daemons, named `name` while
-    they work, and never shared by two jobs at once (a job may block as long as it needs)."""
+    """Run `fn(*args)` in a daemon thread of its own (named `name` meanwhile), reusing an idle one: a new
+    thread per request cost more than the rest of a short request's bookkeeping."""
     with _IDLE_LOCK:
         worker = _IDLE.pop() if _IDLE else None
     (worker or _Worker()).jobs.put((fn, args, name))
 
 
 async def in_worker(items: Callable[[], Iterator], cancel: CancelToken, *, name: str) -> AsyncIterator:
-    """The items of the blocking generator `items()`, made, read and closed in a worker thread, on the
-    event loop without blocking it. Read lazily, as a generator is: the worker takes the next item
-    only when the reader asks, so a reader that stops (the speech budget) has not made it run ahead.
-    Closing this cancels `cancel`, which the generator heeds (a local model stops at its next token,
-    an HTTP call's socket is shut), and waits for the worker to close it, so the backend is free when
-    this returns; at most JOIN_WAIT: a generator that does not heed a cancel keeps only its thread."""
+    """The items of the blocking generator `items()`, made, read and closed in a worker thread. Lazily: the
+    worker takes the next item only when asked, so a reader that stops has not made it run ahead. Closing
+    this cancels `cancel` and waits (at most JOIN_WAIT) for the worker to close it, so the backend is free."""
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue = asyncio.Queue()
     asked = threading.Semaphore(0)
@@ -85,23 +77,18 @@ async def in_worker(items: Callable[[], Iterator], cancel: CancelToken, *, name:
 
     def work() -> None:
         try:
-            gen = items()
-            try:
+            with contextlib.closing(items()) as gen:
                 while asked.acquire() and not cancel.cancelled:
                     item = next(gen, end)
                     post(item)
                     if item is end:
                         return
                 post(CancelledError("generation cancelled"))    # a reader may still be waiting
-            finally:
-                gen.close()
         except BaseException as e:  # noqa: BLE001 - handed to the reader
             post(e)
         finally:
-            try:
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(finished.set)
-            except RuntimeError:
-                pass
 
     spawn(work, name=name)
     try:
@@ -123,20 +110,16 @@ async def in_worker(items: Callable[[], Iterator], cancel: CancelToken, *, name:
 
 def in_loop(make: Callable[[], AsyncIterator], cancel: CancelToken,
             finish: Callable[[], Awaitable[None]] | None = None) -> Iterator:
-    """The items of the async generator `make()` for a synchronous caller (the CLI, the scoreboard, a
-    script), on an event loop of this call's own: the one sync facade over the async core. A cancel from
-    any thread interrupts the wait at once (CancelledError); leaving early closes the async generator.
-    `finish` then runs on the same loop (closing the clients that belong to it), and the loop ends.
-    Not for use on a running loop."""
+    """The items of the async generator `make()` for a synchronous caller, on an event loop of this call's
+    own (not for use on a running loop). A cancel from any thread interrupts the wait (CancelledError);
+    at the end `finish` runs on the same loop (closing the clients that belong to it), and the loop ends."""
     loop = asyncio.new_event_loop()
     agen = make()
     step: list[asyncio.Future] = []
 
     def interrupt() -> None:
-        try:
+        with contextlib.suppress(RuntimeError):     # the loop has closed: nothing is waiting
             loop.call_soon_threadsafe(lambda: [s.cancel() for s in step])
-        except RuntimeError:    # the loop has closed: nothing is waiting
-            pass
 
     cancel.on_cancel(interrupt)
     try:

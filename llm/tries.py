@@ -1,5 +1,4 @@
-"""One try at one provider: its stream through the speech stages as Chunks (the last one with the
-finish reason and the usage), the stall clock's touch at each delta, and a provider's generation slots."""
+"""One try at one provider (`Try`: its stream through the speech stages as Chunks), and its `Slots`."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import asyncio
 import collections
 import contextlib
 import threading
-from contextlib import aclosing
 from typing import AsyncIterator, Callable, Mapping
 
 from . import speech
@@ -22,16 +20,15 @@ def _check(cancel: CancelToken) -> None:
 
 
 async def _touching(upstream: AsyncIterator, progress) -> AsyncIterator:
-    """`upstream`, calling `progress()` at each delta (the policy's stall clock); closing this closes it."""
-    async with aclosing(upstream):
+    """`upstream`, calling `progress()` (the policy's stall clock) at each delta; closing this closes it."""
+    async with contextlib.aclosing(upstream):
         async for text in upstream:
             progress()
             yield text
 
 
 class Try:
-    """One try at one provider: what is sent, and how the speech stages' pieces become Chunks (the
-    last one with the finish reason and the usage: the upstream's, else counted here)."""
+    """One try at one provider: what is sent, and how the speech stages' pieces become Chunks."""
 
     def __init__(self, name: str, provider: Provider, params: GenerationParams, messages: list[Message],
                  budget: speech.Budget | None, speech_options: dict, slots: Slots):
@@ -42,12 +39,11 @@ class Try:
         self.usage: Mapping[str, int] | None = None
 
     async def arun(self, cancel: CancelToken, progress: Callable[[], None]) -> AsyncIterator[Chunk]:
-        """The provider's stream through the speech stages, as Chunks, holding one of its generation
-        slots; closing it stops the upstream."""
+        """The provider's stream as Chunks, holding one of its slots; closing it stops the upstream."""
         async with self.slots.held():
             upstream = _touching(self.provider.astream(self.messages, self.params, cancel), progress)
             pieces = speech.aspeak(upstream, self.budget, **self.speech)
-            async with aclosing(upstream), aclosing(pieces):
+            async with contextlib.aclosing(upstream), contextlib.aclosing(pieces):
                 async for piece, emotion in pieces:
                     _check(cancel)
                     if (chunk := self.chunk(piece, emotion)) is not None:
@@ -65,30 +61,25 @@ class Try:
         return Chunk(piece, self.name, emotion)
 
     def last(self) -> Chunk:
-        return Chunk("", self.name, finish_reason=self.finish or "stop",
-                     usage=self.usage or _counted(self.provider, self.messages, "".join(self.said),
-                                                  self.params.max_new_tokens))
-
-
-def _counted(provider: Provider, messages: list[Message], reply: str, limit: int | None) -> dict[str, int]:
-    """Token usage counted here when the upstream gave none: the provider's tokenizer, else the estimate,
-    which is never above the `limit` of new tokens the reply was generated under."""
-    prompt, completion = provider.count_tokens(messages), provider.text_tokens(reply)
-    completion = min(completion, limit or completion)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        """The closing Chunk; usage the upstream gave none of is counted here, never above max_new_tokens."""
+        usage = self.usage
+        if not usage:
+            prompt = self.provider.count_tokens(self.messages)
+            said = self.provider.text_tokens("".join(self.said))
+            said = min(said, self.params.max_new_tokens or said)
+            usage = {"prompt_tokens": prompt, "completion_tokens": said, "total_tokens": prompt + said}
+        return Chunk("", self.name, finish_reason=self.finish or "stop", usage=usage)
 
 
 class Slots:
     """A provider's generation slots (`max_concurrency`; None: no limit), shared by every event loop
-    that uses the router (the API's, the page's, a synchronous caller's): a waiter awaits a future of
-    its own loop, handed a freed slot in turn. Cancelling the waiting task gives up the wait."""
+    that uses the router: a waiter awaits a future of its own loop, handed a freed slot in turn."""
 
     def __init__(self, limit: int | None):
         self.limit = limit
         self._free = limit or 0
         self._lock = threading.Lock()
-        self._waiters: collections.deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]]
-        self._waiters = collections.deque()
+        self._waiters = collections.deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]]()
 
     @contextlib.asynccontextmanager
     async def held(self) -> AsyncIterator[None]:
@@ -96,15 +87,14 @@ class Slots:
         if self.limit is None:
             yield
             return
-        loop = asyncio.get_running_loop()
+        loop, handed = asyncio.get_running_loop(), None
         with self._lock:
-            taken = self._free > 0
-            if taken:
+            if self._free > 0:
                 self._free -= 1
             else:
                 handed = loop.create_future()
                 self._waiters.append((loop, handed))
-        if not taken:
+        if handed is not None:
             try:
                 await handed    # cancelled before a slot came: one handed later is passed on (`_hand`)
             except asyncio.CancelledError:
@@ -120,11 +110,9 @@ class Slots:
         with self._lock:
             while self._waiters:
                 loop, handed = self._waiters.popleft()
-                try:
+                with contextlib.suppress(RuntimeError):     # its loop is closed: the next waiter
                     loop.call_soon_threadsafe(self._hand, handed)
                     return
-                except RuntimeError:    # its loop is closed: the next waiter
-                    continue
             self._free += 1
 
     def _hand(self, handed: asyncio.Future) -> None:

@@ -19,6 +19,22 @@ NEUTRAL_FIELDS = frozenset({"store", "metadata", "user", "service_tier", "safety
                             "prompt_cache_key"})
 
 
+# The one table of sampling bounds (lowest, highest, whole numbers only): GenerationParams checks them for
+# every caller (API, page, configs.yaml), and the API's schemas document them (`bounds`). top_p must be > 0.
+BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "max_new_tokens": (1, 1_000_000, True), "temperature": (0.0, 2.0, False), "top_p": (0.0, 1.0, False),
+    "top_k": (0, 1_000_000, True), "repetition_penalty": (0.01, 10.0, False),
+    "seed": (-2**63, 2**64 - 1, True), "frequency_penalty": (-2.0, 2.0, False),
+    "presence_penalty": (-2.0, 2.0, False)}
+_ABOVE = {"top_p"}  # the lowest bound is excluded
+
+
+def bounds(name: str) -> dict[str, float]:
+    """A sampling field's bounds as pydantic's Field arguments."""
+    lo, hi, _ = BOUNDS[name]
+    return {"gt" if name in _ABOVE else "ge": lo, "le": hi}
+
+
 # OpenAI's defaults: sending one asks for nothing a provider must honour.
 _DEFAULTS = {"logprobs": False, "top_logprobs": 0, "parallel_tool_calls": True, "tool_choice": "auto",
              "response_format": {"type": "text"}}
@@ -72,17 +88,8 @@ class GenerationParams:
     extra: Mapping[str, Any] | None = None
 
     def __post_init__(self):
-        _check_range("max_new_tokens", self.max_new_tokens, 1, 1_000_000, integer=True)
-        _check_range("temperature", self.temperature, 0.0, 2.0)
-        _check_range("top_k", self.top_k, 0, 1_000_000, integer=True)
-        _check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)
-        _check_range("seed", self.seed, -2**63, 2**64 - 1, integer=True)
-        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
-        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
-        if self.top_p is not None:
-            _check_range("top_p", self.top_p, 0.0, 1.0)
-            if self.top_p <= 0:
-                raise InvalidRequestError("top_p must be > 0 and <= 1")
+        for name, (lo, hi, whole) in BOUNDS.items():
+            _check_range(name, getattr(self, name), lo, hi, whole)
         if isinstance(self.stop, (str, list)):    # one string, or OpenAI's list: kept as a tuple
             object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
         if self.stop is not None and not all(isinstance(s, str) and s for s in self.stop):
@@ -123,15 +130,16 @@ class GenerationParams:
         return self.temperature == 0
 
 
-def _check_range(name: str, value: Any, lo: float, hi: float, integer: bool = False) -> None:
+def _check_range(name: str, value: Any, lo: float, hi: float, integer: bool) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequestError(f"{name} must be a number, got {type(value).__name__}")
     if integer and not isinstance(value, int):
         raise InvalidRequestError(f"{name} must be an integer, got {value!r}")
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise InvalidRequestError(f"{name} must be between {lo} and {hi}, got {value!r}")
+    if not math.isfinite(value) or not lo <= value <= hi or (name in _ABOVE and value == lo):
+        span = f"> {lo} and <= {hi}" if name in _ABOVE else f"between {lo} and {hi}"
+        raise InvalidRequestError(f"{name} must be {span}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,6 @@
 """The web page's handler logic, kept free of layout so tests can drive it without a browser.
 
-Every handler takes the session's values (history, provider choice, cancel token) as arguments
-and returns new ones: nothing here is shared between browser sessions.
-"""
+Handlers take the session's values and return new ones: nothing is shared between browser sessions."""
 
 from __future__ import annotations
 
@@ -43,11 +41,9 @@ COMMANDS = ("export ", "python ", "pip ", "huggingface-cli ", "ollama ")   # fix
 
 
 class Turn(CancelToken):
-    """One chat turn of one session: its cancel token (it is one), whether the user pressed Stop
-    (the router also cancels the token when a stream ends, to stop leftover work), and the error
-    to show once the turn has ended."""
+    """One session's chat turn: its cancel token, whether Stop was pressed, and the error to show after it."""
 
-    stopped = False
+    stopped = False     # not just cancelled: the router also cancels the token when a stream ends
     cleared = False     # Clear, or a newer turn: this one must not write to the chat again
     done = False
     error: gr.Error | None = None
@@ -75,21 +71,15 @@ class TurnOptions:
         return GenerationParams(temperature=self.temperature, top_p=top_p, max_new_tokens=tokens)
 
 
-# ---- providers ---------------------------------------------------------------------------
-
 def provider_choices(router: Router) -> list[tuple[str, str]]:
     """(label with readiness, name) for every configured provider, for the dropdown."""
-    out = []
-    for name, status in router.statuses().items():
-        label = router.settings.providers[name].display_name
-        state = "ready" if status.ready else "cooling down" if status.cooldown_s else "not ready"
-        out.append((f"{label} — {state}", name))
-    return out
+    return [(f"{router.settings.providers[name].display_name} — "
+             f"{'ready' if st.ready else 'cooling down' if st.cooldown_s else 'not ready'}", name)
+            for name, st in router.statuses().items()]
 
 
 def provider_note(router: Router, name: str) -> str:
-    """Markdown saying whether a provider can answer, and if not, why and how to fix it (each command
-    in a block of its own, to copy)."""
+    """Markdown saying whether a provider can answer, and if not, why and how to fix it."""
     label = router.settings.providers[name].display_name
     status = router.status(name)
     if status.cooldown_s:
@@ -102,24 +92,21 @@ def provider_note(router: Router, name: str) -> str:
 
 
 def fix_markdown(fix: str) -> str:
-    """A fix hint ("export X=... or set api_key_env in configs.yaml") as markdown: each command in a
-    code block of its own, with the restart an environment variable needs, the rest as prose."""
+    """A fix hint ("export X=... or set ...") as markdown: each command in a code block, to copy."""
     if not fix:
         return ""
     out = []
     for i, part in enumerate(p.strip() for p in fix.split(" or ")):
-        lead = "To fix it, run:" if i == 0 else "Or run:"
         if part.startswith(COMMANDS):
             after = " then restart `python webui.py`." if part.startswith("export ") else ""
-            out.append(f"{lead}\n\n```bash\n{part}\n```\n{after}")
+            out.append(("To fix it, run:" if i == 0 else "Or run:") + f"\n\n```bash\n{part}\n```\n{after}")
         else:
             out.append(("To fix it: " if i == 0 else "Or ") + part + ".")
     return "\n\n" + "\n\n".join(out)
 
 
 def choose_provider(router: Router, name: str) -> tuple[str, float, float, int]:
-    """Dropdown change: the readiness note (inline: no toast, so none pile up over the dropdown) and
-    the provider's default sampling values for the sliders."""
+    """Dropdown change: the readiness note (inline: toasts would pile up) and the sampling defaults."""
     return (provider_note(router, name), *sampling_defaults(router, name))
 
 
@@ -129,22 +116,20 @@ def can_download(router: Router, name: str) -> bool:
     if cfg.kind != "local" or router.status(name).ready:
         return False
     try:
-        download.plan(cfg)
+        return bool(download.plan(cfg))
     except download.DownloadError:
         return False    # a folder with no hub id: nothing to fetch
-    return True
 
 
 async def download_model(router: Router, name: str) -> tuple[str, Any, Any]:
-    """Download button: fetch the model (Hugging Face, HF_ENDPOINT honoured; progress from its
-    tqdm bars), then show it ready, without a restart. Returns (note, dropdown, button) updates."""
-    label = router.settings.providers[name].display_name
-    try:
-        target = download.plan(router.settings.providers[name])
-        await asyncio.to_thread(download.download, target)     # to_thread keeps gr.Progress's context
+    """Download button: fetch the model, then show it ready without a restart (note, dropdown, button)."""
+    cfg = router.settings.providers[name]
+    try:    # to_thread keeps gr.Progress's context, for the tqdm bars
+        await asyncio.to_thread(download.download, download.plan(cfg))
     except download.DownloadError as e:
         log.warning("downloading %s failed: %s", name, e)
-        return (f"**{label}**: the download did not finish: {e}", gr.skip(), gr.update(visible=True))
+        return (f"**{cfg.display_name}**: the download did not finish: {e}", gr.skip(),
+                gr.update(visible=True))
     return (provider_note(router, name), gr.update(choices=provider_choices(router)),
             gr.update(visible=can_download(router, name)))
 
@@ -164,41 +149,29 @@ async def _load_with_progress(router: Router, name: str, progress: Progress | No
     """Load a local model before its first turn, reporting to gr.Progress; no-op otherwise."""
     if not router.status(name).ready or not _needs_loading(router, name):
         return
-    label = router.settings.providers[name].display_name
 
     def report(fraction: float, message: str = "") -> None:
         if progress is not None:
-            progress(fraction, desc=message or f"Loading {label}")
+            progress(fraction, desc=message or f"Loading {router.settings.providers[name].display_name}")
 
     report(0.0)
     # to_thread copies the context, so gr.Progress still finds this event from the worker.
     await asyncio.to_thread(router.provider(name).load, progress=report)
 
 
-# ---- the API panel -----------------------------------------------------------------------
-
 def api_curl(api_port: int, api_key: str | None, provider: str | None = None,
              host: str = "127.0.0.1") -> str:
     """The curl command for the seed API on the real port; a key placeholder, never the key."""
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    host = f"[{host}]" if ":" in host else host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
     body = {"prompt": "你好，请介绍一下你自己。", **({"provider": provider} if provider else {})}
-    lines = [f"curl -N http://{host}:{api_port}/", "  -H 'Content-Type: application/json'"]
-    if api_key:
-        lines.append('  -H "Authorization: Bearer $LLM_API_KEY"')
-    lines.append(f"  -d {shlex.quote(json.dumps(body, ensure_ascii=False))}")
-    return " \\\n".join(lines)
+    auth = ['  -H "Authorization: Bearer $LLM_API_KEY"'] if api_key else []
+    return " \\\n".join([f"curl -N http://{host}:{api_port}/", "  -H 'Content-Type: application/json'", *auth,
+                         f"  -d {shlex.quote(json.dumps(body, ensure_ascii=False))}"])
 
-
-# ---- a chat turn -------------------------------------------------------------------------
 
 def start_turn(message: str, history: Any, previous: Turn | None = None) -> tuple[Any, History, Turn | None]:
-    """Send: move the typed text into the chat and give the turn a fresh cancel token.
-    Empty input changes nothing (and `respond` then has no pending question).
-
-    A turn still running (even one only finishing its status line) is stopped and may not write to
-    the chat again: its last update would otherwise overwrite the chat without this message."""
+    """Send: move the typed text into the chat with a fresh cancel token; empty input changes nothing.
+    A running turn is stopped and barred from the chat: its last update would drop this message."""
     history = to_messages(history)
     if not (message or "").strip():
         return gr.skip(), history, previous
@@ -209,8 +182,7 @@ def start_turn(message: str, history: Any, previous: Turn | None = None) -> tupl
 
 
 def stop(turn: Turn | None) -> Any:
-    """Stop: a local model stops at its next token and a cloud stream is closed. Returns the
-    status line (unchanged when no turn is running)."""
+    """Stop: a local model stops at its next token, a cloud stream is closed. Returns the status line."""
     if turn is None or turn.done:
         return gr.skip()
     turn.stop()
@@ -222,26 +194,15 @@ def to_messages(history: Any) -> History:
     return [m.as_dict() for m in normalize_history(history or [])]
 
 
-def _pending_question(history: History) -> str | None:
-    if history and history[-1]["role"] == "user":
-        return history[-1]["content"]
-    return None
-
-
 async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | None,
                   progress: Progress | None = None) -> AsyncIterator[tuple[History, str, Any, str]]:
-    """Stream the answer to the pending question as (history, status line, input box, sayings)
-    updates. `sayings` is what the avatar says: the reply's sentences as JSON (see `Sayings`).
-
-    On an error the chat goes back to how it was before the turn, the question goes back into the
-    input box, and `turn.error` holds a gr.Error with the message and its fix for `report` to raise:
-    the avatar never says an error, and Gradio does not paint "Error" over the chat.
-    """
+    """Stream the answer to the pending question as (history, status line, input box, sayings) updates.
+    On an error the chat and the input box go back to before the turn, and `turn.error` holds a gr.Error
+    for `report` to raise: the avatar never says an error, and Gradio does not paint "Error" on the chat."""
     history = to_messages(history)
-    question = _pending_question(history)
-    if question is None:
-        return
-    before, turn = history[:-1], turn or Turn()
+    if not history or history[-1]["role"] != "user":
+        return      # no pending question (an empty Send)
+    before, question, turn = history[:-1], history[-1]["content"], turn or Turn()
     try:
         async with aclosing(_stream(router, before, question, opts, turn, progress)) as updates:
             async for reply, status, sayings in updates:
@@ -254,7 +215,8 @@ async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | 
             yield before, "Stopped.", question, Sayings.NONE
     except LLMError as e:
         message = with_labels(router, e.message)
-        turn.error = gr.Error(_error_html(message, e.fix), title="The assistant could not answer")
+        fix = f"<br><b>Fix:</b> <code>{html.escape(e.fix)}</code>" if e.fix else ""   # gr.Error renders HTML
+        turn.error = gr.Error(html.escape(message) + fix, title="The assistant could not answer")
         yield before, f"Not answered: {message}", question, Sayings.NONE
     except Exception as e:
         log.exception("unexpected failure in a chat turn")
@@ -279,9 +241,7 @@ def report(turn: Turn | None) -> None:
 
 
 class Sayings:
-    """What the avatar says, sentence by sentence, as the reply streams (`Reply.events`: the router's
-    own splitter, the TTS-ready text of each sentence, its emotion). The page's script speaks each new
-    entry; as JSON in a hidden element (#sayings)."""
+    """What the avatar says: `Reply.events` as JSON in the hidden #sayings; page.js speaks new entries."""
 
     NONE = "<pre>[]</pre>"
 
@@ -333,9 +293,3 @@ def clear(turn: Turn | None) -> tuple[History, str, str, None]:
         turn.cleared = True
     stop(turn)
     return [], "", Sayings.NONE, None
-
-
-def _error_html(message: str, fix: str = "") -> str:
-    """gr.Error/gr.Warning render HTML: escape the text, put the fix on its own line."""
-    text = html.escape(message)
-    return f"{text}<br><b>Fix:</b> <code>{html.escape(fix)}</code>" if fix else text

@@ -400,3 +400,12 @@ print(json.dumps({{"ready": ready, "torch": "torch" in sys.modules, "transformer
     ready = result["ready"]
     assert ready["tiny"] and ready["trusted"] and ready["direct"]
     assert not ready["remote"] and not ready["unknown"] and not ready["absent"] and not ready["qwen"]
+
+
+@pytest.mark.parametrize("pieces", [["ab", "cd", "e"], ["a", "b", "c", "d"], ["xab", "cdy"], ["abcd"]])
+def test_a_stop_string_split_across_the_first_deltas_still_ends_the_text(pieces):
+    from llm.providers.local.text import StopAt
+
+    stop = StopAt(["abcd"])
+    out = "".join(stop.feed(p) for p in pieces)
+    assert stop.hit and out + stop.flush() == "".join(pieces).split("abcd")[0]

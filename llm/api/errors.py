@@ -24,19 +24,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("llm.api")
 
 
-def retry_headers(exc: Exception) -> dict[str, str] | None:
-    """Retry-After for a 429/503 whose cause said when to come back (rounded up to whole seconds)."""
-    wait = getattr(exc, "retry_after", None)
-    if wait is None or getattr(exc, "status", None) not in (429, 503):
-        return None
-    return {"Retry-After": str(max(1, math.ceil(wait)))}
-
-
 def as_api_error(exc: Exception, route: str = "") -> ApiError:
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, LLMError):
-        # str() carries the fix too
+    if isinstance(exc, LLMError):   # str() carries the fix too
         return ApiError(exc.status, exc.type, str(exc), param=getattr(exc, "param", None))
     if isinstance(exc, HTTPException):
         kind, message = {404: ("not_found", f"no route {route}: see /docs for the routes"),
@@ -49,8 +40,7 @@ def as_api_error(exc: Exception, route: str = "") -> ApiError:
 
 
 def error_response(ctx: Context, path: str, err: ApiError, headers: dict | None = None) -> JSONResponse:
-    message = ctx.redact(err.message)
-    status = err.status
+    message, status = ctx.redact(err.message), err.status
     if path.startswith("/v1/"):
         # OpenAI answers an invalid request with 400, which the SDKs raise as BadRequestError; a 422
         # (UnprocessableEntityError) slips past code that catches the former.
@@ -82,5 +72,8 @@ def log_error(ctx: Context, exc: Exception, rid: str = "-", route: str = "") -> 
 async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     ctx: Context = request.app.state.ctx
     err = log_error(ctx, exc, rid(request), f"{request.method} {request.url.path}")
-    headers = getattr(exc, "headers", None) if isinstance(exc, HTTPException) else retry_headers(exc)
+    headers = getattr(exc, "headers", None) if isinstance(exc, HTTPException) else None
+    # Retry-After for a 429/503 whose cause said when to come back (rounded up to whole seconds)
+    if (wait := getattr(exc, "retry_after", None)) is not None and getattr(exc, "status", None) in (429, 503):
+        headers = {"Retry-After": str(max(1, math.ceil(wait)))}
     return error_response(ctx, request.url.path, err, headers)

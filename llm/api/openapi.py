@@ -1,12 +1,7 @@
 """The OpenAPI document (`/openapi.json`, `/docs`): what each route really takes and gives back.
 
-FastAPI sees neither the request bodies (the routes parse them themselves, strictly) nor the responses
-(plain dicts, event streams, and errors made in `errors.py`), so this module states them: the request
-bodies from their pydantic models, every route's 200 (JSON, and `text/event-stream` for the two POST
-routes), each error status a route can give with its body (the seed shape on `/`, OpenAI's on `/v1`),
-the response headers, and the bearer key. tests/test_openapi.py runs a schema fuzzer (schemathesis)
-against a served app, so a route that drifts from this document fails the suite.
-"""
+Stated here because FastAPI sees neither the bodies (the routes parse them) nor the replies (plain dicts,
+event streams, `errors.py`); tests/test_openapi.py fuzzes a served app against it."""
 
 from __future__ import annotations
 
@@ -14,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import models_json_schema
 
 from .schemas import ChatCompletionRequest, SeedRequest
@@ -86,12 +81,6 @@ class SeedError(_Doc):
     error: SeedErrorDetail
 
 
-class SeedErrorEvent(_Doc):
-    """A failure after the stream began (the status line was already sent): the stream's last event."""
-
-    error: SeedErrorDetail
-
-
 class OpenAIErrorDetail(_Doc):
     message: str
     type: str = Field(examples=["invalid_request_error", "unknown_provider", "rate_limited"])
@@ -103,6 +92,12 @@ class OpenAIError(_Doc):
     """Every error of `/v1`, in OpenAI's shape (an invalid request is a 400, as OpenAI answers)."""
 
     error: OpenAIErrorDetail
+
+
+SeedErrorEvent, OpenAIErrorEvent = (
+    create_model(f"{kind}ErrorEvent", __base__=_Doc, error=(detail, ...), __doc__="A failure after the "
+                 "stream began (the status line was already sent): the stream's last event.")
+    for kind, detail in (("Seed", SeedErrorDetail), ("OpenAI", OpenAIErrorDetail)))
 
 
 class ReplyToolCallFunction(_Doc):
@@ -195,12 +190,6 @@ class ChatCompletionChunk(_Doc):
     usage: Usage | None = None
 
 
-class OpenAIErrorEvent(_Doc):
-    """A failure after the stream began (the status line was already sent): the stream's last event."""
-
-    error: OpenAIErrorDetail
-
-
 class ProviderStatus(_Doc):
     ready: bool = Field(description="whether the provider could answer now")
     reason: str = Field(description="why not, when it is not ready")
@@ -228,8 +217,6 @@ class Health(_Doc):
     providers: dict[str, ProviderStatus]
 
 
-RESPONSE_MODELS = (SeedReply, SeedDoneEvent, SentenceEvent, SeedError, SeedErrorEvent, OpenAIError,
-                   ChatCompletion, ChatCompletionChunk, OpenAIErrorEvent, ModelList, Model, Health)
 REQUEST_MODELS = {"/": SeedRequest, "/v1/chat/completions": ChatCompletionRequest}
 
 # Shown in /docs, and sent first by a schema fuzzer: a whole reply and an event stream for each POST route.
@@ -247,69 +234,16 @@ REQUEST_EXAMPLES = {
             "stream_options": {"include_usage": True}}}},
 }
 
-# A rule the request models enforce in a validator, which their JSON schema does not show (a key the
-# model's own schema already has is left alone, so the rule can move into the model).
-VALIDATOR_RULES = {("SeedRequest", "prompt"): {"pattern": r"\S"}}     # some non-whitespace text
-
-
-# ---- the document --------------------------------------------------------------------------
-
-def openapi_document(app: FastAPI) -> dict:
-    """The app's OpenAPI document (made once, then cached on the app)."""
-    if app.openapi_schema is None:
-        app.openapi_schema = build(app)
-    return app.openapi_schema
-
-
-def build(app: FastAPI) -> dict:
-    api_key = bool(getattr(getattr(app.state, "ctx", None), "api_key", None))
-    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    schemas: dict[str, Any] = {}
-    for model in REQUEST_MODELS.values():
-        body = model.model_json_schema(ref_template=REF)
-        _merge(schemas, body.pop("$defs", {}))
-        _merge(schemas, {model.__name__: body})
-    for (name, field), rule in VALIDATOR_RULES.items():
-        prop = schemas.get(name, {}).get("properties", {}).get(field)
-        if prop is not None:
-            prop.update({k: v for k, v in rule.items() if k not in prop})
-    _, defs = models_json_schema([(m, "validation") for m in RESPONSE_MODELS], ref_template=REF)
-    _merge(schemas, defs["$defs"])
-    doc["components"] = {"schemas": schemas, "securitySchemes": {SCHEME: {
-        "type": "http", "scheme": "bearer",
-        "description": "The server's API key (LLM_API_KEY / --api-key), as `Authorization: Bearer <key>`. "
-                       "Needed by every route but /health, and only when the server has a key."}}}
-
-    for path, item in doc["paths"].items():
-        for op in item.values():
-            op["responses"] = _responses(path, api_key)
-            if path in REQUEST_MODELS:
-                op["requestBody"] = {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": REF.format(model=REQUEST_MODELS[path].__name__)},
-                    "examples": REQUEST_EXAMPLES[path]}}}
-            op["security"] = [{SCHEME: []}] if api_key and path != "/health" else []
-    return doc
-
-
-def _merge(into: dict, new: dict) -> None:
-    for name, schema in new.items():
-        if name in into and into[name] != schema:
-            raise ValueError(f"two different schemas are both named {name!r}")
-        into[name] = schema
-
-
-def _ref(name: str) -> dict:
-    return {"$ref": REF.format(model=name)}
-
-
-HEADERS = {"X-Request-ID": {"description": "this request's id, as the server log shows it", "required": True,
-                            "schema": {"type": "string", "pattern": "^[0-9a-f]{12}$"}}}
-RETRY_AFTER = {"Retry-After": {"description": "seconds to wait, when the cause said so", "required": False,
-                               "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
-SSE_HEADERS = {"Cache-Control": {"description": "`no-cache` on an event stream", "required": False,
-                                 "schema": {"type": "string"}},
-               "X-Accel-Buffering": {"description": "`no` on an event stream: a proxy passes each event on",
-                                     "required": False, "schema": {"type": "string"}}}
+UPSTREAM = (429, 499, 502, 503, 504)
+# Per path: the model of its 200, and the errors it gives besides 500 (and 401, when the server has a key).
+ROUTES = {"/": (SeedReply, (400, 404, 413, 415, 422, *UPSTREAM)), "/v1/models": (ModelList, ()),
+          "/v1/chat/completions": (ChatCompletion, (400, 404, 413, 415, *UPSTREAM)),
+          "/v1/models/{model_id}": (Model, (404,)), "/health": (Health, ())}
+# The POST routes' event streams: their events, and what they hold.
+STREAMS = {"/": ([SentenceEvent, SeedDoneEvent, SeedErrorEvent],
+                 "one `SentenceEvent` per speakable sentence, then a `SeedDoneEvent`"),
+           "/v1/chat/completions": ([ChatCompletionChunk, OpenAIErrorEvent],
+                                    "`ChatCompletionChunk`s, then `data: [DONE]`")}
 ERRORS = {
     400: "Bad request: the body is not UTF-8 or not JSON, or the client left while sending it. On /v1 also "
          "what `/` answers with 422: an invalid field (OpenAI's status for that)",
@@ -325,49 +259,72 @@ ERRORS = {
     503: "The provider is not ready (missing key, weights or SDK) or is cooling down after failures",
     504: "The provider timed out",
 }
-UPSTREAM = (429, 499, 502, 503, 504)
+HEADERS = {"X-Request-ID": {"description": "this request's id, as the server log shows it", "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9a-f]{12}$"}}}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait, when the cause said so", "required": False,
+                               "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+SSE_HEADERS = {"Cache-Control": {"description": "`no-cache` on an event stream", "required": False,
+                                 "schema": {"type": "string"}},
+               "X-Accel-Buffering": {"description": "`no` on an event stream: a proxy passes each event on",
+                                     "required": False, "schema": {"type": "string"}}}
 
 
-def _statuses(path: str, api_key: bool) -> list[int]:
-    statuses = [500]
-    if api_key and path != "/health":
-        statuses.append(401)
-    if path in REQUEST_MODELS:
-        statuses += [400, 404, 413, 415, *UPSTREAM]
-        if path == "/":
-            statuses.append(422)
-    elif path == "/v1/models/{model_id}":
-        statuses.append(404)
-    return sorted(statuses)
+# ---- the document --------------------------------------------------------------------------
+
+def openapi_document(app: FastAPI) -> dict:
+    """The app's OpenAPI document (made once, then cached on the app)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    api_key = bool(getattr(getattr(app.state, "ctx", None), "api_key", None))
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    models = (*REQUEST_MODELS.values(), *(ok for ok, _ in ROUTES.values()), SeedError, OpenAIError,
+              *(event for events, _ in STREAMS.values() for event in events))
+    schemas = models_json_schema([(m, "validation") for m in models], ref_template=REF)[1]["$defs"]
+    # A rule SeedRequest enforces in a validator, which its JSON schema does not show (some non-whitespace
+    # text); a pattern the model's own schema already has is left alone, so the rule can move into it.
+    schemas["SeedRequest"]["properties"]["prompt"].setdefault("pattern", r"\S")
+    doc["components"] = {"schemas": schemas, "securitySchemes": {SCHEME: {
+        "type": "http", "scheme": "bearer",
+        "description": "The server's API key (LLM_API_KEY / --api-key), as `Authorization: Bearer <key>`. "
+                       "Needed by every route but /health, and only when the server has a key."}}}
+    for path, item in doc["paths"].items():
+        keyed = api_key and path != "/health"
+        for op in item.values():
+            op["responses"] = _responses(path, keyed)
+            if path in REQUEST_MODELS:
+                op["requestBody"] = {"required": True, "content": {"application/json": {
+                    "schema": _ref(REQUEST_MODELS[path]), "examples": REQUEST_EXAMPLES[path]}}}
+            op["security"] = [{SCHEME: []}] if keyed else []
+    app.openapi_schema = doc
+    return doc
 
 
-def _responses(path: str, api_key: bool) -> dict:
-    ok_models = {"/": "SeedReply", "/v1/chat/completions": "ChatCompletion", "/v1/models": "ModelList",
-                 "/v1/models/{model_id}": "Model", "/health": "Health"}
-    content = {"application/json": {"schema": _ref(ok_models[path])}}
-    headers = dict(HEADERS)
-    if path in REQUEST_MODELS:
-        events, what = {"/": (["SentenceEvent", "SeedDoneEvent", "SeedErrorEvent"],
-                              "one `SentenceEvent` per speakable sentence, then a `SeedDoneEvent`"),
-                        "/v1/chat/completions": (["ChatCompletionChunk", "OpenAIErrorEvent"],
-                                                 "`ChatCompletionChunk`s, then `data: [DONE]`")}[path]
-        json_data = {"type": "string", "contentMediaType": "application/json",
-                     "contentSchema": {"anyOf": [_ref(e) for e in events]}}
+def _ref(model: type[BaseModel]) -> dict:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _responses(path: str, keyed: bool) -> dict:
+    ok, errors = ROUTES[path]
+    content, headers = {"application/json": {"schema": _ref(ok)}}, dict(HEADERS)
+    if path in STREAMS:
+        events, what = STREAMS[path]
+        data = {"type": "string", "contentMediaType": "application/json",
+                "contentSchema": {"anyOf": [_ref(e) for e in events]}}
         if path == "/v1/chat/completions":
-            json_data = {"anyOf": [{"const": "[DONE]"}, json_data]}
+            data = {"anyOf": [{"const": "[DONE]"}, data]}
         # OpenAPI 3.1 has no keyword for one event of a stream (3.2 adds itemSchema): the convention, which
         # schemathesis follows, is that `schema` describes each event (its `data` field holds the JSON).
         content["text/event-stream"] = {"schema": {
-            "type": "object", "required": ["data"], "properties": {"data": json_data},
+            "type": "object", "required": ["data"], "properties": {"data": data},
             "description": f"With `\"stream\": true`, server-sent events (this schema is one event): {what}. "
                            "A failure after the first event ends the stream with an error event instead."}}
         headers |= SSE_HEADERS
-    out: dict[str, Any] = {"200": {"description": "The reply" if path in REQUEST_MODELS else "OK",
+    out: dict[str, Any] = {"200": {"description": "The reply" if path in STREAMS else "OK",
                                    "headers": headers, "content": content}}
-    error = "OpenAIError" if path.startswith("/v1/") else "SeedError"
-    for status in _statuses(path, api_key):
-        schema = _ref(error)
-        if error == "SeedError":    # `status` repeats the HTTP status
+    seed = not path.startswith("/v1/")
+    for status in sorted({500, *errors, *((401,) if keyed else ())}):
+        schema = _ref(SeedError if seed else OpenAIError)
+        if seed:    # `status` repeats the HTTP status
             schema = {"allOf": [schema, {"properties": {"status": {"const": status}}}]}
         headers = dict(HEADERS)
         if status == 401:

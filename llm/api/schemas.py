@@ -20,8 +20,7 @@ from pydantic import (
 from starlette.requests import ClientDisconnect
 
 from ..speech import MAX_SECONDS
-
-MAX_NEW_TOKENS = 1_000_000    # GenerationParams' own upper bound
+from ..types import bounds
 
 
 class ApiError(Exception):
@@ -157,7 +156,7 @@ def _whole(value: Any) -> Any:
 
 
 # A count of tokens or characters: a whole number, sent as 50 or 50.0.
-Count = Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS), BeforeValidator(_whole)]
+Count = Annotated[int, Field(**bounds("max_new_tokens")), BeforeValidator(_whole)]
 Whole = Annotated[int, BeforeValidator(_whole)]
 StopList = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=4)]
 Stop = Annotated[str, Field(min_length=1)] | StopList
@@ -172,8 +171,8 @@ class SeedRequest(BaseModel):
     prompt: str = Field(min_length=1)
     history: list[HistoryPair | HistoryMessage] | None = None
     max_length: Count | None = None
-    top_p: float | None = Field(None, gt=0, le=1)
-    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, **bounds("top_p"))
+    temperature: float | None = Field(None, **bounds("temperature"))
     provider: str | None = Field(None, min_length=1)
     system: str | None = None
     style: Style | None = None
@@ -342,8 +341,8 @@ class ChatCompletionRequest(BaseModel):
     model_config = _STRICT
     model: str = Field("default", min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, **bounds("temperature"))
+    top_p: float | None = Field(None, **bounds("top_p"))
     max_tokens: Count | None = None
     max_completion_tokens: Count | None = None
     stream: bool = False
@@ -352,8 +351,8 @@ class ChatCompletionRequest(BaseModel):
     n: Annotated[int, Field(ge=1, json_schema_extra={"maximum": 1}), BeforeValidator(_whole)] | None = None
     stop: Stop | None = None
     seed: Whole | None = None
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, **bounds("frequency_penalty"))
+    presence_penalty: float | None = Field(None, **bounds("presence_penalty"))
     logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100), BeforeValidator(_whole)]] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20), BeforeValidator(_whole)] | None = None

@@ -17,19 +17,14 @@ log = logging.getLogger("llm.api")
 
 def check_bind_security(host: str, api_key: str | None, insecure: bool) -> str | None:
     """Why binding `host` is unsafe (a non-loopback address with no API key), or None when it is fine."""
-    if api_key or insecure or _is_loopback(host):
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False    # a hostname: it may resolve anywhere
+    if api_key or insecure or loopback:
         return None
     return (f"refusing to serve the API on {host} without an API key: anyone who can reach this machine "
             "could use the models. Set LLM_API_KEY (or pass --api-key), or pass --insecure to allow it.")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False    # a hostname: it may resolve anywhere
 
 
 def socket_family(host: str) -> socket.AddressFamily:

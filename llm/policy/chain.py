@@ -9,18 +9,15 @@ import time
 from contextlib import aclosing
 from typing import AsyncIterator, Callable
 
-from ..errors import (
-    AllProvidersFailedError,
-    CancelledError,
-    LLMError,
-    UpstreamError,
-    UpstreamTimeoutError,
-)
+from ..errors import AllProvidersFailedError, CancelledError, LLMError, UpstreamError, UpstreamTimeoutError
 from ..types import CancelToken, Chunk
 from .rules import STOP_WAIT, Breaker, Policy, backoff
 
 log = logging.getLogger("llm.policy")
 
+
+def _plus(start: float, limit: float | None) -> float | None:
+    return None if limit is None else start + limit
 
 
 class _Attempt:
@@ -38,53 +35,37 @@ class _Attempt:
     def touch(self) -> None:
         self.last_token = time.monotonic()
 
-    def first_token_deadline(self) -> float | None:
-        t = self.policy.first_token_timeout
-        return None if t is None else self.started + t
-
     def deadline(self) -> float | None:
         """When this attempt times out: no first token, or silence mid-reply; None without a limit."""
         if self.last_token is None:
-            limit = self.policy.first_token_timeout
-            return None if limit is None else self.started + limit
-        limit = self.policy.stall_timeout
-        return None if limit is None else self.last_token + limit
+            return _plus(self.started, self.policy.first_token_timeout)
+        return _plus(self.last_token, self.policy.stall_timeout)
 
     def timeout_error(self) -> UpstreamTimeoutError:
         if self.last_token is None:
-            return UpstreamTimeoutError(
-                f"{self.name}: no reply within {self.policy.first_token_timeout:g} s",
+            return UpstreamTimeoutError(f"{self.name}: no reply within {self.policy.first_token_timeout:g} s",
                 fix="raise first_token_timeout in configs.yaml, or add a fallback provider")
         return UpstreamTimeoutError(
             f"{self.name}: the reply stalled for {self.policy.stall_timeout:g} s mid-stream",
             fix="raise stall_timeout in configs.yaml, or check the backend's load")
 
     def hedge_at(self) -> float | None:
-        h = self.policy.hedge_after
-        return None if h is None or self.hedged or self.texted else self.started + h
-
-
-StreamOne = Callable[[str, CancelToken, Callable[[], None]], AsyncIterator[Chunk]]
+        return None if self.hedged or self.texted else _plus(self.started, self.policy.hedge_after)
 
 
 class FallbackChain:
-    """Runs one request down its fallback chain under the policy; iterate `run()` for the Chunks.
-    Each attempt is a task on the running loop; their events come on one queue, and the clocks
-    (deadlines, hedging) are watched here, so a deadline or a cancel never waits on a slow upstream.
+    """Runs one request down its fallback chain; iterate `run()` for the Chunks. Each attempt is a task
+    reporting on one queue; the clocks (deadlines, hedging) are watched here, so a deadline or a cancel
+    never waits on a slow upstream. `show()` makes, for each provider that answers, a function that sees
+    each piece of its text and says True once the caller may see it (None: at once). Until then a provider
+    that fails, even after some text, is replaced by the next one and its held text dropped."""
 
-    Text is held back until `show()` says it may go out: `show` makes, for each provider that
-    answers, a function that sees each piece of its text and says True once the caller may show
-    it (None: at once). Until then a provider that fails, even after some text, is replaced by the
-    next one and its held text is dropped: the caller never saw it. A non-streaming route holds
-    all (show never says yes: the reply comes when complete); the seed stream holds until the
-    first whole sentence."""
-
-    def __init__(self, chain: list[str], stream_one: StreamOne, policy: Callable[[str], Policy],
-                 breaker: Callable[[str], Breaker], cancel: CancelToken,
+    def __init__(self, chain: list[str],
+                 stream_one: Callable[[str, CancelToken, Callable[[], None]], AsyncIterator[Chunk]],
+                 policy: Callable[[str], Policy], breaker: Callable[[str], Breaker], cancel: CancelToken,
                  show: Callable[[], Callable[[str], bool]] | None = None, redact: Callable[[str], str] = str):
         self.pending, self.stream_one, self.redact = list(chain), stream_one, redact
-        self.policy, self.breaker = policy, breaker
-        self.cancel, self.show = cancel, show
+        self.policy, self.breaker, self.cancel, self.show = policy, breaker, cancel, show
         self.shown = False              # the winner's text has reached the caller
         self._may_show: Callable[[str], bool] = bool
         self.events: asyncio.Queue = asyncio.Queue()
@@ -117,10 +98,8 @@ class FallbackChain:
         if kind == "text":
             if self.winner is None:
                 self._crown(attempt)
-            if self.shown:
-                return [payload], False
-            self.buffer.append(payload)
-            if self._may_show(payload.text):
+            self.buffer.append(payload)     # empty once shown
+            if self.shown or self._may_show(payload.text):
                 self.shown, held, self.buffer = True, self.buffer, []
                 return held, False
             return [], False
@@ -132,15 +111,12 @@ class FallbackChain:
         return [], False
 
     async def _stop_all(self) -> None:
-        """Cancel what still runs (closing its upstream stream), then wait briefly for it to end, so
-        closing a stream frees the backend (a model slot, a socket) before `close()` returns."""
+        """Cancel what still runs and wait briefly for it to end, so the backend is free on return."""
         for attempt in self.running:
             attempt.cancel.cancel()
         tasks = [self.tasks[a] for a in self.running if not self.tasks[a].done()]
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_WAIT)
-
-    # ---- scheduling --------------------------------------------------------------------------
 
     def _start_next(self) -> None:
         """Start the next provider that is not cooling down; raise the collected errors if none is left."""
@@ -155,14 +131,12 @@ class FallbackChain:
                 continue
             attempt = _Attempt(name, policy, self.cancel)
             self.running.append(attempt)
-            self._launch(attempt)
+            task = self.tasks[attempt] = self.loop.create_task(self._work(attempt), name=f"llm-{name}")
+            attempt.cancel.on_cancel(lambda task=task: self._on_loop(task.cancel))
             return
         if not self.running:
-            raise self._final_error()
-
-    def _launch(self, attempt: _Attempt) -> None:
-        task = self.tasks[attempt] = self.loop.create_task(self._work(attempt), name=f"llm-{attempt.name}")
-        attempt.cancel.on_cancel(lambda: self._on_loop(task.cancel))
+            errors = list(self.errors.values())
+            raise errors[0] if len(errors) == 1 else AllProvidersFailedError(self.errors)
 
     async def _next_event(self) -> tuple[_Attempt | None, str, object]:
         """The next event, or a timeout/hedge event made here when a clock runs out first."""
@@ -170,11 +144,18 @@ class FallbackChain:
             if not self.events.empty():     # the common case: no timer task per chunk
                 return self.events.get_nowait()
             soonest = self._soonest()
+            wait = None if soonest is None else max(0.0, soonest[0] - time.monotonic())
             try:
-                return await asyncio.wait_for(self.events.get(), _seconds_to(soonest))
-            except asyncio.TimeoutError:
-                if (event := self._expire(soonest)) is not None:
-                    return event
+                return await asyncio.wait_for(self.events.get(), wait)
+            except asyncio.TimeoutError:    # a clock ran out: end the attempt with a timeout, or hedge it
+                _, attempt, kind = soonest
+                if kind == "timeout":
+                    attempt.cancel.cancel()
+                    return attempt, "error", attempt.timeout_error()
+                attempt.hedged = True
+                log.info("%s has said nothing in %g s: starting %s beside it", attempt.name,
+                         attempt.policy.hedge_after, self.pending[0])
+                self._start_next()
 
     def _soonest(self) -> tuple[float, _Attempt, str] | None:
         """The next clock to run out: an attempt's deadline, or when to hedge it."""
@@ -186,18 +167,6 @@ class FallbackChain:
                     (h := attempt.hedge_at()) is not None:
                 timers.append((h, attempt, "hedge"))
         return min(timers, key=lambda t: t[0], default=None)
-
-    def _expire(self, timer: tuple[float, _Attempt, str]) -> tuple[_Attempt, str, object] | None:
-        """A clock ran out: start the hedge (None), or end the attempt with a timeout (its error event)."""
-        _, attempt, kind = timer
-        if kind == "hedge":
-            attempt.hedged = True
-            log.info("%s has said nothing in %g s: starting %s beside it", attempt.name,
-                     attempt.policy.hedge_after, self.pending[0])
-            self._start_next()
-            return None
-        attempt.cancel.cancel()
-        return attempt, "error", attempt.timeout_error()
 
     def _crown(self, attempt: _Attempt) -> None:
         """The first attempt to produce text answers; the others are cancelled."""
@@ -231,16 +200,8 @@ class FallbackChain:
         if not self.running:
             self._start_next()
 
-    def _final_error(self) -> LLMError:
-        if len(self.errors) == 1:
-            return next(iter(self.errors.values()))
-        return AllProvidersFailedError(self.errors)
-
-    # ---- one attempt, as a task --------------------------------------------------------------------
-
     def _on_loop(self, fn: Callable[..., object], *args: object) -> None:
-        """Run `fn(*args)` on the chain's loop: now when called there, else soon (a cancel may come from
-        any thread: the page's Stop, a closing sync facade)."""
+        """Run `fn(*args)` on the chain's loop: now if on it, else soon (cancels come from any thread)."""
         try:
             here = asyncio.get_running_loop() is self.loop
         except RuntimeError:
@@ -256,63 +217,38 @@ class FallbackChain:
     async def _work(self, attempt: _Attempt) -> None:
         try:
             await self._tries(attempt)
-        except asyncio.CancelledError:
-            self._post((attempt, "error", CancelledError("generation cancelled")))
         except BaseException as e:  # noqa: BLE001 - handed to the scheduling loop
-            self._post((attempt, "error", e))
+            cancelled = isinstance(e, asyncio.CancelledError)
+            self._post((attempt, "error", CancelledError("generation cancelled") if cancelled else e))
         else:
             self._post((attempt, "done", None))
 
     async def _tries(self, attempt: _Attempt) -> None:
+        """The attempt's tries, its chunks posted as they come. Chunks with no answer before them (finish
+        reason, usage) are held back: a reply with neither text nor tool calls is an empty reply, an error."""
         for retry in itertools.count():
-            out = _Output(self, attempt)
+            produced, news = False, []
             try:
                 async with aclosing(self.stream_one(attempt.name, attempt.cancel, attempt.touch)) as chunks:
                     async for chunk in chunks:
-                        out.put(chunk)
-                return out.end()
+                        if not chunk.substantive and not produced:
+                            news.append(chunk)
+                            continue
+                        produced = attempt.texted = True
+                        for item in (*news, chunk):
+                            self._post((attempt, "text", item))
+                        news.clear()
+                if not produced:
+                    raise UpstreamError(f"{attempt.name} returned an empty reply", upstream_status=200,
+                                        fix="check the model and its prompt")
+                return
             except UpstreamError as e:
-                wait = self._retry_wait(attempt, e, retry, out.produced)
-                if wait is None:
+                if produced or not e.transient or retry >= attempt.policy.retries or attempt.cancel.cancelled:
                     raise
+                wait = backoff(retry, e.retry_after)
+                deadline = _plus(attempt.started, attempt.policy.first_token_timeout)
+                if wait is None or (deadline is not None and time.monotonic() + wait >= deadline):
+                    raise   # the fallback (or the client, told Retry-After) does better than waiting
+                log.info("%s failed (%s): retry %d of %d in %.2f s", attempt.name, self.redact(e.message),
+                         retry + 1, attempt.policy.retries, wait)
                 await asyncio.sleep(wait)   # a cancel cancels the task, and so this sleep
-
-    def _retry_wait(self, attempt: _Attempt, error: UpstreamError, retry: int,
-                    produced: bool) -> float | None:
-        """Seconds to wait before trying again, or None when this error is final."""
-        if produced or not error.transient or retry >= attempt.policy.retries or attempt.cancel.cancelled:
-            return None
-        wait = backoff(retry, error.retry_after)
-        deadline = attempt.first_token_deadline()
-        if wait is None or (deadline is not None and time.monotonic() + wait >= deadline):
-            return None     # the fallback (or the client, told Retry-After) does better than waiting
-        log.info("%s failed (%s): retry %d of %d in %.2f s", attempt.name, self.redact(error.message),
-                 retry + 1, attempt.policy.retries, wait)
-        return wait
-
-
-def _seconds_to(timer: tuple[float, _Attempt, str] | None) -> float | None:
-    return None if timer is None else max(0.0, timer[0] - time.monotonic())
-
-
-class _Output:
-    """One try's chunks on their way to the race. An end with no answer before it (finish reason,
-    usage) is held back: a reply with neither text nor tool calls is an empty reply, an error."""
-
-    def __init__(self, race: FallbackChain, attempt: _Attempt):
-        self.race, self.attempt = race, attempt
-        self.produced, self.news = False, []
-
-    def put(self, chunk: Chunk) -> None:
-        if not chunk.substantive and not self.produced:
-            self.news.append(chunk)
-            return
-        self.produced = self.attempt.texted = True
-        for item in (*self.news, chunk):
-            self.race._post((self.attempt, "text", item))
-        self.news.clear()
-
-    def end(self) -> None:
-        if not self.produced:
-            raise UpstreamError(f"{self.attempt.name} returned an empty reply", upstream_status=200,
-                                fix="check the model and its prompt")

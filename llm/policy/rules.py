@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -12,8 +11,6 @@ from ..errors import CoolingDownError, UpstreamError, UpstreamRefusedError, Upst
 
 if TYPE_CHECKING:
     from ..providers import Provider
-
-
 
 DEFAULT_COOLDOWN = 30.0         # seconds a failing provider is skipped
 FAILURES_TO_OPEN = 3            # failed requests in a row that start a cooldown (a timeout: at once)
@@ -70,10 +67,13 @@ def cooling_fix(fallback: bool) -> str:
 
 
 class Breaker:
-    """One provider's circuit breaker: closed -> cooling down -> one probe -> closed or cooling again."""
+    """One provider's circuit breaker: closed -> cooling down -> one probe -> closed or cooling again.
+
+    Its state changes in `admit` and `record` only, called by the fallback chain on an event loop; neither
+    awaits, so on one loop each runs whole. Two loops sharing a provider (the page's and the API's) may
+    at worst both send the probe."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._failures = 0
         self._until = 0.0           # monotonic end of the cooldown; 0 when closed
         self._probing = False
@@ -82,36 +82,34 @@ class Breaker:
     def admit(self, name: str, fallback: bool = False) -> None:
         """Let a request through, or raise CoolingDownError; after a cooldown, the first one is the probe.
         `fallback`: whether another provider answers this request meanwhile (the error's fix says so)."""
-        with self._lock:
-            if not self._until:
-                return
-            left = self._until - time.monotonic()
-            if left <= 0 and not self._probing:
-                self._probing = True
-                return
-            when = f"{left:.0f} s left" if left > 0 else "a probe request is checking it"
-            raise CoolingDownError(f"{name} is cooling down, {when} (last error: {self.last_error})",
-                                   seconds_left=max(left, 1.0),
-                                   fix=cooling_fix(fallback) + "; set cooldown: 0 to turn this off")
+        if not self._until:
+            return
+        left = self._until - time.monotonic()
+        if left <= 0 and not self._probing:
+            self._probing = True
+            return
+        when = f"{left:.0f} s left" if left > 0 else "a probe request is checking it"
+        raise CoolingDownError(f"{name} is cooling down, {when} (last error: {self.last_error})",
+                               seconds_left=max(left, 1.0),
+                               fix=cooling_fix(fallback) + "; set cooldown: 0 to turn this off")
 
     def record(self, error: BaseException | None, cooldown: float) -> bool:
         """The outcome of an admitted request (None for success); True when it starts a cooldown."""
-        with self._lock:
-            probing, self._probing = self._probing, False
-            if error is None:
-                self._failures, self._until, self.last_error = 0, 0.0, ""
-                return False
-            if not counts_as_failure(error):
-                return False    # a cancel, a bad request: says nothing about the provider's health
-            self._failures += 1
-            self.last_error = str(getattr(error, "message", error))
-            hard = isinstance(error, UpstreamTimeoutError) or probing or self._failures >= FAILURES_TO_OPEN
-            if hard and cooldown > 0:
-                self._until = time.monotonic() + cooldown
-                return True
+        probing, self._probing = self._probing, False
+        if error is None:
+            self._failures, self._until, self.last_error = 0, 0.0, ""
             return False
+        if not counts_as_failure(error):
+            return False    # a cancel, a bad request: says nothing about the provider's health
+        self._failures += 1
+        self.last_error = str(getattr(error, "message", error))
+        hard = isinstance(error, UpstreamTimeoutError) or probing or self._failures >= FAILURES_TO_OPEN
+        if hard and cooldown > 0:
+            self._until = time.monotonic() + cooldown
+            return True
+        return False
 
     def seconds_left(self) -> float:
         """Seconds of cooldown left (0 when the provider may be asked)."""
-        with self._lock:
-            return max(0.0, self._until - time.monotonic()) if self._until else 0.0
+        until = self._until
+        return max(0.0, until - time.monotonic()) if until else 0.0

@@ -12,11 +12,10 @@ from .base import Provider
 
 @dataclass(frozen=True)
 class Kind:
-    """A backend kind: where its Provider class lives (imported on first use, so a missing SDK only
-    affects its own kind), the pip packages it needs, and the OpenAI request fields beyond sampling
-    (GenerationParams.asked) it can honour, readable without importing it (local imports torch); None:
-    every field, passed on as sent. A kind may still refuse some values of a field it honours
-    (Provider.unsupported)."""
+    """A backend kind: where its Provider class lives, the pip packages it needs, and the OpenAI request
+    fields beyond sampling (GenerationParams.asked) it can honour, readable without importing it (local
+    imports torch); None: every field, passed on as sent. A kind may still refuse some values of a field
+    it honours (Provider.unsupported)."""
 
     module: str
     cls: str

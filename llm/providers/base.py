@@ -1,10 +1,4 @@
-"""The provider contract: stream text for a message list; report readiness; close.
-
-    base.py       Provider: the contract, readiness, keys, the shared vocabulary of upstream failures
-    cloud.py      CloudProvider: a backend behind an async client, one stream loop, one error path
-    wire.py       reading wire formats: error bodies, Retry-After, OpenAI-shaped chunks, stop strings
-    transport.py  the async HTTP clients: pool sizes, timeouts, proxies and certificates
-"""
+"""The provider contract (stream text for a message list, readiness, close), keys, upstream failures."""
 
 from __future__ import annotations
 
@@ -42,13 +36,9 @@ ROUTER_FIELDS = {"model": "check model in configs.yaml", "stream": "use a server
 
 class Provider(ABC):
     """A backend. A kind implements one of `astream` (an async client) or `stream` (a blocking library:
-    local models, Direct Reply); the base adapts each to the other, so the router reads `astream` and
-    a script may read `stream`. Everything else has a sensible default.
-
-    When the caller closes the stream early (budget reached, cancel, client gone) its `finally` must stop
-    the upstream work: stop generating tokens or close the HTTP stream. Providers also check `cancel`
-    between deltas.
-    """
+    local models, Direct Reply); the base adapts each to the other. When the caller closes the stream early
+    (budget reached, cancel, client gone) its `finally` must stop the upstream work (stop generating
+    tokens, or close the HTTP stream); providers also check `cancel` between deltas."""
 
     kind: ClassVar[str]
     style_mode: ClassVar[str] = "system"        # how the speech style is given: system | prefix
@@ -59,8 +49,10 @@ class Provider(ABC):
     default_retries: ClassVar[int] = 0
     default_first_token_timeout: ClassVar[float | None] = None
     default_stall_timeout: ClassVar[float | None] = None
-    # The OpenAI request fields beyond sampling (GenerationParams.asked) this kind can honour.
-    honours: ClassVar[frozenset[str]] = frozenset()
+    # The OpenAI request fields beyond sampling (GenerationParams.asked) this kind can honour (None: all).
+    honours: ClassVar[frozenset[str] | None] = frozenset()
+    default_base_url: ClassVar[str] = ""
+    key_required: ClassVar[bool] = False    # True: a key is needed even with a custom base_url
 
     def __init__(self, config: ProviderConfig, env: Mapping[str, str] | None = None):
         if type(self).stream is Provider.stream and type(self).astream is Provider.astream:
@@ -73,7 +65,6 @@ class Provider(ABC):
                       cancel: CancelToken) -> AsyncIterator[str | StreamEvent]:
         """Yield the reply as text deltas; "" may come too, as a sign of life (e.g. a reasoning chunk).
         A StreamEvent carries tool-call deltas, the finish reason or token usage, when the backend says.
-
         For a kind that implements `stream`, this runs it in a worker thread (`in_worker`)."""
         own = CancelToken()     # closing this must not cancel the caller's token: a retry may follow
         cancel.on_cancel(own.cancel)
@@ -90,35 +81,33 @@ class Provider(ABC):
     def unsupported(self, params: GenerationParams) -> str | None:
         """The first field the call asks for that this provider cannot honour; None when it can honour all.
         Never dropped silently: the router refuses the request naming it."""
+        if self.honours is None:
+            return None
         return next((name for name in params.asked() if name not in self.honours), None)
 
     def status(self) -> ProviderStatus:
         """Ready, or not ready with the reason and the fix. Must be cheap and never load a model."""
-        if self.config.api_key_env and not self.config.base_url:
-            try:
-                self.api_key()
-            except MissingKeyError as e:
-                return ProviderStatus(False, e.message, e.fix)
+        try:
+            self.api_key(required=self.key_required or not self.config.base_url)
+        except MissingKeyError as e:
+            return ProviderStatus(False, e.message, e.fix)
         return ProviderStatus(True)
 
     def api_key(self, required: bool = True) -> str | None:
         """The key from the first set env var of `api_key_env`; MissingKeyError naming them otherwise."""
-        for var in self.config.api_key_env:
-            value = self.env.get(var, "").strip()
-            if value:
-                return value
-        if not required or not self.config.api_key_env:
-            return None
-        names = " or ".join(self.config.api_key_env)
-        raise MissingKeyError(f"{names} is not set",
-                              fix=f"export {self.config.api_key_env[0]}=... "
-                                  "or set api_key_env in configs.yaml")
+        names = self.config.api_key_env
+        value = next((v for v in (self.env.get(var, "").strip() for var in names) if v), None)
+        if value or not required or not names:
+            return value
+        raise MissingKeyError(f"{' or '.join(names)} is not set",
+                              fix=f"export {names[0]}=... or set api_key_env in configs.yaml")
 
     # ---- the shared vocabulary of upstream failures; each backend maps its SDK onto these ----
 
     @property
     def base_url(self) -> str:
-        return self.config.base_url or ""
+        # Explicit, so an SDK never picks up a *_BASE_URL env var behind the config's back.
+        return self.config.base_url or self.default_base_url
 
     def timeout_error(self) -> LLMError:
         return UpstreamTimeoutError(f"{self.name}: no answer from {self.base_url} in time",
@@ -136,7 +125,6 @@ class Provider(ABC):
                      headers: Mapping[str, str] | None = None, field: str | None = None) -> LLMError:
         """The typed error for an HTTP error status from the backend, keeping that status
         (and its Retry-After, from `headers`). `field`: the request field the backend blamed, if any.
-
         The client sees the backend's words without a traceback or file paths; the log has them whole."""
         raw = self.scrub(detail)        # masked before `readable` can cut a key in half
         detail = readable(raw)

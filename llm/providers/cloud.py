@@ -1,9 +1,9 @@
-"""CloudProvider: a backend reached through an async client (an SDK's or plain HTTP), one per event loop;
-one stream loop, one error path."""
+"""CloudProvider: a backend reached through an async client (an SDK's or plain HTTP), one per event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import threading
 import weakref
@@ -13,24 +13,19 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Mapping
 
 import httpx2
 
-from ..errors import CancelledError, LLMError, MissingKeyError, UpstreamError, UpstreamTimeoutError
-from ..types import CancelToken, GenerationParams, Message, ProviderStatus, StreamEvent
+from ..errors import CancelledError, LLMError, UpstreamError, UpstreamTimeoutError
+from ..types import CancelToken, GenerationParams, Message, StreamEvent
 from .base import DEFAULT_TIMEOUT, Provider
-from .transport import async_client
 
 if TYPE_CHECKING:
     from configs import ProviderConfig
 
 
 class CloudProvider(Provider):
-    """A backend reached through an async client: one per event loop, one stream loop, one error path.
+    """One async client per event loop, one stream loop, one error path. Subclasses supply the connection
+    (`new_client`) and the wire format (`open_stream`, `chunk_*`) and map their SDK's errors (`translate`)."""
 
-    Subclasses supply the connection (`make_client`) and the wire format (`open_stream`,
-    `chunk_text`) and map their SDK's exceptions in `translate`.
-    """
-
-    default_base_url: ClassVar[str] = ""
-    key_required: ClassVar[bool] = True     # False: a custom base_url may need no key
+    key_required = True
     sdk_errors: ClassVar[tuple[type[BaseException], ...]] = ()
     lazy_stream: ClassVar[bool] = False     # True: open_stream sends nothing until iterated
     default_retries = 2
@@ -43,19 +38,6 @@ class CloudProvider(Provider):
         # one async client per event loop (the API's, Gradio's): a connection belongs to its loop
         self._aclients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    @property
-    def base_url(self) -> str:
-        # Explicit, so an SDK never picks up a *_BASE_URL env var behind the config's back.
-        return self.config.base_url or self.default_base_url
-
-    def status(self) -> ProviderStatus:
-        if self.key_required:
-            try:
-                self.api_key()
-            except MissingKeyError as e:
-                return ProviderStatus(False, e.message, e.fix)
-        return super().status()
-
     def client(self) -> Any:
         """The async SDK client for the running event loop, created on first use there."""
         loop = asyncio.get_running_loop()
@@ -65,10 +47,10 @@ class CloudProvider(Provider):
                 pair = self._aclients[loop] = self.new_client()
             return pair[0]
 
+    @abstractmethod
     def new_client(self) -> tuple[Any, Callable[[], Awaitable[Any]]]:
-        """A new async client for the running loop, and the coroutine function that closes it."""
-        http = async_client(self.timeout)
-        return self.make_client(http), http.aclose
+        """A new async client for the running loop (an SDK's with its retries off: the router's policy
+        retries), and the coroutine function that closes it."""
 
     async def aclose_loop(self) -> None:
         with self._lock:
@@ -82,18 +64,15 @@ class CloudProvider(Provider):
         for loop, (_, aclose) in aclients:
             if loop.is_running():   # on their own loop
                 asyncio.run_coroutine_threadsafe(aclose(), loop)
-            elif loop.is_closed():  # its sockets went with it: mark the client closed, so no warning
-                _close_orphan(aclose)   # says "Unclosed client session" at exit (the Gradio page's loop)
+            elif loop.is_closed():  # its sockets went with it: mark the client closed, so no warning says
+                # "Unclosed client session" at exit (the Gradio page's loop); best effort
+                with contextlib.suppress(Exception):
+                    asyncio.run(aclose())
 
     @property
     def timeout(self) -> float:
         """Seconds for one connect or read: the config's `timeout`, else a default fit for a live avatar."""
         return self.config.timeout or DEFAULT_TIMEOUT
-
-    def make_client(self, http: Any) -> Any:
-        """A new async SDK client for this config that sends through the async `http` client (httpx2),
-        with SDK retries off (the router's policy retries)."""
-        return http
 
     @abstractmethod
     async def open_stream(self, messages: list[Message], params: GenerationParams) -> Any:
@@ -116,11 +95,6 @@ class CloudProvider(Provider):
     def translate(self, e: BaseException) -> LLMError:
         """The typed error for an SDK exception, without the API key in its text."""
 
-    def content_type(self, response: Any) -> str:
-        """The stream's HTTP Content-Type, when the SDK exposes it ("" otherwise)."""
-        http = getattr(response, "response", None)
-        return str(getattr(http, "headers", {}).get("content-type", ""))
-
     async def astream(self, messages: list[Message], params: GenerationParams,
                       cancel: CancelToken) -> AsyncIterator[str | StreamEvent]:
         """The reply's text; a stream that ends without its end marker is an error, never a short reply.
@@ -137,7 +111,7 @@ class CloudProvider(Provider):
                     yield item
             if not seen.finished:
                 raise self.unfinished_error(response, seen.text)
-        except (*self.sdk_errors, *TRANSPORT_ERRORS) as e:
+        except (*self.sdk_errors, httpx2.TransportError) as e:
             raise self.failure(e, cancel, response, seen) from e
         finally:
             if response is not None:
@@ -151,7 +125,7 @@ class CloudProvider(Provider):
             return UpstreamError(f"{self.name}: the TLS certificate of {self.base_url} is not trusted",
                                  fix="if it is signed by your own (or a company) CA, set SSL_CERT_FILE to "
                                      "that CA's PEM file; else check base_url")
-        error = self.transport_error(e) if isinstance(e, TRANSPORT_ERRORS) else self.translate(e)
+        error = self.transport_error(e) if isinstance(e, httpx2.TransportError) else self.translate(e)
         lost = isinstance(error, UpstreamError) and error.transient and error.upstream_status is None
         connected = seen.chunk or (response is not None and not self.lazy_stream)
         if connected and lost and not isinstance(error, UpstreamTimeoutError):
@@ -160,7 +134,9 @@ class CloudProvider(Provider):
         return error
 
     def unfinished_error(self, response: Any, text_seen: bool) -> LLMError:
-        ctype = self.content_type(response).split(";")[0].strip()
+        # the stream's HTTP Content-Type, where the response exposes one
+        headers = getattr(getattr(response, "response", None), "headers", {})
+        ctype = str(headers.get("content-type", "")).split(";")[0].strip()
         if ctype and ctype != "text/event-stream":
             return UpstreamError(f"{self.name}: {self.base_url} answered with {ctype}, not an event stream",
                                  upstream_status=200, fix="check base_url: it should be the API's root")
@@ -171,9 +147,9 @@ class CloudProvider(Provider):
 
     def transport_error(self, e: BaseException) -> LLMError:
         """A transport failure the SDK did not wrap (it happens while reading the stream)."""
-        if isinstance(e, TIMEOUT_ERRORS):
+        if isinstance(e, httpx2.TimeoutException):
             return self.timeout_error()
-        return self.unreachable_error(lost=not isinstance(e, CONNECT_ERRORS))
+        return self.unreachable_error(lost=not isinstance(e, httpx2.ConnectError))
 
 
 def _untrusted_certificate(e: BaseException | None) -> bool:
@@ -185,13 +161,6 @@ def _untrusted_certificate(e: BaseException | None) -> bool:
             return True
         e = e.__cause__ or e.__context__ or getattr(e, "os_error", None)
     return False
-
-
-def _close_orphan(aclose: Callable[[], Awaitable[Any]]) -> None:
-    try:
-        asyncio.run(aclose())
-    except Exception:  # noqa: BLE001 - best effort: a loop runs in this thread, or the client objected
-        pass
 
 
 class _Seen:
@@ -210,8 +179,3 @@ class _Seen:
         event = provider.chunk_event(chunk, self.state)
         self.text = self.text or bool(text) or bool(event and event.tool_calls)
         return [text] if event is None else [text, event]
-
-
-TRANSPORT_ERRORS = (httpx2.TransportError,)
-TIMEOUT_ERRORS = (httpx2.TimeoutException,)
-CONNECT_ERRORS = (httpx2.ConnectError,)

@@ -14,6 +14,7 @@ from ..errors import LLMError, UpstreamError
 from ..types import GenerationParams, Message, StreamEvent
 from . import KINDS
 from .cloud import CloudProvider
+from .transport import async_client
 from .wire import backend_message
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -32,12 +33,13 @@ class GeminiProvider(CloudProvider):
     lazy_stream = True      # generate_content_stream connects on the first next()
     honours = KINDS["gemini"].honours
 
-    def make_client(self, http: Any) -> genai.Client:
+    def new_client(self) -> tuple[genai.Client, Any]:
+        http = async_client(self.timeout)
         # HttpOptions.timeout is in milliseconds; no retry_options means the SDK never retries.
         options = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout * 1000),
                                     httpx_async_client=http)
         # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI in the environment must not reroute calls.
-        return genai.Client(api_key=self.api_key(), vertexai=False, http_options=options)
+        return genai.Client(api_key=self.api_key(), vertexai=False, http_options=options), http.aclose
 
     async def open_stream(self, messages: list[Message], params: GenerationParams) -> Any:
         system, contents = to_contents(messages)
@@ -45,7 +47,10 @@ class GeminiProvider(CloudProvider):
             model=self.config.model, contents=contents, config=generation_config(system, params))
 
     def chunk_text(self, chunk: Any) -> str:
-        return _chunk_text(chunk)
+        """The answer text of one streamed response; thought summaries are not part of the answer."""
+        if not chunk.candidates or chunk.candidates[0].content is None:
+            return ""
+        return "".join(p.text for p in chunk.candidates[0].content.parts or () if p.text and not p.thought)
 
     def chunk_finished(self, chunk: Any) -> bool:
         return bool(chunk.candidates) and chunk.candidates[0].finish_reason is not None
@@ -63,22 +68,18 @@ class GeminiProvider(CloudProvider):
             calls.append({"index": index, "id": call_id, "type": "function",
                           "function": {"name": call.name, "arguments": arguments}})
         reason = candidate.finish_reason if candidate is not None else None
-        if not calls and reason is None:
-            return None
-        finish = None
-        if reason is not None:
-            finish = _FINISH.get(getattr(reason, "name", str(reason)), "stop")
-            finish = "tool_calls" if finish == "stop" and "calls" in state else finish
-        meta = chunk.usage_metadata
-        usage = None
-        if reason is not None and meta is not None and meta.prompt_token_count is not None:
+        if reason is None:
+            return StreamEvent(tool_calls=tuple(calls)) if calls else None
+        finish = _FINISH.get(getattr(reason, "name", str(reason)), "stop")
+        finish = "tool_calls" if finish == "stop" and "calls" in state else finish
+        meta, usage = chunk.usage_metadata, None
+        if meta is not None and meta.prompt_token_count is not None:
             prompt, completion = meta.prompt_token_count, meta.candidates_token_count or 0
             usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                      "total_tokens": meta.total_token_count or prompt + completion}
         return StreamEvent(tool_calls=tuple(calls), finish_reason=finish, usage=usage)
 
     def translate(self, e: Exception) -> LLMError:
-        """The typed error for an SDK exception, without the API key in its text."""
         if not isinstance(e, genai_errors.APIError):
             return UpstreamError(f"{self.name}: unreadable answer from {self.base_url}: {self.scrub(str(e))}")
         detail = backend_message(e.details, e.message or str(e.status or ""))
@@ -162,10 +163,3 @@ def _tools(tools: Any, choice: Any) -> dict[str, Any]:
             "tool_config": types.ToolConfig(function_calling_config=mode),
             # the SDK must never run functions itself: the client does, and sends the results back
             "automatic_function_calling": types.AutomaticFunctionCallingConfig(disable=True)}
-
-
-def _chunk_text(chunk: Any) -> str:
-    """The answer text of one streamed response; thought summaries are not part of the answer."""
-    if not chunk.candidates or chunk.candidates[0].content is None:
-        return ""
-    return "".join(p.text for p in chunk.candidates[0].content.parts or () if p.text and not p.thought)

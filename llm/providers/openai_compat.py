@@ -1,10 +1,9 @@
 """ChatGPT and every OpenAI-compatible server (vLLM, TGI, Ollama, llama.cpp) through `base_url`.
 
-This is the hot path of a router in front of vLLM, so the chat-completions call is made here rather than
-through the openai SDK, whose request building and pydantic object per stream chunk cost ~3 ms and
-~0.4 ms of CPU per request and chunk. The wire format is plain: POST {base_url}/chat/completions, bearer
-key, JSON in, SSE out, sent over aiohttp (`transport.aiohttp_session`); text deltas that arrive in one
-network read are relayed as one chunk (`_merge`).
+This is the hot path of a router in front of vLLM, so the call is made here, over aiohttp
+(`transport.aiohttp_session`), rather than through the openai SDK, whose request building and pydantic
+object per stream chunk cost ~3 ms and ~0.4 ms of CPU per request and chunk. The wire format is plain:
+POST {base_url}/chat/completions, bearer key, JSON in, SSE out.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from ..errors import LLMError, UpstreamError
 from ..types import GenerationParams, Message, StreamEvent
+from . import KINDS
 from .cloud import CloudProvider
 from .transport import DRAIN_TIMEOUT, aiohttp_session
 from .wire import backend_message, readable, refused_field
@@ -31,15 +31,17 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PLACEHOLDER_KEY = "sk-no-key-required"
 
 
+class StreamError(Exception):
+    """The backend reported an error inside a 200 event stream, or sent an event that is not JSON."""
+
+
 class OpenAIProvider(CloudProvider):
     kind = "openai"
     style_mode = "system"
     default_base_url = DEFAULT_BASE_URL
     key_required = False        # vLLM, Ollama and llama.cpp servers need no key
-    sdk_errors = ()             # set below: StreamError, and aiohttp's errors on the event loop
-
-    def unsupported(self, params: GenerationParams) -> str | None:
-        return None     # every OpenAI field is passed on as sent: the upstream decides
+    sdk_errors = (StreamError, aiohttp.ClientError)     # aiohttp's: transport errors on the event loop
+    honours = KINDS["openai"].honours   # None: every OpenAI field is passed on as sent
 
     def new_client(self) -> tuple[aiohttp.ClientSession, Any]:
         session = aiohttp_session(self.timeout, self.base_url)
@@ -47,36 +49,34 @@ class OpenAIProvider(CloudProvider):
 
     async def open_stream(self, messages: list[Message], params: GenerationParams) -> EventStream:
         """Send the request; an error status is raised here as the typed error, with the backend's words."""
-        url, body, headers = self._request(messages, params)
-        response = await self.client().post(url, data=json.dumps(body, ensure_ascii=False).encode(),
-                                            headers={**headers, "Content-Type": "application/json"})
+        headers = {"Authorization": f"Bearer {self.bearer()}", "Content-Type": "application/json"}
+        body = json.dumps(self.request_body(messages, params), ensure_ascii=False).encode()
+        response = await self.client().post(f"{self.base_url.rstrip('/')}/chat/completions", data=body,
+                                            headers=headers)
         if response.status >= 400:
             try:
-                raw = await response.read()
+                detail, field = _detail((await response.read()).decode(errors="replace"))
             finally:
                 response.release()
             try:
                 response.raise_for_status()
             except aiohttp.ClientResponseError as e:
-                detail, field = _detail(raw.decode(errors="replace"))
                 raise self.status_error(response.status, detail, headers=response.headers, field=field) from e
         return EventStream(response)
 
-    def _request(self, messages: list[Message], params: GenerationParams) -> tuple[str, dict, dict]:
-        key = self.api_key(required=not self.config.base_url) or PLACEHOLDER_KEY
-        return (f"{self.base_url.rstrip('/')}/chat/completions", self.request_body(messages, params),
-                {"Authorization": f"Bearer {key}"})
+    def bearer(self) -> str | None:
+        return self.api_key(required=not self.config.base_url) or PLACEHOLDER_KEY
 
     def chunk_text(self, chunk: dict) -> str:
-        delta = _delta(chunk)
-        return (delta.get("content") or "") if delta else ""
+        return (_choice(chunk).get("delta") or {}).get("content") or ""
 
     def chunk_finished(self, chunk: dict) -> bool:
-        return _finish(chunk) is not None
+        return _choice(chunk).get("finish_reason") is not None
 
     def chunk_event(self, chunk: dict, state: dict) -> StreamEvent | None:
-        calls, finish, usage = (_delta(chunk) or {}).get("tool_calls"), _finish(chunk), chunk.get("usage")
-        logprobs = (_choice(chunk).get("logprobs") or {}).get("content")
+        choice, usage = _choice(chunk), chunk.get("usage")
+        calls, finish = (choice.get("delta") or {}).get("tool_calls"), choice.get("finish_reason")
+        logprobs = (choice.get("logprobs") or {}).get("content")
         if not (calls or finish or usage or logprobs):
             return None
         counts = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -88,16 +88,12 @@ class OpenAIProvider(CloudProvider):
     def request_body(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
         """The chat.completions JSON for these messages and params. The OpenAI fields beyond sampling
         (tools, response_format, logit_bias, ...) are sent as the client sent them."""
-        body: dict[str, Any] = {"model": self.config.model, "messages": [m.as_dict() for m in messages],
-                                "stream": True}
         # temperature 0 is sent as is: OpenAI and vLLM treat it as greedy decoding.
-        for name, value in (("temperature", params.temperature), ("top_p", params.top_p),
-                            ("max_tokens", params.max_new_tokens), ("seed", params.seed),
-                            ("frequency_penalty", params.frequency_penalty),
-                            ("presence_penalty", params.presence_penalty),
-                            ("stop", list(params.stop) if params.stop else None)):
-            if value is not None:
-                body[name] = value
+        body = self._body(messages, temperature=params.temperature, top_p=params.top_p,
+                          max_tokens=params.max_new_tokens, seed=params.seed,
+                          frequency_penalty=params.frequency_penalty,
+                          presence_penalty=params.presence_penalty,
+                          stop=list(params.stop) if params.stop else None)
         if self.config.stream_usage:    # the usage chunk (stream_options.include_usage)
             body["stream_options"] = {"include_usage": True}
         body |= params.extra or {}
@@ -105,6 +101,11 @@ class OpenAIProvider(CloudProvider):
             body |= {k: v for k, v in (("top_k", params.top_k),
                                        ("repetition_penalty", params.repetition_penalty)) if v is not None}
         return body
+
+    def _body(self, messages: list[Message], **fields: Any) -> dict[str, Any]:
+        """The chat.completions JSON's head (model, messages, stream) and those of `fields` that are set."""
+        return {"model": self.config.model, "messages": [m.as_dict() for m in messages], "stream": True,
+                **{name: value for name, value in fields.items() if value is not None}}
 
     def translate(self, e: BaseException) -> LLMError:
         """An in-stream error event (`StreamError`), or an aiohttp transport error on the event loop,
@@ -119,7 +120,6 @@ class OpenAIProvider(CloudProvider):
 
 def _call_delta(call: dict, named: dict[int, bool]) -> dict:
     """A streamed tool-call delta as OpenAI sends it: id, type and name on the call's first delta only.
-
     llama.cpp's server repeats them in every delta, and a client joins what it is sent (the openai SDK's
     stream helpers, LangChain): names are not deltas, so a repeat is dropped here."""
     call = {k: v for k, v in call.items() if v is not None}
@@ -144,17 +144,12 @@ def _detail(body: str) -> tuple[str, str | None]:
     return message, refused_field(data, message)
 
 
-class StreamError(Exception):
-    """The backend reported an error inside a 200 event stream, or sent an event that is not JSON."""
-
-
 class EventStream:
-    """An OpenAI-style event stream read as plain dicts, one per `data:` line, up to `data: [DONE]`, over an
-    aiohttp response (its headers tell an HTML page from an event stream). The events of one network read come
-    together: consecutive plain text deltas among them are merged into one chunk (`_merge`), so a burst
-    (a fast server, or a reader that fell behind) costs one pass through the router, not one per token;
-    what arrives alone is relayed alone, as soon as it arrives. After [DONE] it reads the few bytes left
-    (at most DRAIN_TIMEOUT), so the connection goes back to the pool."""
+    """An OpenAI-style event stream over an aiohttp `response` (whose headers tell an HTML page from an
+    event stream), read as plain dicts, one per `data:` line, up to `data: [DONE]`. Consecutive plain text
+    deltas of one network read are merged into one chunk (`_merge`), so a burst (a fast server, or a reader
+    that fell behind) costs one pass through the router, not one per token; what arrives alone is relayed
+    at once. After [DONE] it drains the rest (DRAIN_TIMEOUT at most), so the connection is pooled again."""
 
     def __init__(self, response: aiohttp.ClientResponse):
         self.response = response
@@ -243,14 +238,3 @@ def _event(line: str) -> dict | object | None:
 def _choice(chunk: dict) -> dict:
     choices = chunk.get("choices")
     return choices[0] if choices and isinstance(choices[0], dict) else {}
-
-
-def _delta(chunk: dict) -> dict | None:
-    return _choice(chunk).get("delta") or None
-
-
-def _finish(chunk: dict) -> str | None:
-    return _choice(chunk).get("finish_reason")
-
-
-OpenAIProvider.sdk_errors = (StreamError, aiohttp.ClientError)

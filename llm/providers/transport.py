@@ -1,9 +1,6 @@
 """The async HTTP clients of the cloud kinds: one pool size, one set of timeouts, proxies and certificates.
 
-On the event loop a cancel needs no socket tricks: cancelling the task interrupts the read at once.
-`async_client` is httpx2's (google-genai sends through it); `aiohttp_session` serves the
-OpenAI-compatible kinds (the hot path of a router in front of vLLM).
-"""
+On the event loop a cancel needs no socket tricks: cancelling the task interrupts the read at once."""
 
 from __future__ import annotations
 
@@ -18,7 +15,8 @@ KEEPALIVE_SECONDS = 30      # an idle pooled connection is closed after this
 
 
 def async_client(timeout: float) -> httpx2.AsyncClient:
-    """An httpx2 client: `timeout` seconds per read, a shorter connect timeout, a pool for many streams."""
+    """An httpx2 client (google-genai sends through it): `timeout` seconds per read, a shorter connect
+    timeout, a pool for many streams."""
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
         limits=httpx2.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=32,
@@ -28,7 +26,7 @@ def async_client(timeout: float) -> httpx2.AsyncClient:
 
 def aiohttp_session(timeout: float, url: str) -> Any:
     """An aiohttp session with the same timeouts, pool size and keep-alive as `async_client`, for the
-    OpenAI-compatible kind on the API's event loop (the hot path of a router in front of vLLM).
+    OpenAI-compatible kinds on the API's event loop (the hot path of a router in front of vLLM).
 
     Why aiohttp there: its C HTTP parser and thin response object cost ~0.55 ms of CPU for a streamed
     16-token reply on loopback where httpx2 cost ~1.35 ms, most of what the router added per request.

@@ -13,20 +13,15 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """Seconds from `retry-after-ms` or `retry-after` (seconds or an HTTP date); None if absent or bad."""
     try:
         headers = {k.lower(): v for k, v in headers.items()}
-    except AttributeError:
-        return None
-    try:
         if "retry-after-ms" in headers:
             return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        raw = headers.get("retry-after")
-        if raw is None:
-            return None
+        raw = headers["retry-after"]
         try:
             return max(0.0, float(raw))
         except ValueError:
             when = email.utils.parsedate_to_datetime(raw)
             return max(0.0, when.timestamp() - time.time())
-    except (ValueError, TypeError, OverflowError):
+    except (KeyError, AttributeError, ValueError, TypeError, OverflowError):  # absent, not a mapping, bad
         return None
 
 
@@ -37,13 +32,10 @@ def backend_message(body: Any, default: str) -> str:
         inner = body.get("error")
         if isinstance(inner, dict) and isinstance(inner.get("message"), str):
             return inner["message"]
-        if isinstance(inner, str) and inner:
-            return inner
-        if isinstance(body.get("message"), str) and body["message"]:
-            return body["message"]
         detail = body.get("detail")
-        if isinstance(detail, str) and detail:
-            return detail
+        for words in (inner, body.get("message"), detail):
+            if isinstance(words, str) and words:
+                return words
         if isinstance(detail, list) and detail:
             return "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail[:3])
     return default
@@ -60,17 +52,15 @@ _PYDANTIC_ERROR = re.compile(r"'loc': (\([^)]*\)), 'msg': ('(?:[^'\\]|\\.)*'|\"(
 def readable(text: str) -> str:
     """A backend's error text fit for a client: a validation error as "field: problem", a traceback
     (llama-cpp-python puts one in its 500s) as its last line, never the server's file paths."""
-    problems = []
+    problems: dict[str, None] = {}     # an ordered set: each problem once
     for loc, msg in _PYDANTIC_ERROR.findall(text):
         try:
             where = ".".join(str(p) for p in ast.literal_eval(loc) if p != "body")
-            problem = f"{where}: {ast.literal_eval(msg)}"
+            problems.setdefault(f"{where}: {ast.literal_eval(msg)}")
         except (ValueError, SyntaxError):
-            continue
-        if problem not in problems:
-            problems.append(problem)
+            pass
     if problems:
-        return "; ".join(problems[:3])
+        return "; ".join(list(problems)[:3])
     text = re.sub(r"\n\s*\n", "\n", _FRAME.sub("", _TRACEBACK.sub("", text))).strip()
     return text if len(text) <= READABLE_CHARS else text[:READABLE_CHARS - 1] + "…"
 

@@ -28,27 +28,18 @@ class ZhipuAIProvider(OpenAIProvider):
             return "tool_choice"        # ZhipuAI only decides for itself ("auto")
         if extra.get("response_format", {}).get("type") == "json_schema":
             return "response_format"    # JSON mode yes, a schema no
-        return next((name for name in params.asked() if name not in self.honours), None)
-
-    def _request(self, messages: list[Message], params: GenerationParams) -> tuple[str, dict, dict]:
-        return (f"{self.base_url.rstrip('/')}/chat/completions", self.request_body(messages, params),
-                {"Authorization": f"Bearer {self.api_key()}"})
+        return super().unsupported(params)
 
     def request_body(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
         """The chat.completions JSON; top_k and repetition_penalty have no ZhipuAI equivalent (penalties
         neither: `unsupported` refuses them). ZhipuAI sends usage with its last chunk unasked."""
-        body: dict[str, Any] = {"model": self.config.model, "messages": [m.as_dict() for m in messages],
-                                "stream": True}
-        if params.greedy:
-            body.update(temperature=LOWEST, do_sample=False)
-        elif params.temperature is not None:
-            body["temperature"] = min(max(params.temperature, LOWEST), HIGHEST)
-        if params.top_p is not None:
-            body["top_p"] = min(max(params.top_p, LOWEST), HIGHEST)
-        for name, value in (("max_tokens", params.max_new_tokens), ("seed", params.seed),
-                            ("stop", list(params.stop) if params.stop else None)):
-            if value is not None:
-                body[name] = value
         extra = params.extra or {}
-        return body | {name: extra[name] for name in ("tools", "tool_choice", "response_format")
-                       if extra.get(name) is not None}
+        return self._body(messages, temperature=LOWEST if params.greedy else _clamp(params.temperature),
+                          do_sample=False if params.greedy else None, top_p=_clamp(params.top_p),
+                          max_tokens=params.max_new_tokens, seed=params.seed,
+                          stop=list(params.stop) if params.stop else None,
+                          **{name: extra.get(name) for name in ("tools", "tool_choice", "response_format")})
+
+
+def _clamp(value: float | None) -> float | None:
+    return None if value is None else min(max(value, LOWEST), HIGHEST)

@@ -1,17 +1,13 @@
-"""What makes the router an avatar's brain: the short-answer style, the spoken-time budget,
-speech-clean text, reasoning kept out, emotion tags, TTS-ready text, and a sentence splitter that
-works while the stream arrives.
-
-Every stage is incremental and linear in the length of the reply: a stream is cleaned and cut as
-it arrives, and text once released is never taken back.
+"""What makes the router an avatar's brain: short answers in a spoken-time budget, speech-clean text,
+reasoning kept out, emotion tags, TTS-ready text and sentences split as the stream arrives. Every stage
+is incremental and linear in the reply's length: text once released is never taken back.
 
     sentences   sentence and clause boundaries, SentenceSplitter
     clean       ReplyFilter (reasoning, control characters), Cleaner (markdown, emoji, URLs)
     budget      Budget (seconds or characters), instruction, SpeechFilter (the enforced cut)
     emotions    EmotionTags: [joy] tags -> Chunk.emotion
     normalize   for_tts: numbers, units and symbols in words
-    stream      Speaker, speak, aspeak: one reply stream through all of the above
-"""
+    stream      Speaker, speak, aspeak: one reply stream through all of the above"""
 
 from .budget import (
     DEFAULT_MAX_SECONDS,

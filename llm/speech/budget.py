@@ -1,11 +1,9 @@
 """The answer budget in spoken time, the instruction that asks for it, and the filter that enforces it.
 
-A budget is seconds of speech, converted per script with speaking rates: Chinese characters per
-second, English words per second, digits and symbols counted as they are said (25.5% is 百分之二十五
-点五, "twenty-five point five percent"). The default, 5 s, is what 25 Chinese characters take to say,
-so Chinese keeps the classic "请用少于25个字回答以下问题". `chars` is the explicit override: the old
-character budget, every character counted.
-"""
+A budget is seconds of speech at per-script speaking rates (Chinese characters, English words a
+second), digits and symbols counted as said (25.5% is 百分之二十五点五). The default, 5 s, is what 25
+Chinese characters take, so Chinese keeps the classic "请用少于25个字回答以下问题". `chars` is the
+explicit override: the old character budget, every character counted."""
 
 from __future__ import annotations
 
@@ -19,8 +17,7 @@ from .sentences import _CJK, MARKS, boundaries, is_chinese
 ZH_CHARS_PER_S = 5.0        # a Mandarin TTS voice says about 4-5 characters a second
 EN_WORDS_PER_S = 2.5        # about 150 words a minute
 DEFAULT_MAX_SECONDS = 25 / ZH_CHARS_PER_S
-# A first sentence longer than the budget may run to 1.5x it rather than be cut mid-phrase.
-FIRST_SENTENCE_OVERRUN = 1.5
+FIRST_SENTENCE_OVERRUN = 1.5  # a first sentence may run to 1.5x the budget rather than be cut mid-phrase
 MAX_SECONDS = 600.0         # the longest budget a config or a request may ask for
 SECONDS_RULE = f"must be a number of seconds above 0 and at most {MAX_SECONDS:g}"
 # Spoken length of digits and symbols, in Chinese characters and English words.
@@ -46,14 +43,11 @@ class Budget:
     def instruction(self, prompt: str, emotions: tuple[str, ...] = ()) -> str:
         """The short-answer instruction in the prompt's language, naming the length in its units."""
         zh = is_chinese(prompt)
-        if zh:
-            rule = f"请用少于{self.zh_chars()}个字回答以下问题"
-        else:
-            length = f"fewer than {self.chars} characters" if self.chars else f"at most {self.words()} words"
-            rule = f"Answer the following question in {length}, in plain spoken words."
+        length = f"fewer than {self.chars} characters" if self.chars else f"at most {self.words()} words"
+        rule = (f"请用少于{self.zh_chars()}个字回答以下问题" if zh else
+                f"Answer the following question in {length}, in plain spoken words.")
         if emotions:
-            names = ("、" if zh else ", ").join(emotions)
-            example = f"[{emotions[0]}]"
+            names, example = ("、" if zh else ", ").join(emotions), f"[{emotions[0]}]"
             rule += (f"。每句话以一个情绪标签开头，例如{example}，只能从这些中选：{names}" if zh else
                      f" Start each sentence with one emotion tag such as {example}, chosen from: {names}.")
         return rule
@@ -66,28 +60,21 @@ def valid_seconds(value: object) -> bool:
 
 def spoken_seconds(text: str, lang: str | None = None) -> float:
     """About how long `text` takes to say (digits and symbols as they are read)."""
-    meter = _Meter(Budget(), lang or ("zh" if is_chinese(text) else "en"))
-    meter.extend(text)
-    return meter.total
+    return _Meter(Budget(), lang or ("zh" if is_chinese(text) else "en")).extend(text).cum[-1]
 
 
 class _Meter:
     """Cumulative spoken cost of a growing text, one entry per character (linear, incremental)."""
 
     def __init__(self, budget: Budget, lang: str):
-        self.chars = budget.chars is not None
+        self.chars, self.cum, self.prev = budget.chars is not None, [0.0], " "
         self.lang = lang            # the script of the last letter seen: how digits are read
-        self.cum = [0.0]
-        self.prev = " "
 
-    @property
-    def total(self) -> float:
-        return self.cum[-1]
-
-    def extend(self, text: str) -> None:
+    def extend(self, text: str) -> _Meter:
         for ch in text:
             self.cum.append(self.cum[-1] + self._cost(ch))
             self.prev = ch
+        return self
 
     def within(self, limit: float) -> int:
         """The longest prefix length whose cost is at most `limit`."""
@@ -95,7 +82,7 @@ class _Meter:
 
     def over(self, limit: float) -> bool:
         """Whether the text costs more than `limit`, by the measure of `within` (25 x 0.2 is not over 5)."""
-        return self.total > limit + _EPS
+        return self.cum[-1] > limit + _EPS
 
     def _cost(self, ch: str) -> float:
         if _MARK_LO <= ch <= _MARK_HI:
@@ -109,8 +96,7 @@ class _Meter:
             return _DIGIT[self.lang] / (ZH_CHARS_PER_S if self.lang == "zh" else EN_WORDS_PER_S)
         if ch.isalpha():
             self.lang = "en"
-            starts_word = not (self.prev.isalpha() or self.prev in "'’-")
-            return 1 / EN_WORDS_PER_S if starts_word else 0.0
+            return 0.0 if self.prev.isalpha() or self.prev in "'’-" else 1 / EN_WORDS_PER_S   # a word's start
         if ch in _SYMBOLS:
             zh, en = _SYMBOLS[ch]
             return zh / ZH_CHARS_PER_S if self.lang == "zh" else en / EN_WORDS_PER_S
@@ -126,29 +112,19 @@ def fit_to_budget(text: str, max_chars: int | None = None, *, max_seconds: float
 
 class SpeechFilter:
     """Turns a stream of raw deltas into speech-clean deltas; with a budget, enforces it.
-
-    Under a budget, text is released only up to the last sentence end (or, before any sentence end,
-    up to the last clause mark), and past the budget only at the cut, so the final cut never has to
-    take back released text. A sentence end is released the moment it arrives. `done` turns true once
-    the budget is exceeded and a sentence has ended, or the text is past FIRST_SENTENCE_OVERRUN times
-    the budget: the caller then stops the upstream generation. `lang` ("zh"/"en") is how digits are
-    read before any letter.
-    """
+    Under a budget, text is released only up to the last sentence end (before any, the last clause
+    mark), and past the budget only at the cut, so the cut never takes back released text. A sentence
+    end is released the moment it arrives. `done` turns true once the budget is exceeded and a sentence
+    has ended, or the text is past FIRST_SENTENCE_OVERRUN times the budget: the caller then stops the
+    upstream. `lang` ("zh"/"en") is how digits are read before any letter."""
 
     def __init__(self, budget: Budget | int | None, lang: str = "zh"):
-        self.budget = Budget(chars=budget) if isinstance(budget, int) else budget
-        self.done = False
-        self._cleaner = Cleaner()
-        self._meter = _Meter(self.budget, lang) if self.budget else None
-        self._text = ""
-        self._released = 0
-        self._scanned = 0
+        self.budget = b = Budget(chars=budget) if isinstance(budget, int) else budget
+        self.done, self._cleaner, self._text, self._released, self._scanned = False, Cleaner(), "", 0, 0
+        self._meter = _Meter(b, lang) if b else None
+        self._limit = b and (b.chars if b.chars is not None else b.seconds)
         self._last_sentence = 0     # index just after the last sentence end
         self._last_clause = -1      # index of the last clause mark (cut before it)
-
-    @property
-    def _limit(self) -> float:
-        return self.budget.chars if self.budget.chars is not None else self.budget.seconds
 
     def feed(self, delta: str) -> str:
         if self.done:
@@ -156,8 +132,7 @@ class SpeechFilter:
         cleaned = self._cleaner.feed(delta)
         if self.budget is None:
             return cleaned
-        self._add(cleaned)
-        self._scan(final=False)
+        self._add(cleaned, final=False)
         over = self._meter.over(self._limit)
         # Past the budget with no sentence end yet, the first sentence may still end within the allowance.
         if over and (self._last_sentence or self._meter.over(self._limit * FIRST_SENTENCE_OVERRUN)):
@@ -174,77 +149,53 @@ class SpeechFilter:
         if self.done:
             return ""
         self.done = True
-        self._add(self._cleaner.finish())
-        self._scan(final=True)
+        self._add(self._cleaner.finish(), final=True)
         if self._meter.over(self._limit):
             return self._release_cut(ended=True)
         return self._release(len(self._text)).rstrip()
 
-    def _add(self, text: str) -> None:
+    def _add(self, text: str, final: bool) -> None:
         self._text += text
         self._meter.extend(text)
-
-    def _scan(self, final: bool) -> None:
         for pos, kind in boundaries(self._text, self._scanned, final, self):
-            if kind == "sentence":
-                self._last_sentence = pos
-            else:
-                self._last_clause = pos
+            setattr(self, f"_last_{kind}", pos)         # _last_sentence or _last_clause
 
     def _release(self, upto: int) -> str:
-        if upto <= self._released:
-            return ""
-        out = self._text[self._released:upto]
-        self._released = upto
+        out, self._released = self._text[self._released:upto], max(upto, self._released)
         return out
 
     def _release_cut(self, ended: bool) -> str:
-        """The cut of a text past the budget, in order of preference: the last sentence end within the
-        budget, else the end of the first sentence within the allowance (1.5x the budget); the last
-        clause mark within the budget, else within the allowance; before a phrase (English); at the
-        budget. Each lies at or after the released text."""
+        """The cut of a text past the budget, by preference: the last sentence end within the budget, else
+        the first within the allowance (1.5x); the last clause mark within the budget, else within the
+        allowance; before a phrase (English); at the budget. Each lies at or after the released text."""
         text, limit = self._text, self._limit
-        fits = self._meter.within(limit)
-        room = self._meter.within(limit * FIRST_SENTENCE_OVERRUN)
+        fits, room = self._meter.within(limit), self._meter.within(limit * FIRST_SENTENCE_OVERRUN)
         ends = list(boundaries(text[:room + 1], 0, ended))     # +1: the character that tells what a "." is
         sentences = [p for p, kind in ends if kind == "sentence"]
         if sentences:
-            in_budget = [p for p in sentences if p <= fits]
-            return self._release(in_budget[-1] if in_budget else sentences[0]).rstrip()
+            return self._release(([p for p in sentences if p <= fits] or sentences[:1])[-1]).rstrip()
         if ended and room == len(text):        # the stream ended the first sentence within the allowance
             return self._release(room).rstrip()
         clauses = [p for p, kind in ends if kind == "clause" and p]
-        in_budget = [p for p in clauses if p < fits]
+        cut = ([p for p in clauses if p < fits] or clauses or [None])[-1]
         zh = is_chinese(text[:room])
-        cut = (in_budget or clauses or [None])[-1]
-        if cut is None and not zh:
-            cut = _before_phrase(text, room, self._meter.cum, limit * _PHRASE_MIN_KEEP)
-        if cut is None:
-            cut = _word_start(text, fits)
+        if cut is None and not zh:      # the last phrase-opening word that keeps enough before it
+            starts = [m.start() for m in _PHRASE_START.finditer(text, 0, room)]
+            cut = next((s for s in reversed(starts) if self._meter.cum[s] >= limit * _PHRASE_MIN_KEEP), None)
+        if cut is None:     # at the budget, moved back to the start of a Latin word or number it splits
+            cut = fits
+            while 0 < cut < len(text) and (pair := text[cut - 1:cut + 1]).isascii() and pair.isalnum():
+                cut -= 1
+            cut = cut or fits
         head = _NO_END.sub("", text[:cut])
         return (self._release(len(head)) + ("。" if zh else ".")) if head else ""
 
 
 # Words that open a phrase: cutting just before one leaves the phrase before it whole.
-_PHRASE_START = re.compile(
-    r"(?<![\w'’-])(?:about|across|after|against|along|among|and|around|as|at|because|before|behind|between|"
-    r"beyond|but|by|during|for|from|if|in|into|near|of|on|onto|or|over|since|so|than|that|then|through|"
-    r"to|toward|towards|under|until|when|where|which|while|who|whom|whose|with|within|without)\b",
-    re.IGNORECASE)
+_PHRASE_START = re.compile(r"(?<![\w'’-])(?:%s)\b" % "|".join("""about across after against along among and
+    around as at because before behind between beyond but by during for from if in into near of on onto or
+    over since so than that then through to toward towards under until when where which while who whom whose
+    with within without""".split()), re.IGNORECASE)
 _PHRASE_MIN_KEEP = 0.5      # a phrase cut keeps at least half the budget: "The Great Wall." says nothing
 _NO_END = re.compile(r"[\s\-–—(\[{“‘（《「『【]+$")     # white space and openers never end a reply
 
-
-def _before_phrase(text: str, room: int, cum: list[float], keep: float) -> int | None:
-    """The start of the last phrase-opening word within `room` that leaves at least `keep` before it."""
-    starts = [m.start() for m in _PHRASE_START.finditer(text, 0, room)]
-    return next((s for s in reversed(starts) if cum[s] >= keep), None)
-
-
-def _word_start(text: str, cut: int) -> int:
-    """`cut`, moved back to the start of the Latin word or number it would split (unless that is the
-    first)."""
-    start = cut
-    while 0 < start < len(text) and (pair := text[start - 1:start + 1]).isascii() and pair.isalnum():
-        start -= 1
-    return start or cut

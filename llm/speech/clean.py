@@ -1,12 +1,11 @@
 """Speech-clean text: markdown, emoji, URLs and control characters out, as the stream arrives;
-and the reply filter every model's output passes: reasoning (<think>) never reaches the reply.
-"""
+and the reply filter every model's output passes: reasoning (<think>) never reaches the reply."""
 
 from __future__ import annotations
 
 import re
 
-from .sentences import _CJK, CLAUSE_MARKS, CLOSERS, MARKS, SENTENCE_ENDS, is_chinese
+from .sentences import _CJK, _MARK, CLAUSE_MARKS, CLOSERS, SENTENCE_ENDS, is_chinese
 
 _EMOJI = re.compile("[\U0001F000-\U0001FAFF\U0001F1E6-\U0001F1FF\u2600-\u27BF\u2B00-\u2BFF"
                     "\u200d\ufe0e\ufe0f\u20e3\U000E0020-\U000E007F]")
@@ -20,13 +19,9 @@ _CJK_GAP = re.compile(r"(?<=[\u3000-\u9fff\uff00-\uffef]) (?=[\u3000-\u9fff\uff0
 _LINE_PREFIX = re.compile(r"^\s*(?:(?:#{1,6}|>)\s*|(?:[-*+•]|\d{1,3}[.)、])\s+)*")
 _MARKERS_ONLY = re.compile(r"^[\s#>*+•\-\d.)、_=`~|]*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
-_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
-_RULE = re.compile(r"^\s*([-*_])(\s*\1){2,}\s*$")
-_URL_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;=%")
+_RULE = re.compile(r"^\s*(?:([-*_])(?:\s*\1){2,}|\|?\s*:?-{2,}:?\s*(?:\|\s*:?-{2,}:?\s*)*\|?)\s*$")
+_URL_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;=%"
 _HOLD_LIMIT = 300   # chars a possibly-unfinished link or URL may be held back before it is let through
-
-
-_MARK = re.compile(f"[{MARKS}]")
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u200c\u2060\ufeff]")
 _THINK_OPEN = re.compile(r"<(think|thinking|reasoning)>", re.I)
 _THINK_CLOSE = re.compile(r"</(think|thinking|reasoning)>", re.I)
@@ -35,8 +30,7 @@ _TAG_NAMES = ("<think>", "<thinking>", "<reasoning>", "</think>", "</thinking>",
 
 def clean_for_speech(text: str) -> str:
     """Markdown, emoji and URLs removed, whitespace normalised (no length limit)."""
-    cleaner = Cleaner()
-    return cleaner.feed(text) + cleaner.finish()
+    return (cleaner := Cleaner()).feed(text) + cleaner.finish()
 
 
 class ReplyFilter:
@@ -45,31 +39,26 @@ class ReplyFilter:
     so a reply never ends in it. Incremental: a tag split across deltas is held until it is whole."""
 
     def __init__(self) -> None:
-        self._pending = ""
-        self._thinking = False
-        self._space = ""
-        self._started = False
+        self._pending, self._space = "", ""         # held: a possible tag; trailing white space
+        self._thinking = self._started = False
 
     def feed(self, delta: str) -> str:
         self._pending += delta
         out = []
-        while True:
-            match = (_THINK_CLOSE if self._thinking else _THINK_OPEN).search(self._pending)
-            if match is None:
-                break
+        while match := (_THINK_CLOSE if self._thinking else _THINK_OPEN).search(self._pending):
             if not self._thinking:
                 out.append(_THINK_CLOSE.sub("", self._pending[:match.start()]))   # an orphan close tag
             self._pending = self._pending[match.end():]
             self._thinking = not self._thinking
-        hold = _partial_tag(self._pending)
-        ready, self._pending = self._pending[:hold], self._pending[hold:]
+        k = (p := self._pending).rfind("<", max(0, len(p) - 12))     # a possibly unfinished tag: held
+        hold = k if k >= 0 and any(t.startswith(p[k:].lower()) for t in _TAG_NAMES) else len(p)
+        ready, self._pending = p[:hold], p[hold:]
         if not self._thinking:
             out.append(_THINK_CLOSE.sub("", ready))
         return self._visible("".join(out))
 
     def finish(self) -> str:
-        rest, self._pending = ("" if self._thinking else self._pending), ""
-        self._space = ""
+        rest, self._pending, self._space = ("" if self._thinking else self._pending), "", ""
         return self._visible(rest).rstrip()
 
     def _visible(self, text: str) -> str:
@@ -81,17 +70,8 @@ class ReplyFilter:
         if not body:
             self._space += text
             return ""
-        out = self._space + body
-        self._space = text[len(body):]
+        out, self._space = self._space + body, text[len(body):]
         return out
-
-
-def _partial_tag(text: str) -> int:
-    """Where a possibly unfinished reasoning tag starts at the end of `text` (len(text) if none)."""
-    k = text.rfind("<", max(0, len(text) - 12))
-    if k >= 0 and any(t.startswith(text[k:].lower()) for t in _TAG_NAMES):
-        return k
-    return len(text)
 
 
 class Cleaner:
@@ -99,44 +79,29 @@ class Cleaner:
     text is released as soon as no link or URL could still be open at its end."""
 
     def __init__(self) -> None:
-        self.pending = ""
-        self.line_start = True
-        self.in_fence = False
-        self.need_sep = False
-        self.space = False
-        self.last = ""
+        self.pending, self.last = "", ""      # the last visible character: how the next text joins it
+        self.line_start, self.in_fence, self.need_sep, self.space = True, False, False, False
 
     def feed(self, delta: str) -> str:
-        self.pending += delta
-        out = []
-        while (nl := self.pending.find("\n")) >= 0:
-            line, self.pending = self.pending[:nl], self.pending[nl + 1:]
-            out.append(self._line(line))
-        out.append(self._partial())
-        return "".join(out)
+        *lines, self.pending = (self.pending + delta).split("\n")
+        return "".join(map(self._line, lines)) + self._partial()
 
     def finish(self) -> str:
         line, self.pending = self.pending, ""
         return self._line(line) if line else ""
 
     def _line(self, line: str) -> str:
-        if self.line_start:
-            stripped = line.strip()
-            if _FENCE.match(stripped):
-                self.in_fence = not self.in_fence
-                return self._end_line("")
-            if self.in_fence or _TABLE_RULE.match(stripped) or _RULE.match(stripped):
-                return self._end_line("")
+        text, stripped = "", line.strip()
+        if not self.line_start:         # the line's start is out already (see _partial)
+            text = self._emit(_inline(line))
+        elif _FENCE.match(stripped):
+            self.in_fence = not self.in_fence
+        elif not (self.in_fence or _RULE.match(stripped)):
             if stripped.startswith("|"):
                 cells = [c.strip() for c in stripped.strip("|").split("|")]
                 line = ("，" if is_chinese(stripped) else ", ").join(c for c in cells if c)
-            line = _LINE_PREFIX.sub("", line)
-        return self._end_line(self._emit(_inline(line)))
-
-    def _end_line(self, text: str) -> str:
-        self.line_start = True
-        if self.last:
-            self.need_sep = True
+            text = self._emit(_inline(_LINE_PREFIX.sub("", line)))
+        self.line_start, self.need_sep = True, self.need_sep or bool(self.last)
         return text
 
     def _partial(self) -> str:
@@ -144,8 +109,7 @@ class Cleaner:
         if not p or self.in_fence:
             return ""
         if self.line_start:
-            s = p.lstrip()
-            if s.startswith(("|", "```", "~~~")) or _MARKERS_ONLY.match(p):
+            if p.lstrip().startswith(("|", "```", "~~~")) or _MARKERS_ONLY.match(p):
                 return ""                   # a table row, fence or list marker: wait for more
             p = _LINE_PREFIX.sub("", p)
             self.line_start = False
@@ -159,31 +123,18 @@ class Cleaner:
         if not core:
             self.space = self.space or bool(text and self.last)
             return ""
-        if self.need_sep:
-            prefix = _separator(self.last, core[0])
-        elif (self.space or text[0] == " ") and self.last and not (_cjkish(self.last) and _cjkish(core[0])):
-            prefix = " "
-        else:
-            prefix = ""
-        self.need_sep = False
-        self.space = text[-1] == " "
-        self.last = _last_visible(core, self.last)
+        gap = (self.space or text[0] == " ") and self.last and not (_cjkish(self.last) and _cjkish(core[0]))
+        prefix = _separator(self.last, core[0]) if self.need_sep else (" " if gap else "")
+        self.need_sep, self.space = False, text[-1] == " "
+        self.last = _MARK.sub("", core)[-1:] or self.last
         return prefix + core
 
 
-def _last_visible(text: str, default: str) -> str:
-    stripped = _MARK.sub("", text)
-    return stripped[-1] if stripped else default
-
-
 def _inline(text: str) -> str:
-    text = _CONTROL.sub("", text)
-    text = _IMAGE.sub("", text)
-    text = _LINK.sub(r"\1", text)
-    text = _URL.sub("", text)
-    text = _STARS.sub("", text)
-    text = _INLINE_MARKS.sub("", text)
-    return _EMOJI.sub("", text)
+    for pattern, repl in ((_CONTROL, ""), (_IMAGE, ""), (_LINK, r"\1"), (_URL, ""), (_STARS, ""),
+                          (_INLINE_MARKS, ""), (_EMOJI, "")):
+        text = pattern.sub(repl, text)
+    return text
 
 
 def _safe_cut(p: str) -> int:
@@ -191,37 +142,28 @@ def _safe_cut(p: str) -> int:
     cut = len(p)
     bracket = p.rfind("[")
     if bracket >= 0 and _open_link(p, bracket):
-        cut = bracket - (1 if bracket > 0 and p[bracket - 1] == "!" else 0)
-    k = cut
-    while k > 0 and p[k - 1] in _URL_CHARS:
-        k -= 1
+        cut = bracket - (p[bracket - 1:bracket] == "!")
+    k = len(p[:cut].rstrip(_URL_CHARS))
     token = p[k:cut].lower()
-    if token and (token.startswith(("http://", "https://", "www.")) or
-                  "https://".startswith(token) or "www.".startswith(token)) and \
-            (k == 0 or not p[k - 1].isalnum()):
+    if token and not p[k - 1:k].isalnum() and (token.startswith(("http://", "https://", "www.")) or
+                                               "https://".startswith(token) or "www.".startswith(token)):
         cut = k
-    while cut > 0 and p[cut - 1] in "*!":
-        cut -= 1
+    cut = len(p[:cut].rstrip("*!"))
     return len(p) if cut == 0 and len(p) > _HOLD_LIMIT else cut
 
 
 def _open_link(p: str, bracket: int) -> bool:
     close = p.find("]", bracket)
-    if close < 0:
-        return True
-    if close == len(p) - 1:
-        return True
-    return p[close + 1] == "(" and p.find(")", close) < 0
+    return close < 0 or close == len(p) - 1 or (p[close + 1] == "(" and p.find(")", close) < 0)
 
 
 def _cjkish(ch: str) -> bool:
-    return bool(_CJK.match(ch)) or ch in SENTENCE_ENDS or ch in CLAUSE_MARKS or "\u3000" <= ch <= "\u303f"
+    return bool(_CJK.match(ch)) or ch in SENTENCE_ENDS + CLAUSE_MARKS or "\u3000" <= ch <= "\u303f"
 
 
 def _separator(last: str, nxt: str) -> str:
     """What joins two lines for speech: nothing after punctuation, else a clause mark."""
-    if last in SENTENCE_ENDS or last in CLAUSE_MARKS or last in "。，、；：" or last in CLOSERS:
-        return "" if _cjkish(last) or _cjkish(nxt) else " "
-    if last == ".":
-        return " "
-    return "，" if _cjkish(last) or _cjkish(nxt) else ", "
+    cjk = _cjkish(last) or _cjkish(nxt)
+    if last in SENTENCE_ENDS + CLAUSE_MARKS + CLOSERS:
+        return "" if cjk else " "
+    return " " if last == "." else ("，" if cjk else ", ")

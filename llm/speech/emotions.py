@@ -1,26 +1,23 @@
 """Emotion tags for the avatar's face: "[joy]今天天气真好！" -> the sentence, with emotion "joy".
 
-The model is asked to start each sentence with a tag from a fixed set. `EmotionTags` turns each
-known tag into one private-use marker character, which passes the cleaning and the budget (at no
-cost) and is turned into `Chunk.emotion` by the router; unknown or malformed tags are removed,
-never spoken. Incremental: a tag split across deltas is held until it is decided.
-"""
+The model starts each sentence with a tag from a fixed set. `EmotionTags` turns each known tag into
+a private-use marker character, which passes the cleaning and the budget (at no cost) and becomes
+`Chunk.emotion`; unknown or malformed tags are removed, never spoken. A split tag is held till decided."""
 
 from __future__ import annotations
 
 import re
 
-from .sentences import MARKS
+from .sentences import _MARK, MARKS
 
 DEFAULT_EMOTIONS = ("neutral", "joy", "sad", "angry", "surprise")
 _BASE = ord(MARKS.split("-")[0])
 _TAG = re.compile(r"[\[【]\s*([A-Za-z_]{1,16})\s*[\]】]")
 _MAYBE_TAG = re.compile(r"[\[【]\s*[A-Za-z_]{0,16}\s*")         # could still become a tag
 _BROKEN_TAG = re.compile(r"[\[【]\s*([A-Za-z_]{1,16})(?![A-Za-z_\]】])")   # "[joy" with no bracket
-_MARK = re.compile(f"[{MARKS}]")
+_OPEN = re.compile(r"[\[【]")
 # A sentence end or a line break, and the spaces after it: a sentence starts where it ends.
 _SENTENCE_END = re.compile(r"[。！？!?.\n][ \t]*")
-_ENDS_A_SENTENCE = re.compile(_SENTENCE_END.pattern + r"\Z")
 _WORD = re.compile(r"[ \t]*([A-Za-z_]{1,16})")
 _ALONE = re.compile(r"[ \t]*[.!。！]?[ \t]*")             # nothing after the word but an end mark
 # What follows a bare tag and not a word of the sentence: "joy: …", "joy\n…", "joy 今天…"
@@ -35,8 +32,7 @@ def resting_emotion(names: tuple[str, ...]) -> str | None:
 class EmotionTags:
     def __init__(self, names: tuple[str, ...] = DEFAULT_EMOTIONS):
         self.names = tuple(n.lower() for n in names)
-        self._pending = ""
-        self._at_start = True       # the text fed next starts a sentence (a bare tag may stand there)
+        self._pending, self._at_start = "", True    # at start: the next text starts a sentence
 
     def marker(self, name: str) -> str:
         return chr(_BASE + self.names.index(name))
@@ -47,7 +43,7 @@ class EmotionTags:
         out = self._bracket_tags(text, final)
         self._pending += held
         if out.strip(" \t"):
-            self._at_start = _ENDS_A_SENTENCE.search(out) is not None
+            self._at_start = out.rstrip(" \t")[-1] in "。！？!?.\n"
         return out
 
     def _bare_tags(self, text: str, final: bool) -> tuple[str, str]:
@@ -57,64 +53,49 @@ class EmotionTags:
         out, i = [], 0
         starts = ([0] if self._at_start else []) + [m.end() for m in _SENTENCE_END.finditer(text)]
         for start in starts:
-            if start < i:
+            word = _WORD.match(text, start) if start >= i else None
+            if word is None or not any(n.startswith(word[1].lower()) for n in self.names):
                 continue
-            word = _WORD.match(text, start)
-            if word is None or not (known := [n for n in self.names if n.startswith(word[1].lower())]):
-                continue
-            rest = text[word.end():]
-            if not final and (_ALONE.fullmatch(rest) or word.end() == len(text)):
-                out.append(text[i:start])
-                return "".join(out), text[start:]       # "neu", "joy" or "joy." at the end: wait and see
+            name, rest = word[1].lower(), text[word.end():]
             follows = _BARE_FOLLOWS.match(rest) or (final and _ALONE.fullmatch(rest))
-            if follows and not final and follows.end() == len(rest):
-                out.append(text[i:start])
-                return "".join(out), text[start:]       # "joy:" at the end: its spaces may follow
-            if word[1].lower() in known and follows:
-                out.append(text[i:word.start(1)] + self.marker(word[1].lower()))   # spaces before: kept
+            # "neu", "joy" or "joy." at the end: wait and see; "joy:" at the end: its spaces may follow
+            if not final and (_ALONE.fullmatch(rest) or (follows and follows.end() == len(rest))):
+                return "".join(out) + text[i:start], text[start:]
+            if name in self.names and follows:
+                out.append(text[i:word.start(1)] + self.marker(name))   # spaces before: kept
                 i = word.end() + len(follows[1] if follows.re is _BARE_FOLLOWS else rest)
         out.append(text[i:])
         return "".join(out), ""
 
     def _bracket_tags(self, text: str, final: bool) -> str:
         out, i = [], 0
-        while True:
-            k = min((p for p in (text.find("[", i), text.find("【", i)) if p >= 0), default=-1)
-            if k < 0:
-                out.append(text[i:])
-                break
+        while opener := _OPEN.search(text, i):
+            k = opener.start()
             out.append(text[i:k])
             tag = _TAG.match(text, k)
-            if tag and tag.end() == len(text) and not final:
-                self._pending = text[k:]        # "[x]" then "(" would make it a markdown link
-                break
-            if tag and text.startswith("(", tag.end()):
-                tag = None                      # [text](url): a link, for the cleaner
-            if tag:
+            # "[x]" at the end: a "(" next would make it a markdown link; "[jo" at the end: wait for the rest
+            if (tag.end() == len(text) and not final) if tag else _MAYBE_TAG.fullmatch(text, k):
+                self._pending = text[k:]
+                return "".join(out)
+            if tag and not text.startswith("(", tag.end()):      # [text](url): a link, for the cleaner
                 name = tag[1].lower()
                 out.append(self.marker(name) if name in self.names else "")   # unknown: removed
                 i = tag.end()
-                continue
-            if _MAYBE_TAG.fullmatch(text, k):
-                self._pending = text[k:]        # "[jo" at the end: wait for the rest
-                break
-            broken = _BROKEN_TAG.match(text, k)
-            if broken and broken[1].lower() in self.names:
+            elif (broken := _BROKEN_TAG.match(text, k)) and broken[1].lower() in self.names:
                 i = broken.end()                # "[joy 今天": a tag missing its bracket, removed
-                continue
-            out.append(text[k])
-            i = k + 1
+            else:
+                out.append(text[k])
+                i = k + 1
+        out.append(text[i:])
         return "".join(out)
 
     def finish(self) -> str:
-        rest = self.feed("", final=True)
-        rest, self._pending = rest + self._pending, ""
+        rest, self._pending = self.feed("", final=True) + self._pending, ""
         return "" if _MAYBE_TAG.fullmatch(rest) and rest.strip("[【 ") else rest
 
     def split(self, text: str) -> list[tuple[str, str | None]]:
         """`text` as (piece, emotion starting there or None) pairs, markers removed."""
-        out: list[tuple[str, str | None]] = []
-        emotion, start = None, 0
+        out, emotion, start = [], None, 0
         for m in _MARK.finditer(text):
             if m.start() > start or (out == [] and m.start() > 0):
                 out.append((text[start:m.start()], emotion))

@@ -2,20 +2,13 @@
 
 "2024年3月5日，气温25.5℃，增长了30%" -> "二零二四年三月五日，气温二十五点五摄氏度，增长了百分之三十";
 "In 2024, growth was 30%." -> "In twenty twenty four, growth was thirty percent."
-
-wetext (the WeTextProcessing runtime that TTS projects use, Apache-2.0) does the work: its
-Chinese grammar reads years and phone numbers digit by digit, and says dates, times, decimals,
-percentages, ranges and units (℃, km, kg) in words; cn2an left "25.5" half-converted and read a
-phone number as one big number. Measured here: importing it takes about 0.7 s and 44 MB, and a
-sentence with numbers about 2-5 ms, so it is imported on the first sentence that needs it, and a
-sentence with nothing to convert (most of them) returns at once.
-
-Its English grammar is good at years, times, ordinals, ranges, phone numbers and units, but reads
-"1,200 meters" as "thousand two hundred", "2,500-foot" as "two,five hundred", "77.0" as "seventy
-seven point oh" and "$5.99" as "five point nine nine dollars". So, in English sentences only,
-amounts of money and numbers with thousands separators are put in words here before wetext sees
-them, and its output gets "zero" after "point" and hyphens in 21-99 ("seventy-seven").
-"""
+wetext (WeTextProcessing's runtime, Apache-2.0) does the work: its Chinese grammar reads years and
+phone numbers digit by digit and says dates, times, decimals, percentages, ranges and units in words
+(cn2an left "25.5" half-converted). Importing it takes about 0.7 s and 44 MB, a sentence 2-5 ms: it
+is imported on the first sentence that needs it, and one with nothing to convert returns at once.
+Its English grammar misreads "1,200 meters" ("thousand two hundred"), "77.0" ("point oh") and
+"$5.99" ("five point nine nine dollars"), so in English money and numbers with thousands separators
+are put in words here first, and its output gets "zero" after "point" and hyphens in 21-99."""
 
 from __future__ import annotations
 
@@ -61,22 +54,19 @@ _UNIT = "|".join(sorted(map(re.escape, _UNITS), key=len, reverse=True))
 _SEPARATED = re.compile(rf"(?<![\w.,~-])([-~])?{_NUMBER}(?:[-–~]{_NUMBER})?(?:\s?({_UNIT})(?![A-Za-z]))?"
                         rf"(?![A-Za-z])")
 # wetext says "oh" for a 0 after the point ("three point oh"); written English says "zero".
-_POINT_DIGITS = re.compile(r"\bpoint(?: (?:oh|zero|one|two|three|four|five|six|seven|eight|nine))+\b")
+_POINT_DIGITS = re.compile(r"\bpoint(?: (?:%s))+\b" % "|".join(["oh"] + _ONES[:10]))
 # "twenty four" right after another number word is part of a year or a time ("twenty twenty four",
 # "three forty five"): left as wetext says it, as a TTS reads it the same either way.
 _COMPOUND = re.compile(r"\b(?:(%s) )?(%s) (%s)\b" % (
     "|".join(_ONES[1:] + _TENS[2:]), "|".join(_TENS[2:]),
-    "one|two|three|four|five|six|seven|eight|nine|first|second|third|fourth|fifth|sixth|seventh|eighth|ninth"))
+    "|".join(_ONES[1:10]) + "|first|second|third|fourth|fifth|sixth|seventh|eighth|ninth"))
 
 
 def _cardinal(n: int) -> str:
     """British-style like wetext's: "and" only before the last part under a hundred."""
     if n >= 1000 ** len(_SCALES):
         return " ".join(_ONES[int(d)] for d in str(n))
-    groups = []
-    while n:
-        n, group = divmod(n, 1000)
-        groups.append(group)
+    groups = [int(g) for g in reversed(f"{n:,}".split(","))]
     words = []
     for scale in reversed(range(len(groups))):
         hundreds, rest = divmod(groups[scale], 100)
@@ -113,37 +103,26 @@ def _separated(m: re.Match) -> str:
     return f"{spoken} {_UNITS[m[4]]}" if m[4] else spoken
 
 
-def _english_before(sentence: str) -> str:
-    return _SEPARATED.sub(_separated, _MONEY.sub(_money, sentence))
-
-
-def _english_after(spoken: str) -> str:
-    spoken = _POINT_DIGITS.sub(lambda m: m[0].replace(" oh", " zero"), spoken)
-    return _COMPOUND.sub(lambda m: m[0] if m[1] else f"{m[2]}-{m[3]}", spoken)
-
-
 def for_tts(sentence: str) -> str:
-    """`sentence` with numbers, units and symbols in words, in the sentence's own language.
-
-    Never loses the sentence: if the normalizer is missing or fails, the text comes back as it was."""
+    """`sentence` with numbers, units and symbols in words, in the sentence's own language; as it was
+    if the normalizer is missing or fails (never loses the sentence)."""
     global _failed
     if _failed or not _NEEDS_WORDS.search(sentence):
         return sentence
     lang = "zh" if is_chinese(sentence) else "en"
     try:
-        text = _english_before(sentence) if lang == "en" else sentence
+        text = _SEPARATED.sub(_separated, _MONEY.sub(_money, sentence)) if lang == "en" else sentence
         with _lock:
-            normalizer = _normalizers.get(lang)
-            if normalizer is None:
+            if (normalizer := _normalizers.get(lang)) is None:
                 from wetext import Normalizer
-
                 normalizer = _normalizers[lang] = Normalizer(lang=lang, operator="tn")
             spoken = normalizer.normalize(text) if _NEEDS_WORDS.search(text) else text
-        spoken = _english_after(spoken) if lang == "en" else spoken
+        if lang == "en":
+            spoken = _POINT_DIGITS.sub(lambda m: m[0].replace(" oh", " zero"), spoken)
+            spoken = _COMPOUND.sub(lambda m: m[0] if m[1] else f"{m[2]}-{m[3]}", spoken)
     except ImportError:
         _failed = True
-        log.warning("wetext is not installed: sentences reach the TTS with their digits "
-                    "(pip install wetext)")
+        log.warning("wetext is not installed: sentences reach the TTS with their digits (pip install wetext)")
         return sentence
     except Exception:  # noqa: BLE001 - a grammar failure must not cost the avatar its sentence
         log.exception("text normalisation failed for %r", sentence[:40])

@@ -2,8 +2,7 @@
 
 A sentence ends at 。！？!?… at once, with no wait for the next character: a closing quote or a
 second mark that follows is left for the next piece, where it is dropped. Only "." is ambiguous
-(3.14, e.g., Dr. Smith) and waits for the character after it.
-"""
+(3.14, e.g., Dr. Smith) and waits for the character after it."""
 
 from __future__ import annotations
 
@@ -17,9 +16,11 @@ ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc",
                  "fig", "approx", "dept", "inc", "ltd", "co", "mt", "u.s", "u.k", "a.m", "p.m", "cf"}
 MARKS = "\ue000-\ue0ff"   # private-use characters that carry emotion tags through the pipeline
 
+_MARK = re.compile(f"[{MARKS}]")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 _LEADING = re.compile(rf"^[\s{re.escape(CLOSERS + SENTENCE_ENDS)}.]+")
+_STOPS = SENTENCE_ENDS + "."
 
 
 def is_chinese(text: str) -> bool:
@@ -28,32 +29,28 @@ def is_chinese(text: str) -> bool:
     return cjk > 0 and cjk >= len(_LATIN_WORD.findall(text))
 
 
-def boundaries(text: str, start: int, final: bool, state: object | None = None
-               ) -> Iterator[tuple[int, str]]:
+def boundaries(text: str, start: int, final: bool, state: object | None = None) -> Iterator[tuple[int, str]]:
     """Sentence ends (index after the end and the closers already there) and clause marks (their
     index), from `start`. Stops before a '.' (or a ',' or ':' after a digit) at the very end unless
     `final`, since only the next char tells what it is; records the resume point on `state`."""
     i, n = start, len(text)
     while i < n:
         ch = text[i]
-        if ch in SENTENCE_ENDS or ch == ".":
+        if ch in _STOPS:
             j = i + 1
-            while j < n and (text[j] in SENTENCE_ENDS or text[j] == "." or text[j] in CLOSERS):
+            while j < n and (text[j] in _STOPS or text[j] in CLOSERS):
                 j += 1
             if ch == "." and j == n and not final:
                 break
             if ch != "." or _is_full_stop(text, i, j):
                 yield j, "sentence"
-            i = j
-            continue
-        if ch in CLAUSE_MARKS:
-            if ch in ",:" and i > 0 and text[i - 1].isdigit():     # 3,000 and 3:30 are not clauses
-                if i + 1 == n and not final:
-                    break
-                if i + 1 < n and text[i + 1].isdigit():
-                    i += 1
-                    continue
-            yield i, "clause"
+            i = j - 1
+        elif ch in CLAUSE_MARKS:
+            number = ch in ",:" and i > 0 and text[i - 1].isdigit()     # 3,000 and 3:30 are not clauses
+            if number and i + 1 == n and not final:
+                break
+            if not (number and i + 1 < n and text[i + 1].isdigit()):
+                yield i, "clause"
         i += 1
     if state is not None:
         state._scanned = i
@@ -73,15 +70,12 @@ def _is_full_stop(text: str, dot: int, after: int) -> bool:
 
 
 class SentenceSplitter:
-    """Yields speakable sentences while the text arrives (Chinese and English punctuation,
-    newlines); no split inside numbers like 3.14 or after common abbreviations.
-
-    `feed_tagged` also takes the emotion that starts at the fed text (from `Chunk.emotion`) and
-    gives each sentence the emotion in force where it starts."""
+    """Yields speakable sentences while the text arrives (Chinese and English punctuation, newlines);
+    no split inside numbers like 3.14 or after common abbreviations. `feed_tagged` also takes the emotion
+    starting at the fed text (`Chunk.emotion`); each sentence gets the one in force where it starts."""
 
     def __init__(self) -> None:
-        self._buf = ""
-        self._scanned = 0
+        self._buf, self._scanned = "", 0
         self._marks: list[tuple[int, str]] = []    # (offset in _buf, emotion) not yet placed
         self.emotion: str | None = None
 
@@ -98,10 +92,8 @@ class SentenceSplitter:
         return self._take(final=False)
 
     def flush_tagged(self) -> list[tuple[str, str | None]]:
-        out = self._take(final=True)
-        rest, self._buf, self._scanned = self._buf, "", 0
-        out += self._pieces(rest, 0)
-        self._marks = []
+        out = self._take(final=True) + self._pieces(self._buf, 0)
+        self._buf, self._scanned, self._marks = "", 0, []
         return out
 
     def _take(self, final: bool) -> list[tuple[str, str | None]]:
@@ -122,17 +114,11 @@ class SentenceSplitter:
     def _pieces(self, buf: str, start: int) -> list[tuple[str, str | None]]:
         out = []
         while start < len(buf):
-            nl = buf.find("\n", start)
-            end = len(buf) if nl < 0 else nl
-            lead = _LEADING.match(buf, start)
-            first = lead.end() if lead else start     # where the words begin
+            end = nl if (nl := buf.find("\n", start)) >= 0 else len(buf)
+            first = lead.end() if (lead := _LEADING.match(buf, start)) else start     # where the words begin
             if first < end:
-                self._place_marks(first)
+                while self._marks and self._marks[0][0] <= first:   # emotions marked up to here apply
+                    self.emotion = self._marks.pop(0)[1]
                 out.append((buf[first:end].strip(), self.emotion))
             start = end + 1
         return out
-
-    def _place_marks(self, first: int) -> None:
-        """The emotions marked at or before `first` take effect; later ones wait for their sentence."""
-        while self._marks and self._marks[0][0] <= first:
-            self.emotion = self._marks.pop(0)[1]

@@ -14,35 +14,24 @@ Piece = tuple["str | StreamEvent", "str | None"]
 
 class Speaker:
     """The speech stages as one push-based filter: `feed` each delta, then `finish`; each returns the
-    (text, emotion starting there) pieces now ready. StreamEvents (tool calls, finish reason, usage)
-    pass through untouched, in place; when the budget ends the reply, `done` turns true and a last
-    StreamEvent says finish_reason "length".
-
+    (text, emotion starting there) pieces now ready. StreamEvents pass through untouched, in place;
+    when the budget ends the reply, `done` turns true and a last StreamEvent says finish_reason "length".
     `verbatim`: the text as it came (Direct Reply). Otherwise reasoning and control characters are
-    always dropped; with a `budget` (the speech style) the text is also cleaned for speech and cut
-    to the budget, and emotion [tag]s are removed, and reported as emotions when `emotions` names
-    the set the model was asked for."""
+    always dropped; with a `budget` (the speech style) the text is also cleaned for speech and cut to
+    the budget, and emotion [tag]s are removed, reported as emotions when `emotions` names the set."""
 
     def __init__(self, budget: Budget | None, *, emotions: tuple[str, ...] = (), lang: str = "zh",
                  verbatim: bool = False):
-        self.verbatim, self.emotions = verbatim, emotions
-        self.reply = ReplyFilter()
+        self.verbatim, self.emotions, self.reply = verbatim, emotions, ReplyFilter()
         self.tags = EmotionTags(emotions or DEFAULT_EMOTIONS) if budget is not None else None
         self.speech = SpeechFilter(budget, lang=lang) if budget is not None else None
         self.pending: str | None = None      # an emotion whose text has not come yet
         self.done = False                    # the budget is spent: stop reading the upstream
 
     def feed(self, delta: str | StreamEvent) -> list[Piece]:
-        if isinstance(delta, StreamEvent):
-            return [(delta, None)]
-        if self.verbatim:
+        if isinstance(delta, StreamEvent) or self.verbatim:
             return [(delta, None)] if delta else []
-        text = self.reply.feed(delta)
-        if self.tags:
-            text = self.tags.feed(text)
-        if self.speech:
-            text = self.speech.feed(text)
-        out = self._pieces(text)
+        out = self._pieces(self._stages(self.reply.feed(delta), final=False))
         if self.speech and self.speech.done:
             self.done = True
             out.append((StreamEvent(finish_reason="length"), None))
@@ -51,12 +40,12 @@ class Speaker:
     def finish(self) -> list[Piece]:
         if self.verbatim or self.done:
             return []
-        text = self.reply.finish()
-        if self.tags:
-            text = self.tags.feed(text) + self.tags.finish()
-        if self.speech:
-            text = self.speech.feed(text) + self.speech.finish()
-        return self._pieces(text)
+        return self._pieces(self._stages(self.reply.finish(), final=True))
+
+    def _stages(self, text: str, final: bool) -> str:
+        for stage in (self.tags, self.speech) if self.tags else ():
+            text = stage.feed(text) + (stage.finish() if final else "")
+        return text
 
     def _pieces(self, text: str) -> list[Piece]:
         out = []

@@ -49,33 +49,14 @@ class LocalProvider(Provider):
     # the batching engine serves up to max_concurrency (default BATCH_STREAMS) streams at once.
     default_concurrency = None
     honours = KINDS["local"].honours
+    loaded = property(lambda self: self._weights is not None)
+    model = property(lambda self: getattr(self._weights, "model", None))
+    tokenizer = property(lambda self: getattr(self._weights, "tokenizer", None))
 
     def __init__(self, config, env=None):
         super().__init__(config, env)
         self._lock = threading.Lock()
         self._weights: Weights | None = None   # from the pool: maybe shared with another provider
-        self._device = "cpu"
-
-    # ---- loading ---------------------------------------------------------------------------
-
-    @property
-    def loaded(self) -> bool:
-        return self._weights is not None
-
-    @property
-    def model(self) -> Any:
-        return self._weights.model if self._weights is not None else None
-
-    @property
-    def tokenizer(self) -> Any:
-        return self._weights.tokenizer if self._weights is not None else None
-
-    _model, _tokenizer = model, tokenizer
-
-    @property
-    def _special(self) -> dict[str, Any]:
-        """pad and eos ids for generate."""
-        return self._weights.special if self._weights is not None else {}
 
     def dropped(self, weights: Weights) -> None:
         """The pool unloaded these weights (to make room): load again on the next use."""
@@ -91,18 +72,14 @@ class LocalProvider(Provider):
             if self._weights is not None:
                 return
             report = progress or (lambda fraction, message: None)
-            path = self._files()
-            if path is None:
-                raise NotReadyError(f"weights for {self.config.model} not found locally", fix=self._fix())
-            problem = self._code_problem(path) or self._package_problem(path)
+            path, problem = self._problem()
             if problem is not None:
                 raise problem
             engine = _engine(self.name)     # torch and transformers: only now
             device, dtype = engine.placement(self.config, log)
             start = time.perf_counter()
-            quantization = self.config.quantization
             dtype_name = str(dtype).removeprefix("torch.")
-            key = (str(path.resolve()), dtype_name, device, quantization or "")
+            key = (str(path.resolve()), dtype_name, device, self.config.quantization or "")
 
             def loader() -> dict[str, Any]:
                 tokenizer, model = engine.load(self.config, path, device, dtype, report, self._fix())
@@ -110,17 +87,15 @@ class LocalProvider(Provider):
                 return {"tokenizer": tokenizer, "model": model, "special": special,
                         **self._batching(engine, model, special, device, report)}
 
-            self._weights = POOL.load(self, key, estimate_bytes(path, dtype_name, quantization), loader,
-                                      self.name)
-            self._device = device
+            self._weights = POOL.load(self, key, estimate_bytes(path, dtype_name, self.config.quantization),
+                                      loader, self.name)
             log.info("%s: loaded %s on %s (%s) in %.1fs", self.name, self.config.model, device, dtype,
                      time.perf_counter() - start)
             report(1.0, f"{self.config.display_name} is ready")
 
     def _batching(self, engine: Any, model: Any, special: dict, device: str, report: Progress) -> dict:
-        """The continuous-batching engine for a freshly loaded model when `engine` (auto: on CUDA) asks for
-        one, started and warmed up here, behind the load progress; {} for plain generate, warmed up by
-        one short generation. A model the engine cannot run falls back to generate, with a log line."""
+        """The batching engine, started and warmed up, when `engine` (auto: on CUDA) asks for one; else {}
+        and one short warm-up generation. A model the engine cannot run falls back to generate."""
         choice = self.config.engine
         if choice == "batched" or (choice == "auto" and device.startswith("cuda")):
             report(0.85, f"{self.config.display_name}: warming up the batching engine")
@@ -139,8 +114,7 @@ class LocalProvider(Provider):
         return {}
 
     def _held(self) -> Weights:
-        """The loaded weights, held for one generation (POOL.done lets go); loaded first, and again if
-        the pool unloaded them meanwhile."""
+        """The weights, held for one generation (POOL.done lets go); loaded again if the pool dropped them."""
         while True:
             self.load()
             weights = self._weights
@@ -159,23 +133,35 @@ class LocalProvider(Provider):
             return None
         return Path(cached).parent if isinstance(cached, str) else None
 
-    def _code_problem(self, path: Path) -> NotReadyError | None:
-        """Why this model cannot load without running its repository's code, if it cannot."""
+    def _problem(self) -> tuple[Path | None, NotReadyError | None]:
+        """The model's folder and, if it cannot load, why: files, model type, custom code, packages."""
+        path, model, quant = self._files(), self.config.model, self.config.quantization
+        if path is None:
+            return None, NotReadyError(f"weights for {model} not found locally", fix=self._fix())
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            return NotReadyError(f"{path / 'config.json'} is unreadable: {e}", fix=self._fix())
+            return path, NotReadyError(f"{path / 'config.json'} is unreadable: {e}", fix=self._fix())
         model_type = config.get("model_type")
         known, version = transformers_model_types()
         native = str(model_type).replace("-", "_") in known
-        if native or (self.config.trust_remote_code and "auto_map" in config):
-            return None
-        if "auto_map" in config:
-            return NotReadyError(f"{self.config.model} needs custom code from its repository",
-                                 fix=f"set trust_remote_code: true for provider {self.name} in configs.yaml "
-                                     "(only for repositories you trust)")
-        return NotReadyError(f"{self.config.model}: model type {model_type!r} is unknown to transformers "
-                             f"{version}", fix="pip install -U transformers")
+        if not native and "auto_map" not in config:
+            return path, NotReadyError(f"{model}: model type {model_type!r} is unknown to transformers "
+                                       f"{version}", fix="pip install -U transformers")
+        if not native and not self.config.trust_remote_code:
+            return path, NotReadyError(f"{model} needs custom code from its repository",
+                                       fix=f"set trust_remote_code: true for provider {self.name} in "
+                                           "configs.yaml (only for repositories you trust)")
+        # bitsandbytes for `quantization`; a pre-quantized (AWQ, GPTQ...) checkpoint's own package
+        settings = config.get("quantization_config")
+        method = settings.get("quant_method") if isinstance(settings, dict) else None
+        needs = ({"bitsandbytes": "bitsandbytes"} if quant else {}) | QUANT_PACKAGES.get(method, {})
+        missing = [pip for module, pip in needs.items() if importlib.util.find_spec(module) is None]
+        if not missing:
+            return path, None
+        why = f"{quant} quantization" if quant else f"its {method} weights"
+        return path, NotReadyError(f"{model}: {why} need {', '.join(missing)}, which is not installed",
+                                   fix=f"pip install {' '.join(missing)}")
 
     def _fix(self) -> str:
         if model_is_path(self.config) and not self.config.download:
@@ -192,31 +178,9 @@ class LocalProvider(Provider):
         if missing:
             return ProviderStatus(False, f"{' and '.join(missing)} not installed",
                                   f"pip install {' '.join(missing)}")
-        path = self._files()
-        if path is None:
-            return ProviderStatus(False, f"weights for {self.config.model} not found locally", self._fix())
-        problem = self._code_problem(path) or self._package_problem(path)
-        if problem is not None:
-            return ProviderStatus(False, problem.message, problem.fix)
-        return ProviderStatus(True)
-
-    def _package_problem(self, path: Path) -> NotReadyError | None:
-        """A quantization package this model needs and is missing: bitsandbytes for `quantization`,
-        or the package of a pre-quantized AWQ/GPTQ checkpoint."""
-        needs = {"bitsandbytes": "bitsandbytes"} if self.config.quantization else {}
-        try:
-            method = json.loads((path / "config.json").read_text(encoding="utf-8")) \
-                .get("quantization_config", {}).get("quant_method")
-        except (OSError, ValueError, AttributeError):
-            method = None
-        needs |= QUANT_PACKAGES.get(method, {})
-        missing = [pip for module, pip in needs.items() if importlib.util.find_spec(module) is None]
-        if not missing:
-            return None
-        quant = self.config.quantization
-        why = f"{quant} quantization" if quant else f"its {method} weights"
-        return NotReadyError(f"{self.config.model}: {why} need {', '.join(missing)}, which is not installed",
-                             fix=f"pip install {' '.join(missing)}")
+        problem = self._problem()[1]
+        return ProviderStatus(True) if problem is None else ProviderStatus(False, problem.message,
+                                                                           problem.fix)
 
     def close(self) -> None:
         """Let go of the weights (freed when no other provider shares them); a later call loads again."""
@@ -225,70 +189,57 @@ class LocalProvider(Provider):
         if weights is not None:
             POOL.release(self, weights)
 
-    # ---- prompts and tokens ----------------------------------------------------------------
-
     def render_prompt(self, messages: list[Message]) -> str:
         """The prompt text: the tokenizer's chat template, else the configured prompt_template."""
         self.load()
-        if self._tokenizer.chat_template:
+        if self.tokenizer.chat_template:
             try:
-                return self._tokenizer.apply_chat_template([m.as_dict() for m in messages], tokenize=False,
-                                                           add_generation_prompt=True)
+                return self.tokenizer.apply_chat_template([m.as_dict() for m in messages], tokenize=False,
+                                                          add_generation_prompt=True)
             except Exception as e:  # noqa: BLE001 - jinja2 errors and raise_exception() in templates
                 raise InvalidRequestError(f"the chat template of {self.config.model} rejected "
                                           f"these messages: {e}") from e
         if not self.config.prompt_template:
             raise ConfigError(f"{self.config.model} has no chat template and provider {self.name} "
-                              "has no prompt_template",
-                              fix=f"set prompt_template for provider {self.name} in configs.yaml, "
-                                  "with {system}, {history} and {prompt}")
+                              "has no prompt_template", fix=f"set prompt_template for provider {self.name} "
+                              "in configs.yaml, with {system}, {history} and {prompt}")
         return render_template(self.config.prompt_template, messages)
 
     def text_tokens(self, text: str) -> int:
         """The tokenizer's count once loaded; an estimate before."""
-        if self._tokenizer is None:
+        if self.tokenizer is None:
             return super().text_tokens(text)
-        return len(self._tokenizer.encode(text, add_special_tokens=False))
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     @property
     def context_window(self) -> int:
-        model = self._model
+        model = self.model
         own = getattr(model.config, "max_position_embeddings", None) if model is not None else None
-        if not own:
-            return super().context_window
-        return min(own, self.config.context_window or MAX_CONTEXT)
+        return min(own, self.config.context_window or MAX_CONTEXT) if own else super().context_window
 
     def fit(self, messages: list[Message], reserve: int) -> list[Message]:
         """Fit with the real tokenizer and window: load first (the call is about to generate anyway)."""
         self.load()
         return super().fit(messages, reserve)
 
-    # ---- generation ------------------------------------------------------------------------
-
     def generate_kwargs(self, params: GenerationParams, weights: Weights | None = None) -> dict[str, Any]:
         """Arguments for `model.generate` from the call's params (a subclass may add more)."""
-        special = weights.special if weights is not None else self._special
-        kw: dict[str, Any] = {"max_new_tokens": params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-                              "do_sample": not params.greedy, **special}
-        if not params.greedy:
-            kw.update({k: getattr(params, k) for k in ("temperature", "top_p", "top_k")
-                       if getattr(params, k) is not None})
-        if params.repetition_penalty is not None:
-            kw["repetition_penalty"] = params.repetition_penalty
-        return kw
+        weights = weights or self._weights
+        names = (() if params.greedy else ("temperature", "top_p", "top_k")) + ("repetition_penalty",)
+        return {"max_new_tokens": params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                "do_sample": not params.greedy, **(weights.special if weights is not None else {}),
+                **{name: value for name in names if (value := getattr(params, name)) is not None}}
 
     def batch_request(self, weights: Weights, params: GenerationParams) -> dict[str, Any] | None:
-        """The batching engine's request arguments for this call (a subclass may add more); None when it
-        should run on plain generate:
-        no engine, or params the engine cannot honour per request (seed, repetition_penalty)."""
+        """The batching engine's request arguments for this call (a subclass may add more); None for plain
+        generate: no engine, or params the engine cannot honour per request (seed, repetition_penalty)."""
         if weights.engine is None or params.seed is not None or params.repetition_penalty is not None:
             return None
         return weights.engine.sampling(params.greedy, params.temperature, params.top_p, params.top_k)
 
     def stream(self, messages: list[Message], params: GenerationParams,
                cancel: CancelToken) -> Iterator[str | StreamEvent]:
-        """Text as tokens arrive, from the batching engine or plain generate; stopped when closed or
-        cancelled, or at a `stop` string. Ends with the finish reason ("length": max_new_tokens ran out)."""
+        """Text as tokens arrive, from the batching engine or plain generate, then the finish reason."""
         weights = self._held()
         try:
             tokenizer = weights.tokenizer
@@ -297,10 +248,8 @@ class LocalProvider(Provider):
             max_new = params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
             eos = weights.special["eos_token_id"]
             request = self.batch_request(weights, params)
-            if request is not None:
-                chunks = weights.engine.stream(ids, max_new, request, cancel)
-            else:
-                chunks = self._generate(weights, ids, params, cancel)
+            chunks = (self._generate(weights, ids, params, cancel) if request is None
+                      else weights.engine.stream(ids, max_new, request, cancel))
             with contextlib.closing(chunks):    # a reply cut short stops its generation now
                 yield from reply(chunks, tokenizer, StopAt(params.stop),
                                  set(eos) if isinstance(eos, list) else {eos}, max_new, cancel)
@@ -320,9 +269,8 @@ class LocalProvider(Provider):
             with weights.engine.paused() if seeded else contextlib.nullcontext():
                 if params.seed is not None:
                     engine.seed(params.seed)
-                kwargs = self.generate_kwargs(params, weights)
-                yield from engine.tokens(weights.model, engine.inputs(ids, weights.model.device), kwargs,
-                                         cancel, self.name)
+                yield from engine.tokens(weights.model, engine.inputs(ids, weights.model.device),
+                                         self.generate_kwargs(params, weights), cancel, self.name)
         finally:
             weights.solo.release()
 
@@ -353,8 +301,8 @@ def _engine(name: str) -> Any:
 
 
 def _free(weights: Weights) -> None:
-    """The pool's unload: drop the last references, collect the module graph's cycles, and hand the
-    CUDA cache back, so the memory is free for the next model now, not at some later GC."""
+    """The pool's unload: drop references, collect the module graph's cycles and empty the CUDA cache, so
+    the memory is free for the next model now, not at some later GC."""
     if weights.engine is not None:
         weights.engine.close()
     weights.model = weights.tokenizer = weights.engine = None

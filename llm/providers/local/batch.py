@@ -1,10 +1,4 @@
-"""Many streams on one local model at once: transformers' continuous batching (paged KV cache, CUDA
-graphs), for CUDA. Each request keeps its own sampling params and is cancelled at the next step.
-
-One `Batcher` per loaded model runs one `ContinuousBatchingManager`. Results come back through the
-manager's public `register_result_handler`, which needs an event loop: a small one runs in a thread
-here and puts each result in its request's queue, so a request never sees another's tokens.
-"""
+"""Many streams on one local model at once, each with its own sampling params: continuous batching."""
 
 from __future__ import annotations
 
@@ -31,14 +25,15 @@ GPU_CACHE_SHARE = 0.5   # of the memory free after loading: the rest stays for o
 
 
 class Batcher:
-    """A continuous-batching engine for one model, started (and warmed up) at load time."""
+    """A continuous-batching engine for one model, started (and warmed up) at load time. Results come
+    through the manager's `register_result_handler`, which needs an event loop: a small one runs in a
+    thread here and puts each result in its request's queue, so a request never sees another's tokens."""
 
     def __init__(self, model: Any, special: dict[str, Any], streams: int, name: str):
         self.model, self.name, self.streams = model, name, streams
         self.vocab = model.config.get_text_config().vocab_size
         self.eos, self.pad = special["eos_token_id"], special["pad_token_id"]
-        self._lock = threading.Lock()
-        self._closed = False
+        self._lock, self._closed = threading.Lock(), False
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name=f"batch-results-{name}", daemon=True).start()
         try:
@@ -72,24 +67,19 @@ class Batcher:
         with self._lock:
             if self._closed:
                 raise self._refused()
-            if not self._accepting(self._manager):
+            manager, status = self._manager, self._manager.background_thread_status
+            if not manager.is_running() or status.can_accept_new_requests() is not None:
                 # Its thread fails its requests first and exits after: a request that came in between
                 # (the reply that met the error, retried at once) would be refused by the dying engine.
                 log.warning("%s: the batching engine had stopped (%s); starting it again", self.name,
-                            self._manager.background_thread_status.fatal_error or "stopping")
-                self._manager.stop(block=True, timeout=10)
+                            status.fatal_error or "stopping")
+                manager.stop(block=True, timeout=10)
                 self._manager = self._start()
             return self._manager
 
-    @staticmethod
-    def _accepting(manager: Any) -> bool:
-        """Whether the manager's thread runs and will take a new request (not stopping, no fatal error)."""
-        return manager.is_running() and manager.background_thread_status.can_accept_new_requests() is None
-
     def sampling(self, greedy: bool, temperature: float | None, top_p: float | None,
                  top_k: int | None) -> dict[str, Any]:
-        """One request's sampling params, all three always set (an unset one would take the engine's
-        defaults, not the model's)."""
+        """One request's sampling params, all three set (an unset one takes the engine's default)."""
         if greedy:
             return {"temperature": 1.0, "top_k": 1, "top_p": 1.0}
         defaults = self.model.generation_config
@@ -101,15 +91,14 @@ class Batcher:
 
     def stream(self, ids: list[int], max_new_tokens: int, request: dict[str, Any],
                cancel: CancelToken) -> Iterator[list[int]]:
-        """The new token ids of one request as the engine makes them. `request`: its sampling params (from
-        `sampling`), maybe its own eos_token_id. Closing this (or cancelling) drops the request from the
-        batch at the next step."""
+        """The new token ids of one request as the engine makes them (`request`: sampling params, maybe an
+        eos_token_id). Closing this (or cancelling) drops the request from the batch at the next step."""
         rid = f"{self.name}-{uuid.uuid4().hex}"
         results: queue.SimpleQueue = queue.SimpleQueue()
         manager = self._submit(rid, results, ids, max_new_tokens, request)
         seen, finished = 0, False
         try:
-            while True:
+            while not finished:
                 try:
                     out = results.get(timeout=POLL_S)
                 except queue.Empty:
@@ -124,8 +113,6 @@ class Batcher:
                 new, seen = out.generated_tokens[seen:], len(out.generated_tokens)
                 if new:
                     yield new
-                if finished:
-                    return
         finally:
             if not finished:
                 manager.cancel_request(rid)
@@ -134,9 +121,8 @@ class Batcher:
 
     def _submit(self, rid: str, results: queue.SimpleQueue, ids: list[int], max_new_tokens: int,
                 request: dict[str, Any]) -> Any:
-        """Add the request to a running manager, its results going to `results`; the manager. An engine
-        that dies between `_running` and here (another request's fatal error) refuses it: then once more
-        on the engine `_running` starts in its place. UpstreamError (503) if that one refuses it too."""
+        """Add the request to a running manager, its results going to `results`; the manager. One that
+        dies meanwhile (another request's fatal error) refuses it: then once more, on its replacement."""
         for _ in range(2):
             manager = self._running()
 
@@ -164,8 +150,7 @@ class Batcher:
         return generation_error(self.name, RuntimeError(text))
 
     def paused(self) -> Any:
-        """Hold the engine between steps while the caller uses the model (its streams wait, keeping their
-        cache): a seeded generate needs the sampling RNG to itself, which the engine's thread shares."""
+        """Hold the engine between steps while a seeded generate needs the sampling RNG it shares."""
         return self._running().pause()
 
     def close(self) -> None:

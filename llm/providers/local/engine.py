@@ -1,5 +1,4 @@
-"""The part of local models that needs torch and transformers, imported with the first load, so a
-process that never uses a local model never imports them (they take seconds and map libtorch)."""
+"""The torch and transformers side of local models, imported only with the first load (it takes seconds)."""
 
 from __future__ import annotations
 
@@ -20,12 +19,13 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 END = object()      # queued after the last token (and after an error)
 
 
-class TokenQueue(BaseStreamer):
-    """Hands each generated token id list to the consuming generator (generate's first put is the prompt)."""
+class Hooks(BaseStreamer, StoppingCriteria):
+    """One generate call's streamer and stopping criterion: queues each new token id list for the consuming
+    generator (generate's first put is the prompt); stops at the next token once cancelled or closed."""
 
-    def __init__(self) -> None:
+    def __init__(self, cancel: CancelToken) -> None:
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.prompt_seen = False
+        self.cancel, self.closed, self.prompt_seen = cancel, threading.Event(), False
 
     def put(self, value: torch.Tensor) -> None:
         if self.prompt_seen:
@@ -35,20 +35,9 @@ class TokenQueue(BaseStreamer):
     def end(self) -> None:
         """Nothing: the worker thread queues the end itself, after errors too."""
 
-
-class StopWhen(StoppingCriteria):
-    """Stops generate at the next token once the call is cancelled or its generator closed."""
-
-    def __init__(self, cancel: CancelToken, closed: threading.Event):
-        self.cancel, self.closed = cancel, closed
-
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs) -> torch.BoolTensor:
         stop = self.cancel.cancelled or self.closed.is_set()
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-
-def stopping(cancel: CancelToken, closed: threading.Event) -> StoppingCriteriaList:
-    return StoppingCriteriaList([StopWhen(cancel, closed)])
 
 
 def placement(cfg: Any, log: Any) -> tuple[str, torch.dtype]:
@@ -72,14 +61,16 @@ def placement(cfg: Any, log: Any) -> tuple[str, torch.dtype]:
 def load(cfg: Any, path: Path, device: str, dtype: torch.dtype, report: Progress,
          fix: str) -> tuple[Any, Any]:
     """The tokenizer and the model, on `device`; NotReadyError with the fix when they cannot load."""
-    trust = cfg.trust_remote_code
-    label = cfg.display_name
+    trust, label = cfg.trust_remote_code, cfg.display_name
     try:
         report(0.1, f"{label}: loading the tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
         report(0.3, f"{label}: loading the weights ({cfg.quantization or str(dtype).removeprefix('torch.')})")
-        if cfg.quantization:    # bitsandbytes places the quantized weights itself
-            bits = quantization(cfg.quantization, dtype)
+        if cfg.quantization:    # bitsandbytes places the quantized weights itself; 4-bit: NF4 in `dtype`
+            from transformers import BitsAndBytesConfig
+            bits = (BitsAndBytesConfig(load_in_8bit=True) if cfg.quantization == "8bit"
+                    else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                            bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True))
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust,
                                                          quantization_config=bits, device_map=device)
             return tokenizer, model.eval()
@@ -91,9 +82,8 @@ def load(cfg: Any, path: Path, device: str, dtype: torch.dtype, report: Progress
             torch.backends.cuda.enable_cudnn_sdp(False)
         return tokenizer, model.to(device).eval()
     except torch.cuda.OutOfMemoryError as e:
-        raise NotReadyError(f"not enough GPU memory to load {cfg.model}",
-                            fix=f"use a smaller model or set dtype/device for provider {cfg.name} "
-                                "in configs.yaml") from e
+        raise NotReadyError(f"not enough GPU memory to load {cfg.model}", fix="use a smaller model or set "
+                            f"dtype/device for provider {cfg.name} in configs.yaml") from e
     except (OSError, ValueError, RuntimeError, ImportError, KeyError) as e:
         raise NotReadyError(f"could not load {cfg.model}: {e}", fix=fix) from e
 
@@ -111,43 +101,39 @@ def special_ids(tokenizer: Any, model: Any) -> dict[str, Any]:
 def tokens(model: Any, inputs: dict, kwargs: dict, cancel: CancelToken, name: str) -> Iterator[list[int]]:
     """`model.generate` in a worker thread, its new token ids as they come. Closing this (or cancelling)
     stops generate at the next token and waits for the thread, so the GPU is free when it returns."""
-    queued, closed = TokenQueue(), threading.Event()
-    kwargs = kwargs | {"streamer": queued, "stopping_criteria": stopping(cancel, closed)}
-    worker = threading.Thread(target=generate, args=(model, inputs, kwargs, queued.queue),
-                              name=f"generate-{name}", daemon=True)
+    hooks = Hooks(cancel)
+    kwargs = kwargs | {"streamer": hooks, "stopping_criteria": StoppingCriteriaList([hooks])}
+
+    def generate() -> None:
+        try:
+            with torch.inference_mode():
+                model.generate(**inputs, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised as a typed error by the consumer
+            hooks.queue.put(e)
+        finally:
+            hooks.queue.put(END)
+
+    worker = threading.Thread(target=generate, name=f"generate-{name}", daemon=True)
     worker.start()
     try:
-        while (item := queued.queue.get()) is not END:
+        while (item := hooks.queue.get()) is not END:
             if isinstance(item, BaseException):
                 raise generation_error(name, item) from item
             yield item
     finally:
-        closed.set()
+        hooks.closed.set()
         worker.join()
 
 
-def generate(model: Any, inputs: dict, kwargs: dict, out: queue.SimpleQueue) -> None:
-    """The worker thread: run generate; queue any error, then the end marker."""
-    try:
-        with torch.inference_mode():
-            model.generate(**inputs, **kwargs)
-    except BaseException as e:  # noqa: BLE001 - re-raised as a typed error by the consumer
-        out.put(e)
-    finally:
-        out.put(END)
-
-
 def warm_up(model: Any, special: dict[str, Any]) -> None:
-    """One short greedy generation at load time, so the first user does not pay for CUDA's context,
-    kernel selection and allocator growth (nothing to compile: plain generate runs eagerly)."""
+    """One short greedy generation at load, so the first user does not pay for CUDA's context and kernels."""
     token = special["pad_token_id"]
     with torch.inference_mode():
         model.generate(**inputs([token, token], model.device), max_new_tokens=2, do_sample=False, **special)
 
 
 def generation_error(name: str, e: BaseException) -> UpstreamError:
-    """The typed error for a failed generation; running out of GPU memory is a 503 with the fix (the
-    batching engine reports errors as text, hence the second test)."""
+    """A failed generation's typed error; out of GPU memory (the batching engine says so in text) is a 503."""
     if isinstance(e, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(e):
         return UpstreamError(f"{name} ran out of GPU memory while generating", status=503,
                              fix="lower max_new_tokens, shorten the history or use a smaller model")
@@ -173,12 +159,3 @@ def seed(value: int) -> None:
 def free(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-
-
-def quantization(mode: str, dtype: torch.dtype) -> Any:
-    """bitsandbytes settings: 8-bit weights, or 4-bit NF4 computing in the model's dtype."""
-    from transformers import BitsAndBytesConfig
-    if mode == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-                              bnb_4bit_use_double_quant=True)

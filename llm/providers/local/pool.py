@@ -1,14 +1,4 @@
-"""Which local models stay loaded: one copy of each, within the device's memory, least recently used out.
-
-Before a local model loads, `ModelPool.load` estimates its size from its files (the safetensors index,
-else the weight files; in the dtype it loads in, quantization included) and checks it against the
-device's free memory. If it does not fit, idle models on that device are unloaded, least recently used
-first; a model that is generating is never unloaded. A model too big even alone fails with the fix.
-Two providers that name the same files, dtype, device and quantization share one copy.
-
-Light on purpose (no torch here): the free-memory probe imports torch only when asked about a GPU,
-which happens only while a model is loading anyway.
-"""
+"""Which local models stay loaded: one copy of each, within the device's memory, least recently used out."""
 
 from __future__ import annotations
 
@@ -31,10 +21,7 @@ Key = tuple[str, str, str, str]     # (folder, dtype, device, quantization)
 
 def estimate_bytes(path: Path, dtype: str, quantization: str | None = None) -> int | None:
     """Memory the model at `path` needs loaded in `dtype` (or quantized), with MARGIN; None when unknown.
-
-    The stored size comes from the safetensors index (`metadata.total_size`), else the weight files;
-    the parameter count from that and the stored dtype in config.json. A checkpoint that is quantized
-    already (`quantization_config`) loads at about its stored size."""
+    A checkpoint quantized already (`quantization_config`) loads at about its stored size."""
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -51,6 +38,7 @@ def estimate_bytes(path: Path, dtype: str, quantization: str | None = None) -> i
 
 
 def _stored_bytes(path: Path) -> int:
+    """The checkpoint's size: the safetensors index's `metadata.total_size`, else the weight files'."""
     for index in sorted(path.glob("*.safetensors.index.json")):
         try:
             total = json.loads(index.read_text(encoding="utf-8")).get("metadata", {}).get("total_size")
@@ -66,9 +54,8 @@ def cuda_free_bytes(device: str) -> int | None:
     """Free memory on a CUDA device; None for the CPU (no budget there: the OS pages)."""
     if not device.startswith("cuda"):
         return None
-    import torch
-    free, _total = torch.cuda.mem_get_info(torch.device(device))
-    return int(free)
+    import torch  # only here, while a model loads: this module stays light
+    return int(torch.cuda.mem_get_info(torch.device(device))[0])
 
 
 @dataclass
@@ -165,8 +152,7 @@ class ModelPool:
             self.unload(weights)
 
     def hold(self, weights: Weights) -> bool:
-        """Start one generation on `weights`, which then cannot be unloaded until `done`; False if they
-        were unloaded since the caller got them (load again)."""
+        """Start a generation on `weights` (kept loaded until `done`); False if unloaded since: load again."""
         with self._lock:
             if self.loaded.get(weights.key) is not weights:
                 return False

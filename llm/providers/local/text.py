@@ -1,5 +1,4 @@
-"""Text in and out of local models, with no torch: prompts from templates, and token ids turned into
-reply text as they arrive (whichever engine produced them)."""
+"""Text in and out of local models, with no torch: prompts from templates, token ids to reply text."""
 
 from __future__ import annotations
 
@@ -13,8 +12,8 @@ _PLACEHOLDER = re.compile(r"\{(system|history|prompt)\}")
 
 
 class StopAt:
-    """Ends a text stream before the first of some stop strings (OpenAI's `stop`: not part of the reply).
-    Holds back just enough text to see a stop string split across deltas."""
+    """Ends a text stream before the first of some stop strings, holding back just enough text to see
+    one split across deltas."""
 
     def __init__(self, stops: Iterable[str] | None):
         self.stops = tuple(s for s in stops or () if s)
@@ -23,28 +22,26 @@ class StopAt:
 
     def feed(self, text: str) -> str:
         """The text that is safe to pass on now; after a hit, nothing more."""
-        if not self.stops or self.hit:
-            return "" if self.hit else text
+        if self.hit:
+            return ""
         self.held += text
         cut = min((i for i in (self.held.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.hit, out, self.held = True, self.held[:cut], ""
             return out
-        out, self.held = self.held[:len(self.held) - self.keep], self.held[len(self.held) - self.keep:]
+        split = max(0, len(self.held) - self.keep)     # a short start is held whole
+        out, self.held = self.held[:split], self.held[split:]
         return out
 
     def flush(self) -> str:
-        out, self.held = ("" if self.hit else self.held), ""
+        out, self.held = self.held, ""
         return out
 
 
 class IncrementalDetokenizer:
     """Token ids in, text deltas out, decoding only a short window of recent tokens (linear in length).
-
-    The prefix/read offsets are vLLM's and TGI's technique: decode [prefix:read] and [prefix:], and emit
-    the difference once it does not end in an incomplete character ("\\ufffd"). The prefix tokens give
-    the decoder context, so SentencePiece's leading spaces come out right.
-    """
+    vLLM's and TGI's prefix/read offsets: emit decode([prefix:]) minus decode([prefix:read]) once it does
+    not end in an incomplete character; the prefix gives SentencePiece's leading spaces their context."""
 
     MAX_PENDING = 8     # a run of undecodable bytes longer than any UTF-8 char is emitted anyway
 
@@ -67,11 +64,11 @@ class IncrementalDetokenizer:
     def _step(self, force: bool) -> str:
         prefix_text = self._decode(self.prefix_offset, self.read_offset)
         text = self._decode(self.prefix_offset, len(self.ids))
-        if not force and (len(text) <= len(prefix_text) or text.endswith("\ufffd")):
-            return ""
         if force:   # no clean boundary: restart the window with no context
             self.prefix_offset = self.read_offset = len(self.ids)
-            return text[len(prefix_text):] if text.startswith(prefix_text) else text
+            return text.removeprefix(prefix_text)
+        if len(text) <= len(prefix_text) or text.endswith("\ufffd"):
+            return ""
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
         return text[len(prefix_text):]
 
@@ -96,9 +93,8 @@ def render_template(template: str, messages: list[Message]) -> str:
 
 def reply(chunks: Iterable[Sequence[int]], tokenizer: Any, stop: StopAt, eos: set[int], max_new_tokens: int,
           cancel: CancelToken) -> Iterator[str | StreamEvent]:
-    """Token id lists from an engine in, reply text out: detokenized incrementally, cut before a `stop`
-    string (which is not part of the reply, as with OpenAI), ending with the finish reason ("length"
-    when max_new_tokens ran out). The caller closes `chunks` (which stops its engine) when this ends."""
+    """Token id lists from an engine in, reply text out, cut before a `stop` string, then the finish reason
+    ("length": max_new_tokens ran out). The caller closes `chunks` (stopping its engine) when this ends."""
     detokenizer = IncrementalDetokenizer(tokenizer)
     for ids in chunks:
         if cancel.cancelled:
