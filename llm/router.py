@@ -191,15 +191,13 @@ class Router:
         provider = self.provider(name)
         field = self._unsupported(provider, params, messages)
         if field is not None:
-            label = provider.config.display_name
-            who = name if label == name else f"{label} ({name})"
             needs = params.asked() + (["tools"] if any(m.for_tools for m in messages) else [])
             able = [n for n, cfg in self.settings.providers.items()
                     if n != name and kind_honours(cfg.kind, needs)]
             what = "the tool calls in messages" if field == "messages" else repr(field)
             raise InvalidRequestError(
-                f"{who} cannot honour {what}: the {provider.kind} backend has no equivalent, and leaving "
-                "it out would change the answer", param=field,
+                f"{_who(name, provider)} cannot honour {what}: the {provider.kind} backend has no "
+                "equivalent, and leaving it out would change the answer", param=field,
                 fix=f"remove {field!r}, or use a provider that honours it"
                     + (f": {', '.join(able)}" if able else ""))
 
@@ -296,9 +294,7 @@ class Router:
         provider = self.provider(name)
         status = provider.status()
         if not status.ready:
-            label = provider.config.display_name
-            who = name if label == name else f"{label} ({name})"
-            raise NotReadyError(f"{who} is not ready: {status.reason}", fix=status.fix)
+            raise NotReadyError(f"{_who(name, provider)} is not ready: {status.reason}", fix=status.fix)
         styled = req.style and provider.styled
         # No max_tokens is sent that the client (or the config) did not ask for: a cloud or vLLM server
         # has its own limit, and the speech budget closes a styled stream; a local model bounds itself.
@@ -323,6 +319,11 @@ class Router:
             messages.append(Message("user", prompt))
         return messages
 
+
+def _who(name: str, provider: Provider) -> str:
+    """A provider as errors name it: its label, and its name when that differs."""
+    label = provider.config.display_name
+    return name if label == name else f"{label} ({name})"
 
 
 _WITH_TOOLS = GenerationParams(extra={"tools": [{"type": "function"}]})

@@ -1,5 +1,4 @@
-"""Crossing between blocking code and the event loop: `spawn` (reused worker threads), `in_worker` (a
-blocking generator read on the event loop) and `in_loop` (an async generator read by blocking code)."""
+"""Between blocking code and the event loop: `spawn` (reused threads), `in_worker`, `in_loop`."""
 
 from __future__ import annotations
 
@@ -17,51 +16,47 @@ log = logging.getLogger("llm.policy")
 JOIN_WAIT = 1.0         # seconds a closed reader waits for its worker to let go of the backend
 IDLE_NAME = "pool-idle"
 IDLE_SECONDS = 60.0     # an idle pooled thread ends after this long
-_IDLE: list[_Worker] = []
+_IDLE: list[queue.SimpleQueue] = []    # the job queues of the idle pooled threads
 _IDLE_LOCK = threading.Lock()
 
 
-class _Worker:
-    """A daemon thread that runs one job at a time for `spawn`, then waits for the next."""
-
-    def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name=IDLE_NAME, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                fn, args, name = self.jobs.get(timeout=IDLE_SECONDS)
-            except queue.Empty:
-                with _IDLE_LOCK:
-                    if self in _IDLE:       # still idle, and nobody can hand us a job now
-                        _IDLE.remove(self)
-                        return
-                continue                    # taken just now: its job is on the way
-            self.thread.name = name         # while it runs, the thread says whose it is (leak checks)
-            try:
-                fn(*args)
-            except BaseException:  # noqa: BLE001 - a job reports its own errors; keep the thread
-                log.exception("unhandled error in %s", name)
-            finally:
-                self.thread.name = IDLE_NAME
-                with _IDLE_LOCK:
-                    _IDLE.append(self)
+def _serve(jobs: queue.SimpleQueue) -> None:
+    """A pooled daemon thread: runs `spawn`'s jobs from `jobs` one at a time, then waits for the next."""
+    thread = threading.current_thread()
+    while True:
+        try:
+            fn, args, name = jobs.get(timeout=IDLE_SECONDS)
+        except queue.Empty:
+            with _IDLE_LOCK:
+                if jobs in _IDLE:       # still idle, and nobody can hand us a job now
+                    _IDLE.remove(jobs)
+                    return
+            continue                    # taken just now: its job is on the way
+        thread.name = name              # while it runs, the thread says whose it is (leak checks)
+        try:
+            fn(*args)
+        except BaseException:  # noqa: BLE001 - a job reports its own errors; keep the thread
+            log.exception("unhandled error in %s", name)
+        finally:
+            thread.name = IDLE_NAME
+            with _IDLE_LOCK:
+                _IDLE.append(jobs)
 
 
 def spawn(fn: Callable, *args: object, name: str) -> None:
     """Run `fn(*args)` in a daemon thread of its own (named `name` meanwhile), reusing an idle one: a new
     thread per request cost more than the rest of a short request's bookkeeping."""
     with _IDLE_LOCK:
-        worker = _IDLE.pop() if _IDLE else None
-    (worker or _Worker()).jobs.put((fn, args, name))
+        jobs = _IDLE.pop() if _IDLE else None
+    if jobs is None:
+        jobs = queue.SimpleQueue()
+        threading.Thread(target=_serve, args=(jobs,), name=IDLE_NAME, daemon=True).start()
+    jobs.put((fn, args, name))
 
 
 async def in_worker(items: Callable[[], Iterator], cancel: CancelToken, *, name: str) -> AsyncIterator:
-    """The items of the blocking generator `items()`, made, read and closed in a worker thread. Lazily: the
-    worker takes the next item only when asked, so a reader that stops has not made it run ahead. Closing
-    this cancels `cancel` and waits (at most JOIN_WAIT) for the worker to close it, so the backend is free."""
+    """The items of the blocking generator `items()`, made lazily (only when asked), read and closed in a
+    worker thread. Closing this cancels `cancel` and waits (JOIN_WAIT) for the worker to close it."""
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue = asyncio.Queue()
     asked = threading.Semaphore(0)
@@ -110,9 +105,8 @@ async def in_worker(items: Callable[[], Iterator], cancel: CancelToken, *, name:
 
 def in_loop(make: Callable[[], AsyncIterator], cancel: CancelToken,
             finish: Callable[[], Awaitable[None]] | None = None) -> Iterator:
-    """The items of the async generator `make()` for a synchronous caller, on an event loop of this call's
-    own (not for use on a running loop). A cancel from any thread interrupts the wait (CancelledError);
-    at the end `finish` runs on the same loop (closing the clients that belong to it), and the loop ends."""
+    """The items of the async generator `make()` for blocking code (not on a running loop), on an event loop
+    of this call's own; a cancel interrupts the wait; at the end `finish` runs on it (closing its clients)."""
     loop = asyncio.new_event_loop()
     agen = make()
     step: list[asyncio.Future] = []

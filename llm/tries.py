@@ -14,11 +14,6 @@ from .providers import Provider
 from .types import CancelToken, Chunk, GenerationParams, Message, StreamEvent
 
 
-def _check(cancel: CancelToken) -> None:
-    if cancel.cancelled:
-        raise CancelledError("generation cancelled")
-
-
 async def _touching(upstream: AsyncIterator, progress) -> AsyncIterator:
     """`upstream`, calling `progress()` (the policy's stall clock) at each delta; closing this closes it."""
     async with contextlib.aclosing(upstream):
@@ -45,10 +40,12 @@ class Try:
             pieces = speech.aspeak(upstream, self.budget, **self.speech)
             async with contextlib.aclosing(upstream), contextlib.aclosing(pieces):
                 async for piece, emotion in pieces:
-                    _check(cancel)
+                    if cancel.cancelled:
+                        raise CancelledError("generation cancelled")
                     if (chunk := self.chunk(piece, emotion)) is not None:
                         yield chunk
-            _check(cancel)
+            if cancel.cancelled:
+                raise CancelledError("generation cancelled")
             yield self.last()
 
     def chunk(self, piece: str | StreamEvent, emotion: str | None) -> Chunk | None:

@@ -216,9 +216,6 @@ class CancelToken:
     def cancelled(self) -> bool:
         return self._event.is_set()
 
-    def wait(self, timeout: float) -> bool:
-        return self._event.wait(timeout)
-
 
 def normalize_history(history: Iterable[Any] | None) -> list[Message]:
     """Accept `[[user, bot], ...]` pairs or role/content dicts; return a message list.

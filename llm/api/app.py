@@ -98,5 +98,3 @@ HOT_ROUTES = {("POST", "/v1/chat/completions"): chat_completions, ("POST", "/"):
 async def health(request: Request) -> dict:
     """Always open (no API key): liveness, and whether each provider could answer now."""
     return {"status": "ok", "providers": await statuses(request.app.state.ctx)}
-
-

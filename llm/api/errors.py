@@ -1,5 +1,4 @@
-"""The one place that turns any failure into each route's error shape: the seed API's
-`{"status", "error": {"type", "message"}}` and OpenAI's `{"error": {"message", "type", "param", "code"}}`."""
+"""The one place that turns any failure into each route's error shape (the seed API's, or OpenAI's)."""
 
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("llm.api")
 
 
-def as_api_error(exc: Exception, route: str = "") -> ApiError:
+def as_api_error(exc: Exception, route: str) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, LLMError):   # str() carries the fix too
@@ -40,7 +39,7 @@ def as_api_error(exc: Exception, route: str = "") -> ApiError:
 
 
 def error_response(ctx: Context, path: str, err: ApiError, headers: dict | None = None) -> JSONResponse:
-    message, status = ctx.redact(err.message), err.status
+    message, status = ctx.router.redact(err.message), err.status
     if path.startswith("/v1/"):
         # OpenAI answers an invalid request with 400, which the SDKs raise as BadRequestError; a 422
         # (UnprocessableEntityError) slips past code that catches the former.
@@ -53,27 +52,26 @@ def error_response(ctx: Context, path: str, err: ApiError, headers: dict | None 
 
 def error_event(request: Request, exc: Exception) -> dict:
     """An error that happened after the stream began, as the body of one SSE event."""
-    ctx: Context = request.app.state.ctx
-    err = log_error(ctx, exc, rid(request))
-    return {"error": json.loads(error_response(ctx, request.url.path, err).body)["error"]}
+    err = log_error(request, exc)
+    return {"error": json.loads(error_response(request.app.state.ctx, request.url.path, err).body)["error"]}
 
 
-def log_error(ctx: Context, exc: Exception, rid: str = "-", route: str = "") -> ApiError:
-    err = as_api_error(exc, route)
+def log_error(request: Request, exc: Exception) -> ApiError:
+    redact = request.app.state.ctx.router.redact
+    err = as_api_error(exc, f"{request.method} {request.url.path}")
     if err.status == 500:   # a bug: keep the traceback, without secrets
         trace = "".join(traceback.format_exception(exc))
-        log.error("%s internal error: %s", rid, ctx.redact(trace))
+        log.error("%s internal error: %s", rid(request), redact(trace))
     else:
-        log.log(logging.WARNING if err.status >= 500 else logging.INFO, "%s %s %s: %s", rid, err.status,
-                err.type, ctx.redact(err.message))
+        log.log(logging.WARNING if err.status >= 500 else logging.INFO, "%s %s %s: %s", rid(request),
+                err.status, err.type, redact(err.message))
     return err
 
 
 async def handle_error(request: Request, exc: Exception) -> JSONResponse:
-    ctx: Context = request.app.state.ctx
-    err = log_error(ctx, exc, rid(request), f"{request.method} {request.url.path}")
+    err = log_error(request, exc)
     headers = getattr(exc, "headers", None) if isinstance(exc, HTTPException) else None
     # Retry-After for a 429/503 whose cause said when to come back (rounded up to whole seconds)
     if (wait := getattr(exc, "retry_after", None)) is not None and getattr(exc, "status", None) in (429, 503):
         headers = {"Retry-After": str(max(1, math.ceil(wait)))}
-    return error_response(ctx, request.url.path, err, headers)
+    return error_response(request.app.state.ctx, request.url.path, err, headers)

@@ -34,18 +34,15 @@ async def chat_completions(request: Request):
     talk = [m for m in body.messages if m.role not in ("system", "developer")]
     last = talk[-1]
     history = [m.as_history() for m in (talk if last.role == "tool" else talk[:-1])]
-    params = GenerationParams(max_new_tokens=body.max_completion_tokens or body.max_tokens,
-                              temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                              stop=body.stop,
+    params = GenerationParams(max_new_tokens=body.max_completion_tokens or body.max_tokens, seed=body.seed,
+                              temperature=body.temperature, top_p=body.top_p, stop=body.stop,
                               frequency_penalty=body.frequency_penalty,
-                              presence_penalty=body.presence_penalty,
-                              extra=body.passed_on() or None)
-    style = None if body.style is None else body.style == "short"
+                              presence_penalty=body.presence_penalty, extra=body.passed_on() or None)
     provider = None if body.model == "default" else body.model
     prompt = None if last.role == "tool" else last.text()     # after tool results: no new prompt
     reply, chunks = await begin(request, prompt=prompt, provider=provider, history=history, system=system,
-                               params=params, style=style, max_seconds=body.max_seconds,
-                               hold="none" if body.stream else "all")
+                                params=params, style={"short": True, "none": False}.get(body.style),
+                                max_seconds=body.max_seconds, hold="none" if body.stream else "all")
     meta = {"id": f"chatcmpl-{rid(request)}", "created": int(time.time())}
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -141,8 +138,8 @@ async def statuses(ctx: Context, names: list[str] | None = None) -> dict[str, di
                 s = ctx.router.status(name)
             except LLMError as e:
                 s = ProviderStatus(False, e.message, e.fix)
-            out[name] = {**s.as_dict(), "reason": ctx.redact(s.reason),
-                         "last_error": ctx.redact(s.last_error)}
+            out[name] = {**s.as_dict(), "reason": ctx.router.redact(s.reason),
+                         "last_error": ctx.router.redact(s.last_error)}
         return out
 
     return await asyncio.to_thread(collect)     # creating a provider may import a heavy SDK

@@ -18,8 +18,7 @@ REF = "#/components/schemas/{model}"
 SCHEME = "bearerAuth"
 
 
-# ---- response bodies (documentation only: the routes build plain dicts) ------------------------
-
+# The response bodies, for the document only: the routes build plain dicts.
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -269,8 +268,6 @@ SSE_HEADERS = {"Cache-Control": {"description": "`no-cache` on an event stream",
                                      "required": False, "schema": {"type": "string"}}}
 
 
-# ---- the document --------------------------------------------------------------------------
-
 def openapi_document(app: FastAPI) -> dict:
     """The app's OpenAPI document (made once, then cached on the app)."""
     if app.openapi_schema is not None:
@@ -280,9 +277,6 @@ def openapi_document(app: FastAPI) -> dict:
     models = (*REQUEST_MODELS.values(), *(ok for ok, _ in ROUTES.values()), SeedError, OpenAIError,
               *(event for events, _ in STREAMS.values() for event in events))
     schemas = models_json_schema([(m, "validation") for m in models], ref_template=REF)[1]["$defs"]
-    # A rule SeedRequest enforces in a validator, which its JSON schema does not show (some non-whitespace
-    # text); a pattern the model's own schema already has is left alone, so the rule can move into it.
-    schemas["SeedRequest"]["properties"]["prompt"].setdefault("pattern", r"\S")
     doc["components"] = {"schemas": schemas, "securitySchemes": {SCHEME: {
         "type": "http", "scheme": "bearer",
         "description": "The server's API key (LLM_API_KEY / --api-key), as `Authorization: Bearer <key>`. "
@@ -321,11 +315,10 @@ def _responses(path: str, keyed: bool) -> dict:
         headers |= SSE_HEADERS
     out: dict[str, Any] = {"200": {"description": "The reply" if path in STREAMS else "OK",
                                    "headers": headers, "content": content}}
-    seed = not path.startswith("/v1/")
     for status in sorted({500, *errors, *((401,) if keyed else ())}):
-        schema = _ref(SeedError if seed else OpenAIError)
-        if seed:    # `status` repeats the HTTP status
-            schema = {"allOf": [schema, {"properties": {"status": {"const": status}}}]}
+        schema = _ref(OpenAIError)
+        if not path.startswith("/v1/"):     # the seed API's `status` repeats the HTTP status
+            schema = {"allOf": [_ref(SeedError), {"properties": {"status": {"const": status}}}]}
         headers = dict(HEADERS)
         if status == 401:
             headers["WWW-Authenticate"] = {"required": True, "schema": {"type": "string", "const": "Bearer"}}

@@ -1,5 +1,4 @@
-"""Request bodies of the HTTP API: read with a size cap, parsed strictly (exact JSON types, bounds,
-no unknown fields), and shown in /docs."""
+"""Request bodies of the HTTP API: read with a size cap, parsed strictly (exact types, no unknown fields)."""
 
 from __future__ import annotations
 
@@ -31,24 +30,12 @@ class ApiError(Exception):
         self.status, self.type, self.message, self.param = status, type, message, param
 
 
-# ---- raw body -> JSON value ----------------------------------------------------------------
-
 async def read_body(request: Request, model: type[BaseModel], limit: int) -> Any:
-    """The body as `model`: JSON content type, at most `limit` bytes (checked before parsing), strictly
-    validated."""
+    """The body as `model`: JSON, at most `limit` bytes (a 413 before parsing), strictly validated."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", f"Content-Type {ctype!r} is not supported: "
                                                       "send JSON with Content-Type: application/json")
-    data = parse_json_body(await _capped_body(request, limit))
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise validation_error(e) from e
-
-
-async def _capped_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused with 413 as soon as it is known (or counted) to exceed `limit`."""
     too_big = ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
@@ -61,7 +48,10 @@ async def _capped_body(request: Request, limit: int) -> bytes:
                 raise too_big
     except ClientDisconnect as e:
         raise ApiError(400, "client_disconnected", "the client went away while sending the body") from e
-    return bytes(body)
+    try:
+        return model.model_validate(parse_json_body(bytes(body)))
+    except ValidationError as e:
+        raise validation_error(e) from e
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -95,10 +85,8 @@ def _finite_float(literal: str) -> float:
 
 
 def _reject_surrogates(data: Any) -> None:
-    """Lone surrogates ("\\ud800") decode in Python but cannot be encoded: refuse them up front.
-
-    Iterative, because json.loads accepts nesting deeper than a recursive walk could follow."""
-    stack = [data]
+    """Lone surrogates ("\\ud800") decode in Python but cannot be encoded: refuse them up front."""
+    stack = [data]  # not recursive: json.loads accepts nesting deeper than a recursive walk could follow
     while stack:
         item = stack.pop()
         if isinstance(item, str):
@@ -125,8 +113,6 @@ def validation_error(e: ValidationError) -> ApiError:
     param = ".".join(map(str, errors[0]["loc"])) if errors and errors[0]["loc"] else None
     return ApiError(422, "invalid_request_error", "; ".join(problems), param=param)
 
-
-# ---- shared pieces ---------------------------------------------------------------------------
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -158,17 +144,15 @@ def _whole(value: Any) -> Any:
 # A count of tokens or characters: a whole number, sent as 50 or 50.0.
 Count = Annotated[int, Field(**bounds("max_new_tokens")), BeforeValidator(_whole)]
 Whole = Annotated[int, BeforeValidator(_whole)]
-StopList = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=4)]
-Stop = Annotated[str, Field(min_length=1)] | StopList
+NonEmpty = Annotated[str, Field(min_length=1)]
 
-
-# ---- the seed API: POST / ------------------------------------------------------------------
 
 class SeedRequest(BaseModel):
     """The Linly-Talker API body, with the optional fields this server adds."""
 
     model_config = _STRICT
-    prompt: str = Field(min_length=1)
+    # the pattern is for /docs: `_prompt_has_text` enforces it, with a clearer message
+    prompt: str = Field(min_length=1, json_schema_extra={"pattern": r"\S"})
     history: list[HistoryPair | HistoryMessage] | None = None
     max_length: Count | None = None
     top_p: float | None = Field(None, **bounds("top_p"))
@@ -188,12 +172,6 @@ class SeedRequest(BaseModel):
             raise ValueError("must contain non-whitespace text")
         return value
 
-    def history_data(self) -> list[Any]:
-        """The history as plain lists and dicts, the shapes `normalize_history` takes."""
-        return [h.model_dump() if isinstance(h, BaseModel) else h for h in self.history or []]
-
-
-# ---- the OpenAI-compatible API: POST /v1/chat/completions ----------------------------------
 
 _OPEN = ConfigDict(extra="allow", strict=True)     # passed on as sent: newer keys must survive
 
@@ -258,11 +236,9 @@ class ChatMessage(BaseModel):
         return self
 
     def text(self) -> str:
-        if self.content is None:
-            return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part["text"] for part in self.content)
+        return "".join(part["text"] for part in self.content or ())
 
     def as_history(self) -> dict[str, Any]:
         """The message as the router takes it (`types.normalize_history`); no content stays none."""
@@ -327,14 +303,6 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-# OpenAI fields handed to the providers as sent (GenerationParams.extra); a provider that cannot honour
-# one refuses the request, naming it. `stop`, `seed` and the penalties are sampling params of their own.
-PASSED_ON = ("tools", "tool_choice", "parallel_tool_calls", "response_format", "logit_bias", "logprobs",
-             "top_logprobs", "store", "metadata", "user", "service_tier", "safety_identifier",
-             "prompt_cache_key", "reasoning_effort", "verbosity", "modalities", "prediction", "audio",
-             "web_search_options")
-
-
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat completion body. Unknown fields are refused, as OpenAI does."""
 
@@ -349,10 +317,12 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     # n's maximum is in the document only, so that n=2 gets the message of `_answerable`
     n: Annotated[int, Field(ge=1, json_schema_extra={"maximum": 1}), BeforeValidator(_whole)] | None = None
-    stop: Stop | None = None
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=4)] | None = None
     seed: Whole | None = None
     frequency_penalty: float | None = Field(None, **bounds("frequency_penalty"))
     presence_penalty: float | None = Field(None, **bounds("presence_penalty"))
+    # From here to web_search_options: handed to the providers as sent (`passed_on`); a provider that cannot
+    # honour one refuses the request, naming it. `stop`, `seed` and the penalties are sampling params.
     logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100), BeforeValidator(_whole)]] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20), BeforeValidator(_whole)] | None = None
@@ -392,5 +362,9 @@ class ChatCompletionRequest(BaseModel):
 
     def passed_on(self) -> dict[str, Any]:
         """The fields for GenerationParams.extra, as the client sent them."""
-        sent = self.model_dump(mode="json", include=set(PASSED_ON), exclude_unset=True, by_alias=True)
+        sent = self.model_dump(mode="json", include=PASSED_ON, exclude_unset=True, by_alias=True)
         return {k: v for k, v in sent.items() if v is not None}
+
+
+_FIELDS = list(ChatCompletionRequest.model_fields)
+PASSED_ON = set(_FIELDS[_FIELDS.index("logit_bias"):_FIELDS.index("web_search_options") + 1])

@@ -1,5 +1,4 @@
-"""The seed API, `POST /`: Linly-Talker's `{"prompt"}` in, `{"response", "status", "time"}` out,
-or a stream of speakable sentence events."""
+"""The seed API, `POST /`: Linly-Talker's `{"prompt"}` in, `{"response", ...}` out, or sentence events."""
 
 from __future__ import annotations
 
@@ -9,6 +8,7 @@ from typing import AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from ..reply import Reply
 from ..types import Chunk, GenerationParams, history_pairs
@@ -25,17 +25,18 @@ async def seed(request: Request):
     """
     body = await read_body(request, SeedRequest, request.app.state.ctx.max_body_bytes)
     params = GenerationParams(max_new_tokens=body.max_length, temperature=body.temperature, top_p=body.top_p)
-    style = None if body.style is None else body.style == "short"
-    reply, chunks = await begin(request, prompt=body.prompt, provider=body.provider,
-                                hold="sentence" if body.stream else "all",
-                                history=body.history_data(), system=body.system, params=params, style=style,
+    history = [h.model_dump() if isinstance(h, BaseModel) else h for h in body.history or []]  # plain data
+    reply, chunks = await begin(request, prompt=body.prompt, provider=body.provider, system=body.system,
+                                history=history, params=params, emotions=body.emotions,
+                                style={"short": True, "none": False}.get(body.style),
                                 max_seconds=body.max_seconds, max_chars=body.max_chars,
-                                emotions=body.emotions)
+                                hold="sentence" if body.stream else "all")
     if body.stream:
         return EventStream(reply, _seed_events(request, reply, chunks))
     await drain(request, reply, reply.sentences(chunks))
     log_done(request, reply)
-    return JSONResponse({**_seed_reply(reply), "sentences": _events(reply)})   # no jsonable_encoder walk
+    events = reply.events if reply.req.emotions else [_unfelt(e) for e in reply.events]
+    return JSONResponse({**_seed_reply(reply), "sentences": events})   # no jsonable_encoder walk
 
 
 def _seed_reply(reply: Reply) -> dict:
@@ -43,11 +44,6 @@ def _seed_reply(reply: Reply) -> dict:
     return {"response": reply.text, "history": history, "status": 200,
             "time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
             "provider": reply.provider, "timings": reply.timings}
-
-
-def _events(reply: Reply) -> list[dict]:
-    """The sentence events; `emotion` only for a client that asked for emotions."""
-    return reply.events if reply.req.emotions else [_unfelt(e) for e in reply.events]
 
 
 def _unfelt(event: dict) -> dict:

@@ -1,5 +1,4 @@
-"""Serving the API: binding the port (with a clear error when it is taken), in the foreground or in
-a background thread, and refusing to expose it beyond this machine without a key."""
+"""Serving the API: binding the port, in the foreground or a thread; not beyond this machine without a key."""
 
 from __future__ import annotations
 
@@ -32,8 +31,8 @@ def socket_family(host: str) -> socket.AddressFamily:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to `host`:`port`, ready to listen; OSError (the system's words in `strerror`)
-    when the port is taken. Also how the page checks its ports before it starts."""
+    """A socket bound to `host`:`port`, ready to listen (OSError when the port is taken): the page checks
+    its ports with it too."""
     # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
     # listening socket says so; without it every back-to-back request stalled ~40 ms on a delayed ACK.
     sock = socket.socket(socket_family(host), socket.SOCK_STREAM, socket.IPPROTO_TCP)

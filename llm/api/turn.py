@@ -1,5 +1,4 @@
-"""One reply behind an HTTP route: the wait for its first chunk, a client hanging up, the server-sent
-event stream. The reply itself is put together by `llm.reply.Reply`."""
+"""One reply behind an HTTP route (made by `llm.reply.Reply`): first-chunk wait, hang-ups, the SSE stream."""
 
 from __future__ import annotations
 
@@ -25,12 +24,6 @@ def rid(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id", "-")
 
 
-def _clip(text: str) -> str:
-    """A prompt as one short log-safe line."""
-    text = " ".join(text.split())
-    return text if len(text) <= LOG_PROMPT_CHARS else text[:LOG_PROMPT_CHARS - 1] + "…"
-
-
 def log_done(request: Request, reply: Reply) -> None:
     t = reply.timings
     log.info("%s done provider=%s chars=%d ttft=%.0fms first_sentence=%.0fms total=%.0fms", rid(request),
@@ -38,22 +31,20 @@ def log_done(request: Request, reply: Reply) -> None:
 
 
 async def begin(request: Request, *, hold: str = "none", **kw) -> tuple[Reply, AsyncIterator[Chunk]]:
-    """Validate the call and wait for its first chunk, so a failure before any text (unknown or
-    unready provider, upstream down) is a real HTTP status rather than an error inside a 200 stream.
-    With hold="all" (a reply sent whole) there is no such wait: `drain` meets the failure just as well.
-
-    A client that hangs up meanwhile cancels the generation at once (and with it the upstream call).
-    `hold`: how much the route holds back before the client sees it (see `Router.stream`)."""
+    """Validate the call and wait for its first chunk, so a failure before any text (unknown or unready
+    provider, upstream down) is a real HTTP status rather than an error inside a 200 stream; a client that
+    hangs up meanwhile cancels the generation. `hold`: what the route holds back (see `Router.stream`)."""
     router: Router = request.app.state.ctx.router
     if router.built(kw.get("provider")):
         req = router.request(**kw)
     else:   # creating a provider may import a heavy SDK or read a model's files: not on the loop
         req = await asyncio.to_thread(router.request, **kw)
+    prompt = " ".join((req.prompt or "(tool results)").split())    # one short line for the log
     log.info("%s %s provider=%s prompt=%r", rid(request), request.url.path, req.provider,
-             _clip(req.prompt or "(tool results)"))
+             prompt if len(prompt) <= LOG_PROMPT_CHARS else prompt[:LOG_PROMPT_CHARS - 1] + "…")
     reply = Reply(req)
     chunks = router.astream(req, cancel=reply.cancel, hold=hold)
-    if hold == "all":   # nothing is sent before the whole reply: `drain` meets any failure
+    if hold == "all":   # a reply sent whole needs no wait: `drain` meets any failure just as well
         return reply, _replay([], chunks)
     first_chunk = asyncio.ensure_future(anext(chunks))
     try:

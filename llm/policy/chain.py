@@ -29,7 +29,6 @@ class _Attempt:
         parent.on_cancel(self.cancel.cancel)
         self.started = time.monotonic()
         self.last_token: float | None = None     # the last raw token from the backend
-        self.texted = False                      # text was sent on to the caller
         self.hedged = False
 
     def touch(self) -> None:
@@ -49,16 +48,11 @@ class _Attempt:
             f"{self.name}: the reply stalled for {self.policy.stall_timeout:g} s mid-stream",
             fix="raise stall_timeout in configs.yaml, or check the backend's load")
 
-    def hedge_at(self) -> float | None:
-        return None if self.hedged or self.texted else _plus(self.started, self.policy.hedge_after)
-
 
 class FallbackChain:
-    """Runs one request down its fallback chain; iterate `run()` for the Chunks. Each attempt is a task
-    reporting on one queue; the clocks (deadlines, hedging) are watched here, so a deadline or a cancel
-    never waits on a slow upstream. `show()` makes, for each provider that answers, a function that sees
-    each piece of its text and says True once the caller may see it (None: at once). Until then a provider
-    that fails, even after some text, is replaced by the next one and its held text dropped."""
+    """One request down its fallback chain (iterate `run()`): attempts post to one queue, clocks are watched
+    here. `show()` makes, per answering provider, a test of its text: True once the caller may see it (None:
+    at once); until then a provider that fails, even after some text, is replaced and its text dropped."""
 
     def __init__(self, chain: list[str],
                  stream_one: Callable[[str, CancelToken, Callable[[], None]], AsyncIterator[Chunk]],
@@ -77,7 +71,7 @@ class FallbackChain:
         self.buffer: list[Chunk] = []
 
     async def run(self) -> AsyncIterator[Chunk]:
-        self.cancel.on_cancel(lambda: self._post((None, "cancel", None)))
+        self.cancel.on_cancel(lambda: self._on_loop(self.events.put_nowait, (None, "cancel", None)))
         try:
             self._start_next()
             while True:
@@ -163,8 +157,8 @@ class FallbackChain:
         for attempt in self.running:
             if (d := attempt.deadline()) is not None:
                 timers.append((d, attempt, "timeout"))
-            if self.winner is None and self.pending and len(self.running) == 1 and \
-                    (h := attempt.hedge_at()) is not None:
+            if self.winner is None and self.pending and len(self.running) == 1 and not attempt.hedged and \
+                    (h := _plus(attempt.started, attempt.policy.hedge_after)) is not None:
                 timers.append((h, attempt, "hedge"))
         return min(timers, key=lambda t: t[0], default=None)
 
@@ -211,17 +205,14 @@ class FallbackChain:
         elif not self.loop.is_closed():
             self.loop.call_soon_threadsafe(fn, *args)
 
-    def _post(self, event: tuple[_Attempt | None, str, object]) -> None:
-        self._on_loop(self.events.put_nowait, event)
-
     async def _work(self, attempt: _Attempt) -> None:
-        try:
+        try:    # on the chain's loop (a task of it): events go straight onto its queue
             await self._tries(attempt)
         except BaseException as e:  # noqa: BLE001 - handed to the scheduling loop
-            cancelled = isinstance(e, asyncio.CancelledError)
-            self._post((attempt, "error", CancelledError("generation cancelled") if cancelled else e))
+            error = CancelledError("generation cancelled") if isinstance(e, asyncio.CancelledError) else e
+            self.events.put_nowait((attempt, "error", error))
         else:
-            self._post((attempt, "done", None))
+            self.events.put_nowait((attempt, "done", None))
 
     async def _tries(self, attempt: _Attempt) -> None:
         """The attempt's tries, its chunks posted as they come. Chunks with no answer before them (finish
@@ -234,9 +225,9 @@ class FallbackChain:
                         if not chunk.substantive and not produced:
                             news.append(chunk)
                             continue
-                        produced = attempt.texted = True
+                        produced = True
                         for item in (*news, chunk):
-                            self._post((attempt, "text", item))
+                            self.events.put_nowait((attempt, "text", item))
                         news.clear()
                 if not produced:
                     raise UpstreamError(f"{attempt.name} returned an empty reply", upstream_status=200,

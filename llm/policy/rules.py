@@ -45,17 +45,15 @@ class Policy:
 
 
 def backoff(retry: int, retry_after: float | None = None) -> float | None:
-    """Seconds to wait before retry number `retry` (0 first); None when the backend's Retry-After
-    asks for more than we are willing to wait."""
+    """Seconds to wait before retry number `retry` (0 first); None when Retry-After asks for too long."""
     if retry_after is not None:
         return retry_after if retry_after <= RETRY_AFTER_CAP else None
     return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** retry) * random.uniform(0.5, 1.0)
 
 
 def counts_as_failure(error: BaseException) -> bool:
-    """Whether an error is a sign of ill health that should cool the provider down for everyone: no
-    connection, a timeout, a 5xx or a 429. What one request's content caused (an upstream 4xx, a field
-    refused, a reply the model left empty) says nothing about the next request, so it never counts."""
+    """Whether an error shows ill health that cools the provider down for everyone (no connection, a timeout,
+    a 5xx or a 429); what one request's content caused (a 4xx, a refused field, an empty reply) never does."""
     if not isinstance(error, UpstreamError) or isinstance(error, UpstreamRefusedError):
         return False
     status = error.upstream_status
@@ -67,11 +65,9 @@ def cooling_fix(fallback: bool) -> str:
 
 
 class Breaker:
-    """One provider's circuit breaker: closed -> cooling down -> one probe -> closed or cooling again.
-
-    Its state changes in `admit` and `record` only, called by the fallback chain on an event loop; neither
-    awaits, so on one loop each runs whole. Two loops sharing a provider (the page's and the API's) may
-    at worst both send the probe."""
+    """One provider's circuit breaker: closed -> cooling down -> one probe -> closed or cooling again. Its
+    state changes only in `admit` and `record`, which never await, so on one event loop each runs whole;
+    two loops sharing a provider (the page's and the API's) may at worst both send the probe."""
 
     def __init__(self) -> None:
         self._failures = 0
@@ -111,5 +107,4 @@ class Breaker:
 
     def seconds_left(self) -> float:
         """Seconds of cooldown left (0 when the provider may be asked)."""
-        until = self._until
-        return max(0.0, until - time.monotonic()) if until else 0.0
+        return max(0.0, self._until - time.monotonic())     # closed (0): 0 too

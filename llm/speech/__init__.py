@@ -1,13 +1,4 @@
-"""What makes the router an avatar's brain: short answers in a spoken-time budget, speech-clean text,
-reasoning kept out, emotion tags, TTS-ready text and sentences split as the stream arrives. Every stage
-is incremental and linear in the reply's length: text once released is never taken back.
-
-    sentences   sentence and clause boundaries, SentenceSplitter
-    clean       ReplyFilter (reasoning, control characters), Cleaner (markdown, emoji, URLs)
-    budget      Budget (seconds or characters), instruction, SpeechFilter (the enforced cut)
-    emotions    EmotionTags: [joy] tags -> Chunk.emotion
-    normalize   for_tts: numbers, units and symbols in words
-    stream      Speaker, speak, aspeak: one reply stream through all of the above"""
+"""The speech stages of the avatar's brain: a model's reply as speakable, budgeted, emotion-tagged text."""
 
 from .budget import (
     DEFAULT_MAX_SECONDS,

@@ -1,9 +1,4 @@
-"""The answer budget in spoken time, the instruction that asks for it, and the filter that enforces it.
-
-A budget is seconds of speech at per-script speaking rates (Chinese characters, English words a
-second), digits and symbols counted as said (25.5% is 百分之二十五点五). The default, 5 s, is what 25
-Chinese characters take, so Chinese keeps the classic "请用少于25个字回答以下问题". `chars` is the
-explicit override: the old character budget, every character counted."""
+"""The answer budget in seconds of speech, the instruction asking for it, and the filter enforcing it."""
 
 from __future__ import annotations
 
@@ -12,39 +7,34 @@ import re
 from dataclasses import dataclass
 
 from .clean import Cleaner
-from .sentences import _CJK, MARKS, boundaries, is_chinese
+from .sentences import _CJK, _MARK, boundaries, is_chinese
 
 ZH_CHARS_PER_S = 5.0        # a Mandarin TTS voice says about 4-5 characters a second
 EN_WORDS_PER_S = 2.5        # about 150 words a minute
-DEFAULT_MAX_SECONDS = 25 / ZH_CHARS_PER_S
+DEFAULT_MAX_SECONDS = 25 / ZH_CHARS_PER_S   # so Chinese keeps the classic "请用少于25个字回答以下问题"
 FIRST_SENTENCE_OVERRUN = 1.5  # a first sentence may run to 1.5x the budget rather than be cut mid-phrase
 MAX_SECONDS = 600.0         # the longest budget a config or a request may ask for
 SECONDS_RULE = f"must be a number of seconds above 0 and at most {MAX_SECONDS:g}"
 # Spoken length of digits and symbols, in Chinese characters and English words.
 _DIGIT = {"zh": 1.2, "en": 0.8}                 # 2024 -> 二零二四 / twenty twenty-four
 _SYMBOLS = {"%": (3, 1), "％": (3, 1), "℃": (3, 2), "°": (1, 1), "~": (1, 1), "+": (1, 1), "=": (2, 1)}
-_MARK_LO, _MARK_HI = MARKS.split("-")
 _EPS = 1e-9                 # costs are sums of floats: 25 x 0.2 must still fit in 5 s
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How long an answer may be: `seconds` of speech, or exactly `chars` characters when set."""
+    """How long an answer may be: `seconds` of speech (digits and symbols counted as said), or exactly
+    `chars` characters when set (the old character budget, every character counted)."""
 
     seconds: float = DEFAULT_MAX_SECONDS
     chars: int | None = None
 
-    def words(self) -> int:
-        return max(1, int(self.seconds * EN_WORDS_PER_S))
-
-    def zh_chars(self) -> int:
-        return self.chars or max(1, round(self.seconds * ZH_CHARS_PER_S))
-
     def instruction(self, prompt: str, emotions: tuple[str, ...] = ()) -> str:
         """The short-answer instruction in the prompt's language, naming the length in its units."""
-        zh = is_chinese(prompt)
-        length = f"fewer than {self.chars} characters" if self.chars else f"at most {self.words()} words"
-        rule = (f"请用少于{self.zh_chars()}个字回答以下问题" if zh else
+        zh, words = is_chinese(prompt), max(1, int(self.seconds * EN_WORDS_PER_S))
+        zh_chars = self.chars or max(1, round(self.seconds * ZH_CHARS_PER_S))
+        length = f"fewer than {self.chars} characters" if self.chars else f"at most {words} words"
+        rule = (f"请用少于{zh_chars}个字回答以下问题" if zh else
                 f"Answer the following question in {length}, in plain spoken words.")
         if emotions:
             names, example = ("、" if zh else ", ").join(emotions), f"[{emotions[0]}]"
@@ -85,7 +75,7 @@ class _Meter:
         return self.cum[-1] > limit + _EPS
 
     def _cost(self, ch: str) -> float:
-        if _MARK_LO <= ch <= _MARK_HI:
+        if _MARK.match(ch):
             return 0.0
         if self.chars:
             return 1.0
@@ -111,12 +101,9 @@ def fit_to_budget(text: str, max_chars: int | None = None, *, max_seconds: float
 
 
 class SpeechFilter:
-    """Turns a stream of raw deltas into speech-clean deltas; with a budget, enforces it.
-    Under a budget, text is released only up to the last sentence end (before any, the last clause
-    mark), and past the budget only at the cut, so the cut never takes back released text. A sentence
-    end is released the moment it arrives. `done` turns true once the budget is exceeded and a sentence
-    has ended, or the text is past FIRST_SENTENCE_OVERRUN times the budget: the caller then stops the
-    upstream. `lang` ("zh"/"en") is how digits are read before any letter."""
+    """Raw deltas in, speech-clean deltas out; a budget is enforced by releasing text only up to the last
+    sentence end (before any, clause mark) and past the budget only at the cut, so nothing released is
+    taken back. `done`: the budget is spent, the caller stops the upstream. `lang`: how digits are read."""
 
     def __init__(self, budget: Budget | int | None, lang: str = "zh"):
         self.budget = b = Budget(chars=budget) if isinstance(budget, int) else budget
@@ -133,14 +120,13 @@ class SpeechFilter:
         if self.budget is None:
             return cleaned
         self._add(cleaned, final=False)
-        over = self._meter.over(self._limit)
+        if not self._meter.over(self._limit):
+            return self._release(self._last_sentence or max(self._last_clause, 0))
         # Past the budget with no sentence end yet, the first sentence may still end within the allowance.
-        if over and (self._last_sentence or self._meter.over(self._limit * FIRST_SENTENCE_OVERRUN)):
+        if self._last_sentence or self._meter.over(self._limit * FIRST_SENTENCE_OVERRUN):
             self.done = True
             return self._release_cut(ended=False)
-        if over:        # the cut may yet fall at a clause within the budget: release no more
-            return ""
-        return self._release(self._last_sentence or max(self._last_clause, 0))
+        return ""       # the cut may yet fall at a clause within the budget: release no more
 
     def finish(self) -> str:
         """The rest, once the upstream stream has ended (or was stopped)."""
@@ -165,9 +151,8 @@ class SpeechFilter:
         return out
 
     def _release_cut(self, ended: bool) -> str:
-        """The cut of a text past the budget, by preference: the last sentence end within the budget, else
-        the first within the allowance (1.5x); the last clause mark within the budget, else within the
-        allowance; before a phrase (English); at the budget. Each lies at or after the released text."""
+        """The cut past the budget, by preference: a sentence end, a clause mark (each within the budget,
+        else the allowance), before a phrase (English), at the budget; never before the released text."""
         text, limit = self._text, self._limit
         fits, room = self._meter.within(limit), self._meter.within(limit * FIRST_SENTENCE_OVERRUN)
         ends = list(boundaries(text[:room + 1], 0, ended))     # +1: the character that tells what a "." is

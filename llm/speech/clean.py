@@ -1,5 +1,4 @@
-"""Speech-clean text: markdown, emoji, URLs and control characters out, as the stream arrives;
-and the reply filter every model's output passes: reasoning (<think>) never reaches the reply."""
+"""Speech-clean text (no markdown, emoji, URLs) as the stream arrives, and the reply filter (no <think>)."""
 
 from __future__ import annotations
 
@@ -34,9 +33,8 @@ def clean_for_speech(text: str) -> str:
 
 
 class ReplyFilter:
-    """What every model's reply passes, styled or not: reasoning blocks (<think>...</think>, also one
-    left open at the end) and control characters are dropped, and trailing white space is held back,
-    so a reply never ends in it. Incremental: a tag split across deltas is held until it is whole."""
+    """What every reply passes: reasoning blocks (<think>...</think>, or left open) and control characters
+    dropped; a tag split across deltas, and trailing white space (a reply never ends in it), held back."""
 
     def __init__(self) -> None:
         self._pending, self._space = "", ""         # held: a possible tag; trailing white space
@@ -139,9 +137,9 @@ def _inline(text: str) -> str:
 
 def _safe_cut(p: str) -> int:
     """How much of a partial line can be cleaned now: not an unfinished link, URL or '*'/'!' run."""
-    cut = len(p)
-    bracket = p.rfind("[")
-    if bracket >= 0 and _open_link(p, bracket):
+    cut, bracket = len(p), p.rfind("[")
+    close = p.find("]", bracket)
+    if bracket >= 0 and (close in (-1, len(p) - 1) or (p[close + 1] == "(" and p.find(")", close) < 0)):
         cut = bracket - (p[bracket - 1:bracket] == "!")
     k = len(p[:cut].rstrip(_URL_CHARS))
     token = p[k:cut].lower()
@@ -150,11 +148,6 @@ def _safe_cut(p: str) -> int:
         cut = k
     cut = len(p[:cut].rstrip("*!"))
     return len(p) if cut == 0 and len(p) > _HOLD_LIMIT else cut
-
-
-def _open_link(p: str, bracket: int) -> bool:
-    close = p.find("]", bracket)
-    return close < 0 or close == len(p) - 1 or (p[close + 1] == "(" and p.find(")", close) < 0)
 
 
 def _cjkish(ch: str) -> bool:

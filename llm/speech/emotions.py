@@ -1,8 +1,7 @@
 """Emotion tags for the avatar's face: "[joy]今天天气真好！" -> the sentence, with emotion "joy".
 
-The model starts each sentence with a tag from a fixed set. `EmotionTags` turns each known tag into
-a private-use marker character, which passes the cleaning and the budget (at no cost) and becomes
-`Chunk.emotion`; unknown or malformed tags are removed, never spoken. A split tag is held till decided."""
+A known tag becomes a private-use marker character, which passes the cleaning and the budget at no cost
+and becomes `Chunk.emotion`; an unknown or malformed one is removed, never spoken."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ _BASE = ord(MARKS.split("-")[0])
 _TAG = re.compile(r"[\[【]\s*([A-Za-z_]{1,16})\s*[\]】]")
 _MAYBE_TAG = re.compile(r"[\[【]\s*[A-Za-z_]{0,16}\s*")         # could still become a tag
 _BROKEN_TAG = re.compile(r"[\[【]\s*([A-Za-z_]{1,16})(?![A-Za-z_\]】])")   # "[joy" with no bracket
-_OPEN = re.compile(r"[\[【]")
 # A sentence end or a line break, and the spaces after it: a sentence starts where it ends.
 _SENTENCE_END = re.compile(r"[。！？!?.\n][ \t]*")
 _WORD = re.compile(r"[ \t]*([A-Za-z_]{1,16})")
@@ -38,18 +36,16 @@ class EmotionTags:
         return chr(_BASE + self.names.index(name))
 
     def feed(self, delta: str, final: bool = False) -> str:
-        text, self._pending = self._pending + delta, ""
-        text, held = self._bare_tags(text, final)
-        out = self._bracket_tags(text, final)
-        self._pending += held
+        text, held = self._bare_tags(self._pending + delta, final)
+        out, pending = self._bracket_tags(text, final)
+        self._pending = pending + held
         if out.strip(" \t"):
             self._at_start = out.rstrip(" \t")[-1] in "。！？!?.\n"
         return out
 
     def _bare_tags(self, text: str, final: bool) -> tuple[str, str]:
-        """A tag a model wrote without its brackets ("joy 今天…", "neutral" alone, "sad: …") where a
-        sentence starts: made a marker, never spoken as the word. Only where it cannot be a word of the
-        sentence (English "Joy is…" stays). Returns the text, and the tail held until it is decided."""
+        """Tags without brackets ("joy 今天…", "neutral" alone, "sad: …") where a sentence starts and they
+        cannot be a word of it ("Joy is…" stays) made markers; returns the text and the tail held back."""
         out, i = [], 0
         starts = ([0] if self._at_start else []) + [m.end() for m in _SENTENCE_END.finditer(text)]
         for start in starts:
@@ -67,16 +63,15 @@ class EmotionTags:
         out.append(text[i:])
         return "".join(out), ""
 
-    def _bracket_tags(self, text: str, final: bool) -> str:
+    def _bracket_tags(self, text: str, final: bool) -> tuple[str, str]:
         out, i = [], 0
-        while opener := _OPEN.search(text, i):
+        while opener := _MAYBE_TAG.search(text, i):     # the next opener (the pattern matches it alone)
             k = opener.start()
             out.append(text[i:k])
             tag = _TAG.match(text, k)
             # "[x]" at the end: a "(" next would make it a markdown link; "[jo" at the end: wait for the rest
             if (tag.end() == len(text) and not final) if tag else _MAYBE_TAG.fullmatch(text, k):
-                self._pending = text[k:]
-                return "".join(out)
+                return "".join(out), text[k:]
             if tag and not text.startswith("(", tag.end()):      # [text](url): a link, for the cleaner
                 name = tag[1].lower()
                 out.append(self.marker(name) if name in self.names else "")   # unknown: removed
@@ -87,7 +82,7 @@ class EmotionTags:
                 out.append(text[k])
                 i = k + 1
         out.append(text[i:])
-        return "".join(out)
+        return "".join(out), ""
 
     def finish(self) -> str:
         rest, self._pending = self.feed("", final=True) + self._pending, ""

@@ -1,14 +1,10 @@
-"""TTS-ready text: a sentence as a TTS engine should read it (the displayed reply keeps its digits).
+"""TTS-ready text: a sentence with its numbers, units and symbols in words (the displayed reply keeps digits).
 
-"2024年3月5日，气温25.5℃，增长了30%" -> "二零二四年三月五日，气温二十五点五摄氏度，增长了百分之三十";
-"In 2024, growth was 30%." -> "In twenty twenty four, growth was thirty percent."
-wetext (WeTextProcessing's runtime, Apache-2.0) does the work: its Chinese grammar reads years and
-phone numbers digit by digit and says dates, times, decimals, percentages, ranges and units in words
-(cn2an left "25.5" half-converted). Importing it takes about 0.7 s and 44 MB, a sentence 2-5 ms: it
-is imported on the first sentence that needs it, and one with nothing to convert returns at once.
-Its English grammar misreads "1,200 meters" ("thousand two hundred"), "77.0" ("point oh") and
-"$5.99" ("five point nine nine dollars"), so in English money and numbers with thousands separators
-are put in words here first, and its output gets "zero" after "point" and hyphens in 21-99."""
+wetext (WeTextProcessing's runtime, Apache-2.0; cn2an left "25.5" half-converted) does the work. Importing
+it takes about 0.7 s and 44 MB, a sentence 2-5 ms: it is imported on the first sentence that needs it.
+Its English grammar misreads "1,200 meters", "77.0" ("point oh") and "$5.99", so in English money and
+numbers with thousands separators are put in words here first, and its output gets "zero" after "point"
+and hyphens in 21-99."""
 
 from __future__ import annotations
 
@@ -51,8 +47,7 @@ _MONEY = re.compile(r"(?<![A-Za-z])([$£€])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))
 # separator is left to wetext, and so is one with letters after it ("1,000th", "1,200kWh").
 _NUMBER = r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?)"
 _UNIT = "|".join(sorted(map(re.escape, _UNITS), key=len, reverse=True))
-_SEPARATED = re.compile(rf"(?<![\w.,~-])([-~])?{_NUMBER}(?:[-–~]{_NUMBER})?(?:\s?({_UNIT})(?![A-Za-z]))?"
-                        rf"(?![A-Za-z])")
+_SEPARATED = re.compile(rf"(?<![\w.,~-])([-~])?{_NUMBER}(?:[-–~]{_NUMBER})?(?:\s?({_UNIT}))?(?![A-Za-z])")
 # wetext says "oh" for a 0 after the point ("three point oh"); written English says "zero".
 _POINT_DIGITS = re.compile(r"\bpoint(?: (?:%s))+\b" % "|".join(["oh"] + _ONES[:10]))
 # "twenty four" right after another number word is part of a year or a time ("twenty twenty four",
@@ -104,8 +99,7 @@ def _separated(m: re.Match) -> str:
 
 
 def for_tts(sentence: str) -> str:
-    """`sentence` with numbers, units and symbols in words, in the sentence's own language; as it was
-    if the normalizer is missing or fails (never loses the sentence)."""
+    """`sentence` in words, in its own language; as it was if the normalizer is missing or fails."""
     global _failed
     if _failed or not _NEEDS_WORDS.search(sentence):
         return sentence
@@ -131,6 +125,5 @@ def for_tts(sentence: str) -> str:
 
 
 async def sentence_event(sentence: str, emotion: str | None = None) -> dict:
-    """A sentence as the seed stream and the page deliver it: `sentence` (as displayed), `speech`
-    (as a TTS engine should read it; normalised off the event loop) and `emotion`."""
+    """A sentence as the seed stream and the page deliver it, `speech` normalised off the event loop."""
     return {"sentence": sentence, "speech": await asyncio.to_thread(for_tts, sentence), "emotion": emotion}

@@ -1,8 +1,7 @@
 """Sentence boundaries while the text arrives, and the splitter that yields speakable sentences.
 
-A sentence ends at 。！？!?… at once, with no wait for the next character: a closing quote or a
-second mark that follows is left for the next piece, where it is dropped. Only "." is ambiguous
-(3.14, e.g., Dr. Smith) and waits for the character after it."""
+A sentence ends at 。！？!?… at once (a closer after it is dropped from the next piece); only "." is
+ambiguous (3.14, e.g., Dr. Smith) and waits for the character after it."""
 
 from __future__ import annotations
 
@@ -30,9 +29,8 @@ def is_chinese(text: str) -> bool:
 
 
 def boundaries(text: str, start: int, final: bool, state: object | None = None) -> Iterator[tuple[int, str]]:
-    """Sentence ends (index after the end and the closers already there) and clause marks (their
-    index), from `start`. Stops before a '.' (or a ',' or ':' after a digit) at the very end unless
-    `final`, since only the next char tells what it is; records the resume point on `state`."""
+    """Sentence ends (after closers already there) and clause marks, from `start`; stops before a final
+    '.' (or ',' ':' after a digit) unless `final`: the next char tells. The resume point goes on `state`."""
     i, n = start, len(text)
     while i < n:
         ch = text[i]
@@ -70,9 +68,8 @@ def _is_full_stop(text: str, dot: int, after: int) -> bool:
 
 
 class SentenceSplitter:
-    """Yields speakable sentences while the text arrives (Chinese and English punctuation, newlines);
-    no split inside numbers like 3.14 or after common abbreviations. `feed_tagged` also takes the emotion
-    starting at the fed text (`Chunk.emotion`); each sentence gets the one in force where it starts."""
+    """Speakable sentences while the text arrives. `feed_tagged` also takes the emotion starting at the
+    fed text (`Chunk.emotion`); each sentence gets the one in force where it starts."""
 
     def __init__(self) -> None:
         self._buf, self._scanned = "", 0

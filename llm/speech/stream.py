@@ -13,12 +13,10 @@ Piece = tuple["str | StreamEvent", "str | None"]
 
 
 class Speaker:
-    """The speech stages as one push-based filter: `feed` each delta, then `finish`; each returns the
-    (text, emotion starting there) pieces now ready. StreamEvents pass through untouched, in place;
-    when the budget ends the reply, `done` turns true and a last StreamEvent says finish_reason "length".
-    `verbatim`: the text as it came (Direct Reply). Otherwise reasoning and control characters are
-    always dropped; with a `budget` (the speech style) the text is also cleaned for speech and cut to
-    the budget, and emotion [tag]s are removed, reported as emotions when `emotions` names the set."""
+    """The stages as one filter: `feed` each delta, then `finish`, for the (text, emotion) pieces ready.
+    StreamEvents pass in place; a spent budget sets `done` and adds finish_reason "length". `verbatim`: the
+    text as it came; else reasoning is dropped and, with a `budget`, the text cleaned and cut, [tag]s
+    removed (reported as emotions when `emotions` names the set)."""
 
     def __init__(self, budget: Budget | None, *, emotions: tuple[str, ...] = (), lang: str = "zh",
                  verbatim: bool = False):
@@ -31,7 +29,7 @@ class Speaker:
     def feed(self, delta: str | StreamEvent) -> list[Piece]:
         if isinstance(delta, StreamEvent) or self.verbatim:
             return [(delta, None)] if delta else []
-        out = self._pieces(self._stages(self.reply.feed(delta), final=False))
+        out = self._pieces(self.reply.feed(delta), final=False)
         if self.speech and self.speech.done:
             self.done = True
             out.append((StreamEvent(finish_reason="length"), None))
@@ -40,14 +38,11 @@ class Speaker:
     def finish(self) -> list[Piece]:
         if self.verbatim or self.done:
             return []
-        return self._pieces(self._stages(self.reply.finish(), final=True))
+        return self._pieces(self.reply.finish(), final=True)
 
-    def _stages(self, text: str, final: bool) -> str:
+    def _pieces(self, text: str, final: bool) -> list[Piece]:
         for stage in (self.tags, self.speech) if self.tags else ():
             text = stage.feed(text) + (stage.finish() if final else "")
-        return text
-
-    def _pieces(self, text: str) -> list[Piece]:
         out = []
         for piece, emotion in (self.tags.split(text) if self.tags else [(text, None)]):
             self.pending = (emotion if self.emotions else None) or self.pending

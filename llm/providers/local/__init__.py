@@ -94,8 +94,7 @@ class LocalProvider(Provider):
             report(1.0, f"{self.config.display_name} is ready")
 
     def _batching(self, engine: Any, model: Any, special: dict, device: str, report: Progress) -> dict:
-        """The batching engine, started and warmed up, when `engine` (auto: on CUDA) asks for one; else {}
-        and one short warm-up generation. A model the engine cannot run falls back to generate."""
+        """The batching engine when `engine` (auto: on CUDA) asks for one and it runs; else {} (generate)."""
         choice = self.config.engine
         if choice == "batched" or (choice == "auto" and device.startswith("cuda")):
             report(0.85, f"{self.config.display_name}: warming up the batching engine")
@@ -170,8 +169,7 @@ class LocalProvider(Provider):
         return f"python -m llm download {self.name}"
 
     def status(self) -> ProviderStatus:
-        """Ready if loaded or the files are on disk; reads at most config.json, never the weights, and
-        imports neither torch nor transformers (a process that never uses a local model never does)."""
+        """Ready if loaded or its files are on disk; reads config.json at most, never torch or the weights."""
         if self.loaded:
             return ProviderStatus(True)
         missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
@@ -213,8 +211,7 @@ class LocalProvider(Provider):
 
     @property
     def context_window(self) -> int:
-        model = self.model
-        own = getattr(model.config, "max_position_embeddings", None) if model is not None else None
+        own = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         return min(own, self.config.context_window or MAX_CONTEXT) if own else super().context_window
 
     def fit(self, messages: list[Message], reserve: int) -> list[Message]:
@@ -231,8 +228,7 @@ class LocalProvider(Provider):
                 **{name: value for name in names if (value := getattr(params, name)) is not None}}
 
     def batch_request(self, weights: Weights, params: GenerationParams) -> dict[str, Any] | None:
-        """The batching engine's request arguments for this call (a subclass may add more); None for plain
-        generate: no engine, or params the engine cannot honour per request (seed, repetition_penalty)."""
+        """The batching engine's arguments for this call (a subclass may add more); None: plain generate."""
         if weights.engine is None or params.seed is not None or params.repetition_penalty is not None:
             return None
         return weights.engine.sampling(params.greedy, params.temperature, params.top_p, params.top_k)
@@ -258,27 +254,24 @@ class LocalProvider(Provider):
 
     def _generate(self, weights: Weights, ids: list[int], params: GenerationParams,
                   cancel: CancelToken) -> Iterator[list[int]]:
-        """Plain `model.generate`, one call at a time per model; waiting gives up when cancelled. A seed
-        pauses the batching engine meanwhile: the RNG is shared, and the seed must make the reply repeat."""
+        """Plain `model.generate`, one call at a time per model; waiting gives up when cancelled."""
         engine = _engine(self.name)
         while not weights.solo.acquire(timeout=0.05):
             if cancel.cancelled:
                 raise CancelledError("generation cancelled while waiting for the model")
         try:
+            # A seed pauses the batching engine: it shares the RNG, and the seed must make the reply repeat
             seeded = params.seed is not None and weights.engine is not None
             with weights.engine.paused() if seeded else contextlib.nullcontext():
-                if params.seed is not None:
-                    engine.seed(params.seed)
-                yield from engine.tokens(weights.model, engine.inputs(ids, weights.model.device),
-                                         self.generate_kwargs(params, weights), cancel, self.name)
+                yield from engine.tokens(weights.model, ids, self.generate_kwargs(params, weights), cancel,
+                                         self.name, params.seed)
         finally:
             weights.solo.release()
 
 
 @functools.cache
 def transformers_model_types() -> tuple[frozenset[str], str]:
-    """The model types the installed transformers ships (its `models/` folders) and its version, read
-    from its files: importing transformers to ask would import torch, seconds for a status check."""
+    """The installed transformers' model types (`models/` folders) and version, from its files: no torch."""
     try:
         version = importlib.metadata.version("transformers")
         spec = importlib.util.find_spec("transformers")
@@ -301,14 +294,12 @@ def _engine(name: str) -> Any:
 
 
 def _free(weights: Weights) -> None:
-    """The pool's unload: drop references, collect the module graph's cycles and empty the CUDA cache, so
-    the memory is free for the next model now, not at some later GC."""
+    """The pool's unload: the memory is free for the next model now (cycles collected), not at a later GC."""
     if weights.engine is not None:
         weights.engine.close()
     weights.model = weights.tokenizer = weights.engine = None
     gc.collect()
-    if weights.key[2].startswith("cuda"):
-        _engine("local").free(weights.key[2])
+    _engine("local").free(weights.key[2])
 
 
 POOL = ModelPool(unload=_free)

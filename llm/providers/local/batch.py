@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import queue
 import threading
 import uuid
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import torch
@@ -22,25 +22,20 @@ log = logging.getLogger(__name__)
 POLL_S = 0.1            # how often a waiting request looks at its cancel token and the engine's health
 CPU_CACHE_TOKENS = 512  # per stream on a CPU (tests): the cache is sized, not taken from free RAM
 GPU_CACHE_SHARE = 0.5   # of the memory free after loading: the rest stays for other models (the pool)
+# The manager hands each result to a (handler, loop) pair by loop.call_soon_threadsafe; this "loop" runs the
+# handler (a queue's put) at once in the engine's thread, so no event loop thread is needed in between.
+AT_ONCE = SimpleNamespace(call_soon_threadsafe=lambda handler, *args: handler(*args))
 
 
 class Batcher:
-    """A continuous-batching engine for one model, started (and warmed up) at load time. Results come
-    through the manager's `register_result_handler`, which needs an event loop: a small one runs in a
-    thread here and puts each result in its request's queue, so a request never sees another's tokens."""
+    """A continuous-batching engine for one model, started (and warmed up) at load time."""
 
     def __init__(self, model: Any, special: dict[str, Any], streams: int, name: str):
         self.model, self.name, self.streams = model, name, streams
         self.vocab = model.config.get_text_config().vocab_size
         self.eos, self.pad = special["eos_token_id"], special["pad_token_id"]
         self._lock, self._closed = threading.Lock(), False
-        self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, name=f"batch-results-{name}", daemon=True).start()
-        try:
-            self._manager = self._start()
-        except BaseException:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            raise
+        self._manager = self._start()
 
     def _start(self) -> Any:
         """A started manager whose cache and CUDA graphs exist (warm-up), so errors show at load."""
@@ -62,8 +57,7 @@ class Batcher:
         return manager
 
     def _running(self) -> Any:
-        """A manager that takes requests: a new one if the last died or is dying (a fatal error fails its
-        requests, not the model). A caller that comes while it is replaced waits here for the new one."""
+        """A manager that takes requests: a new one if the last died or is dying (meanwhile callers wait)."""
         with self._lock:
             if self._closed:
                 raise self._refused()
@@ -91,11 +85,10 @@ class Batcher:
 
     def stream(self, ids: list[int], max_new_tokens: int, request: dict[str, Any],
                cancel: CancelToken) -> Iterator[list[int]]:
-        """The new token ids of one request as the engine makes them (`request`: sampling params, maybe an
-        eos_token_id). Closing this (or cancelling) drops the request from the batch at the next step."""
+        """One request's new token ids as made; closing this (or cancelling) drops it at the next step."""
         rid = f"{self.name}-{uuid.uuid4().hex}"
         results: queue.SimpleQueue = queue.SimpleQueue()
-        manager = self._submit(rid, results, ids, max_new_tokens, request)
+        manager = self._submit(rid, results.put, ids, max_new_tokens, request)
         seen, finished = 0, False
         try:
             while not finished:
@@ -116,24 +109,19 @@ class Batcher:
         finally:
             if not finished:
                 manager.cancel_request(rid)
-                # A cancelled request gets no last result, so its handler would stay registered
-                self._loop.call_soon_threadsafe(manager.output_router.result_handlers.pop, rid, None)
+            manager.output_router.result_handlers.pop(rid, None)
 
-    def _submit(self, rid: str, results: queue.SimpleQueue, ids: list[int], max_new_tokens: int,
+    def _submit(self, rid: str, handler: Any, ids: list[int], max_new_tokens: int,
                 request: dict[str, Any]) -> Any:
-        """Add the request to a running manager, its results going to `results`; the manager. One that
-        dies meanwhile (another request's fatal error) refuses it: then once more, on its replacement."""
+        """Add it to a running manager, returned; one dying meanwhile refuses it: then its successor."""
         for _ in range(2):
             manager = self._running()
-
-            async def register(manager: Any = manager) -> None:    # before add_request: no result is lost
-                manager.register_result_handler(rid, results.put)
-
-            asyncio.run_coroutine_threadsafe(register(), self._loop).result(timeout=10)
+            handlers = manager.output_router.result_handlers
+            handlers[rid] = (handler, AT_ONCE)      # before add_request: no result is lost
             if manager.add_request(ids, request_id=rid, max_new_tokens=max_new_tokens, streaming=True,
                                    **{"eos_token_id": self.eos} | request) is not None:
                 return manager
-            self._loop.call_soon_threadsafe(manager.output_router.result_handlers.pop, rid, None)
+            handlers.pop(rid, None)
         raise self._refused()
 
     def _refused(self) -> UpstreamError:
@@ -157,7 +145,4 @@ class Batcher:
         """Stop the engine (its requests end) and free its cache; for good: no request starts it again."""
         with self._lock:
             self._closed = True
-            try:
-                self._manager.stop(block=True, timeout=10)
-            finally:
-                self._loop.call_soon_threadsafe(self._loop.stop)
+            self._manager.stop(block=True, timeout=10)

@@ -16,7 +16,7 @@ from ...types import CancelToken
 
 Progress = Callable[[float, str], None]
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-END = object()      # queued after the last token (and after an error)
+END = object()      # queued after the last token (an error is queued instead)
 
 
 class Hooks(BaseStreamer, StoppingCriteria):
@@ -33,7 +33,7 @@ class Hooks(BaseStreamer, StoppingCriteria):
         self.prompt_seen = True
 
     def end(self) -> None:
-        """Nothing: the worker thread queues the end itself, after errors too."""
+        """Nothing: the worker thread queues the end (or the error) itself."""
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs) -> torch.BoolTensor:
         stop = self.cancel.cancelled or self.closed.is_set()
@@ -98,20 +98,22 @@ def special_ids(tokenizer: Any, model: Any) -> dict[str, Any]:
     return {"eos_token_id": eos, "pad_token_id": pad}
 
 
-def tokens(model: Any, inputs: dict, kwargs: dict, cancel: CancelToken, name: str) -> Iterator[list[int]]:
+def tokens(model: Any, ids: list[int], kwargs: dict, cancel: CancelToken, name: str,
+           seed: int | None = None) -> Iterator[list[int]]:
     """`model.generate` in a worker thread, its new token ids as they come. Closing this (or cancelling)
     stops generate at the next token and waits for the thread, so the GPU is free when it returns."""
-    hooks = Hooks(cancel)
+    hooks, prompt = Hooks(cancel), inputs(ids, model.device)
     kwargs = kwargs | {"streamer": hooks, "stopping_criteria": StoppingCriteriaList([hooks])}
+    if seed is not None:
+        torch.manual_seed(seed)     # the process's sampling RNG: the caller holds Weights.solo
 
     def generate() -> None:
         try:
             with torch.inference_mode():
-                model.generate(**inputs, **kwargs)
+                model.generate(**prompt, **kwargs)
+            hooks.queue.put(END)
         except BaseException as e:  # noqa: BLE001 - re-raised as a typed error by the consumer
             hooks.queue.put(e)
-        finally:
-            hooks.queue.put(END)
 
     worker = threading.Thread(target=generate, name=f"generate-{name}", daemon=True)
     worker.start()
@@ -149,11 +151,6 @@ def inputs(ids: list[int], device: Any) -> dict[str, torch.Tensor]:
 def allocated(device: str) -> int:
     """Bytes torch holds on a CUDA device now (0 elsewhere): what an engine's cache took."""
     return torch.cuda.memory_allocated(torch.device(device)) if device.startswith("cuda") else 0
-
-
-def seed(value: int) -> None:
-    torch.manual_seed(value)    # the process's sampling RNG: the caller holds Weights.solo (and pauses
-                                # the batching engine, which samples from it too)
 
 
 def free(device: str) -> None:

@@ -20,8 +20,7 @@ Key = tuple[str, str, str, str]     # (folder, dtype, device, quantization)
 
 
 def estimate_bytes(path: Path, dtype: str, quantization: str | None = None) -> int | None:
-    """Memory the model at `path` needs loaded in `dtype` (or quantized), with MARGIN; None when unknown.
-    A checkpoint quantized already (`quantization_config`) loads at about its stored size."""
+    """Memory the model at `path` needs loaded in `dtype` (or quantized), with MARGIN; None when unknown."""
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -29,7 +28,7 @@ def estimate_bytes(path: Path, dtype: str, quantization: str | None = None) -> i
     stored = _stored_bytes(path)
     if not stored:
         return None
-    if "quantization_config" in config:
+    if "quantization_config" in config:     # quantized already: loads at about its stored size
         return int(stored * MARGIN)
     stored_dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
     params = stored / BYTES_PER_PARAM.get(stored_dtype, 4.0)

@@ -12,8 +12,7 @@ _PLACEHOLDER = re.compile(r"\{(system|history|prompt)\}")
 
 
 class StopAt:
-    """Ends a text stream before the first of some stop strings, holding back just enough text to see
-    one split across deltas."""
+    """Ends a text stream before the first stop string, holding back enough to see one split across deltas."""
 
     def __init__(self, stops: Iterable[str] | None):
         self.stops = tuple(s for s in stops or () if s)
@@ -39,15 +38,13 @@ class StopAt:
 
 
 class IncrementalDetokenizer:
-    """Token ids in, text deltas out, decoding only a short window of recent tokens (linear in length).
-    vLLM's and TGI's prefix/read offsets: emit decode([prefix:]) minus decode([prefix:read]) once it does
-    not end in an incomplete character; the prefix gives SentencePiece's leading spaces their context."""
+    """Token ids in, text deltas out, decoding a short window (vLLM's and TGI's prefix/read offsets): emit
+    decode([prefix:]) minus decode([prefix:read]) once whole; the prefix gives leading spaces context."""
 
     MAX_PENDING = 8     # a run of undecodable bytes longer than any UTF-8 char is emitted anyway
 
-    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True):
+    def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens
         self.ids: list[int] = []
         self.prefix_offset = self.read_offset = 0
         self.decode_calls = self.decoded_tokens = 0     # cost counters for tests and the bench
@@ -77,7 +74,7 @@ class IncrementalDetokenizer:
             return ""
         self.decode_calls += 1
         self.decoded_tokens += end - start
-        return self.tokenizer.decode(self.ids[start:end], skip_special_tokens=self.skip_special_tokens,
+        return self.tokenizer.decode(self.ids[start:end], skip_special_tokens=True,
                                      clean_up_tokenization_spaces=False)
 
 
