@@ -60,7 +60,10 @@ class Reply:
         try:
             async with aclosing(chunks):
                 async for chunk in chunks:
-                    await self._record(chunk)
+                    self._record(chunk)
+                    if self.speak and chunk.text:
+                        for sentence, emotion in self._splitter.feed_tagged(chunk.text, self.emotion):
+                            await self._say(sentence, emotion)
                     yield chunk
             self.mark("total_ms")
             if self.speak:
@@ -80,16 +83,13 @@ class Reply:
         for event in self.events[sent:]:
             yield event
 
-    async def _record(self, chunk: Chunk) -> None:
+    def _record(self, chunk: Chunk) -> None:
         self.provider = chunk.provider
         if chunk.substantive:
             self.last_at, self.emotion = chunk.at, chunk.emotion
             self.mark("ttft_ms", chunk.at)
         if chunk.text:
             self.parts.append(chunk.text)
-            if self.speak:
-                for sentence, emotion in self._splitter.feed_tagged(chunk.text, self.emotion):
-                    await self._say(sentence, emotion)
         for call in chunk.tool_calls:
             self._add_call(call)
         self.logprobs.extend(chunk.logprobs)
