@@ -36,7 +36,7 @@ ROUTER_FIELDS = {"model": "check model in configs.yaml", "stream": "use a server
 
 class Provider(ABC):
     """A backend. A kind implements one of `astream` (an async client) or `stream` (a blocking library:
-    local models, Direct Reply); the base adapts each to the other. When the caller closes the stream early
+    local models); the base adapts each to the other. When the caller closes the stream early
     (budget reached, cancel, client gone) its `finally` must stop the upstream work (stop generating
     tokens, or close the HTTP stream); providers also check `cancel` between deltas."""
 

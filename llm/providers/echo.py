@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 from ..types import CancelToken, GenerationParams, Message
 from . import KINDS
@@ -14,10 +14,6 @@ class EchoProvider(Provider):
     styled = False      # Direct Reply is never styled
     verbatim = True     # and the avatar reads it exactly as typed
     honours = KINDS["echo"].honours
-
-    def stream(self, messages: list[Message], params: GenerationParams,
-               cancel: CancelToken) -> Iterator[str]:
-        yield messages[-1].content
 
     async def astream(self, messages: list[Message], params: GenerationParams,
                       cancel: CancelToken) -> AsyncIterator[str]:
