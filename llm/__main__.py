@@ -18,21 +18,6 @@ USAGE_ERROR = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 failed, 2 bad usage or config)."""
-    args = _parser().parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return USAGE_ERROR
-    unknown = [n for n in args.names if n not in settings.providers]
-    if unknown:
-        known = ", ".join(settings.providers)
-        print(f"error: unknown provider {unknown[0]!r}; known: {known}", file=sys.stderr)
-        return USAGE_ERROR
-    return args.run(settings, args)
-
-
-def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m llm", description=__doc__)
     parser.add_argument("--config", metavar="PATH",
                         help="settings file (default: $LLM_CONFIG or ./configs.yaml)")
@@ -51,7 +36,17 @@ def _parser() -> argparse.ArgumentParser:
         # --config after the command too; SUPPRESS keeps the top-level value when it is not given here
         command.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         command.set_defaults(run=run, names=[])
-    return parser
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    if unknown := [n for n in args.names if n not in settings.providers]:
+        known = ", ".join(settings.providers)
+        print(f"error: unknown provider {unknown[0]!r}; known: {known}", file=sys.stderr)
+        return USAGE_ERROR
+    return args.run(settings, args)
 
 
 def _download(settings, args) -> int:
@@ -79,8 +74,18 @@ def _download(settings, args) -> int:
 def _status(settings, args) -> int:
     """Each provider's readiness; from the running API's /health when one answers on this config's
     api_port (it alone knows which providers are cooling down after failures), else checked here."""
-    statuses = _live_statuses(settings)
-    if statuses is not None:
+    import json
+    import urllib.request
+
+    host = settings.server.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host.strip("[]")
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.server.api_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:   # /health needs no API key
+            statuses = json.load(response)["providers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        statuses = None     # no API running here (or not ours): check the providers directly
+    if isinstance(statuses, dict) and statuses:
         print(f"(live, from the API on port {settings.server.api_port})")
     else:
         from .router import Router
@@ -104,21 +109,6 @@ def _scoreboard(settings, args) -> int:
         return 1
     print(scoreboard.table(scores))
     return 0
-
-
-def _live_statuses(settings) -> dict[str, dict] | None:
-    import json
-    import urllib.request
-
-    host = settings.server.host
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host.strip("[]")
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.server.api_port}/health"
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:   # /health needs no API key
-            providers = json.load(response)["providers"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None     # no API running here (or not ours): check the providers directly
-    return providers if isinstance(providers, dict) and providers else None
 
 
 if __name__ == "__main__":

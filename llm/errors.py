@@ -53,9 +53,6 @@ class MissingKeyError(NotReadyError):
     type = "missing_api_key"
 
 
-RETRY_STATUSES = frozenset({408, 409, 429})   # and every 5xx: worth another try after a pause
-
-
 class UpstreamError(LLMError):
     """The backend failed; `upstream_status` keeps the backend's HTTP status when it had one.
 
@@ -70,10 +67,8 @@ class UpstreamError(LLMError):
         super().__init__(message, **kw)
         self.upstream_status = upstream_status
         self.retry_after = retry_after
-        if transient is None:
-            transient = upstream_status is not None and (upstream_status in RETRY_STATUSES
-                                                         or upstream_status >= 500)
-        self.transient = transient
+        self.transient = transient if transient is not None else upstream_status is not None and (
+            upstream_status in (408, 409, 429) or upstream_status >= 500)
 
 
 class UpstreamRefusedError(UpstreamError):

@@ -1,8 +1,7 @@
-"""One reply, put together once: its text, tool calls, usage and timings, and the sentences the avatar
-says. The API frames it (llm/api) and the page renders it (ui_handlers); neither adds it up again.
+"""One reply, put together once: its text, tool calls, usage, timings and the avatar's sentences.
 
-This is where the stages that come next plug in: a knowledge stage before the provider, a record of
-what was delivered after it.
+The API frames it (llm/api) and the page renders it (ui_handlers); neither adds it up again. The next
+stages plug in around it: knowledge before the provider, a record of what was delivered after it.
 """
 
 from __future__ import annotations
@@ -22,12 +21,10 @@ FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter")
 
 
 class Reply:
-    """One reply to `req`, recorded as its chunks pass: the text, the provider that answered, tool calls
-    (whole, merged from their deltas), logprobs, finish reason, usage and timings (ms from the start).
-
-    With `speak`, its sentences too (`events`), each as soon as it is complete: `sentence` (as displayed),
-    `speech` (as a TTS engine should read it) and `emotion` (when the request has emotions on, never None:
-    a sentence the model gave no tag has the set's resting face, "neutral")."""
+    """One reply to `req`, recorded as its chunks pass (tool calls merged from their deltas, timings in
+    ms from the start). With `speak`, its sentences too (`events`), each as soon as it is complete:
+    `sentence` (as displayed), `speech` (as a TTS engine should read it) and `emotion` (with emotions on,
+    never None: a sentence the model gave no tag has the set's resting face, "neutral")."""
 
     def __init__(self, req: Request, cancel: CancelToken | None = None, speak: bool = False):
         self.req, self.speak = req, speak
@@ -137,6 +134,5 @@ class Reply:
         total = self.total_ms
         if total is None:
             total = round((time.perf_counter() - self.start) * 1000, 1)
-        return {"ttft_ms": self.ttft_ms if self.ttft_ms is not None else total,
-                "first_sentence_ms": self.first_sentence_ms if self.first_sentence_ms is not None else total,
-                "total_ms": total}
+        return {name: total if getattr(self, name) is None else getattr(self, name)
+                for name in ("ttft_ms", "first_sentence_ms", "total_ms")}

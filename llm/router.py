@@ -163,21 +163,27 @@ class Router:
                 emotions: bool | None = None) -> Request:
         """Validate loose arguments into a Request (InvalidRequestError on bad input).
 
-        The answer budget: `max_chars` if given, else `max_seconds`, else the config's `max_chars`
-        (an explicit override), else its `max_seconds`. A request for a program (tools, a JSON reply)
-        is not styled unless `style` says so. `prompt` may be None when the history ends with tool results.
-        A field the provider cannot honour (`Provider.unsupported`) is refused, naming both."""
+        The answer budget: `max_chars`, else `max_seconds`, else the config's `max_chars` (an explicit
+        override), else its `max_seconds`. A request for a program (tools, a JSON reply) is not styled
+        unless `style` says so. A field the provider cannot honour (`Provider.unsupported`) is refused."""
         messages = tuple(normalize_history(history))
         tool_turn = prompt is None and bool(messages) and messages[-1].role == "tool"
         if not tool_turn and (not isinstance(prompt, str) or not prompt.strip()):
             raise InvalidRequestError("prompt must be a non-empty string")
         if system is not None and not isinstance(system, str):
             raise InvalidRequestError("system must be a string")
-        if isinstance(params, dict):
-            params = GenerationParams(**params)
-        params = params or GenerationParams()
-        budget = self._budget(max_chars, max_seconds)
+        params = GenerationParams(**params) if isinstance(params, dict) else params or GenerationParams()
         cfg = self.settings.style
+        if max_chars is not None:
+            if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+                raise InvalidRequestError("max_chars must be a positive integer")
+            budget = speech.Budget(chars=max_chars)
+        elif max_seconds is not None:
+            if not speech.valid_seconds(max_seconds):
+                raise InvalidRequestError(f"max_seconds {speech.SECONDS_RULE}")
+            budget = speech.Budget(seconds=float(max_seconds))
+        else:
+            budget = speech.Budget(chars=cfg.max_chars) if cfg.max_chars else speech.Budget(cfg.max_seconds)
         if emotions is not None and not isinstance(emotions, bool):
             raise InvalidRequestError("emotions must be true or false")
         name = self.resolve(provider)
@@ -215,18 +221,6 @@ class Router:
         except LLMError:    # its SDK is missing: it could not answer anyway
             return False
 
-    def _budget(self, max_chars: Any, max_seconds: Any) -> speech.Budget:
-        if max_chars is not None:
-            if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
-                raise InvalidRequestError("max_chars must be a positive integer")
-            return speech.Budget(chars=max_chars)
-        if max_seconds is not None:
-            if not speech.valid_seconds(max_seconds):
-                raise InvalidRequestError(f"max_seconds {speech.SECONDS_RULE}")
-            return speech.Budget(seconds=float(max_seconds))
-        style = self.settings.style
-        return speech.Budget(chars=style.max_chars) if style.max_chars else speech.Budget(style.max_seconds)
-
     def stream(self, prompt: str | Request, *, cancel: CancelToken | None = None, hold: str = "none",
                **kw) -> Iterator[Chunk]:
         """`astream` for synchronous callers (the CLI, the scoreboard, scripts), on an event loop of this
@@ -250,27 +244,18 @@ class Router:
 
     async def astream(self, prompt: str | Request, *, cancel: CancelToken | None = None,
                       hold: str = "none", **kw) -> AsyncIterator[Chunk]:
-        """Stream the reply as Chunks under the reliability policy (`llm.policy`): retries, deadlines,
-        cooldown and hedging, falling back along the provider's `fallback` list while no text has been
-        yielded. `hold` is how much the caller holds back before anyone sees it, so a provider that
-        fails within it can still be replaced: "none"; "sentence" (a sentence stream shows whole
-        sentences); "all" (a non-streaming reply, which comes at once when complete).
-
-        The chain runs on the running loop, which it never blocks (a provider whose library blocks is
-        read from a worker thread: `Provider.astream`). Leaving early, or the task being cancelled,
-        cancels the generation."""
+        """Stream the reply as Chunks under the reliability policy (`llm.policy`), falling back along the
+        provider's `fallback` list while no text has been yielded. `hold` is how much the caller holds back
+        before anyone sees it ("none", "sentence" or "all"), so a provider that fails within it can still
+        be replaced. Never blocks the running loop; leaving early, or the task being cancelled, cancels."""
         req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
         cancel = cancel or CancelToken()
         if hold not in HOLDS:
             raise ValueError(f"hold must be one of {', '.join(HOLDS)}")
         # the chain builds its fallbacks on first use (an SDK import): not on the loop
         chain = self._chain(req) if self.built(req.provider) else await asyncio.to_thread(self._chain, req)
-
-        def stream_one(name: str, token: CancelToken, progress) -> AsyncIterator[Chunk]:
-            return self._prepare(name, req).arun(token, progress)
-
-        fallbacks = FallbackChain(chain, stream_one, self.policy, self.breaker, cancel, show=HOLDS[hold],
-                                  redact=self.redact)
+        fallbacks = FallbackChain(chain, lambda name, *run: self._prepare(name, req).arun(*run), self.policy,
+                                  self.breaker, cancel, show=HOLDS[hold], redact=self.redact)
         try:
             async with aclosing(fallbacks.run()) as chunks:
                 async for chunk in chunks:
@@ -298,7 +283,7 @@ class Router:
         styled = req.style and provider.styled
         # No max_tokens is sent that the client (or the config) did not ask for: a cloud or vLLM server
         # has its own limit, and the speech budget closes a styled stream; a local model bounds itself.
-        params = req.params.merged_over(dict(provider.config.generation))
+        params = req.params.merged_over(provider.config.generation)
         reserve = params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         messages = provider.fit(self._messages(provider, req, styled), reserve=reserve)
         return Try(name, provider, params, messages, req.budget if styled else None,
@@ -334,5 +319,6 @@ def _after_first_sentence():
     return lambda text: bool(splitter.feed(text))
 
 
-# What a caller holds back before anyone sees the text (see `Router.stream`).
+# What a caller holds back before anyone sees the text (`Router.astream`'s `hold`): "sentence" for a sentence
+# stream (it shows whole sentences), "all" for a non-streaming reply (it comes at once when complete).
 HOLDS = {"none": None, "sentence": _after_first_sentence, "all": lambda: (lambda _text: False)}

@@ -1,7 +1,4 @@
-"""The speech-fitness scoreboard: how fit each provider's replies are for an avatar to say.
-
-`python -m llm scoreboard` sends fixed Chinese and English prompts, speech style on, and prints per
-provider the shares of replies in budget, ending a sentence and leaking, and the p50/p95 latencies."""
+"""The speech-fitness scoreboard: how fit each provider's replies are for an avatar to say."""
 
 from __future__ import annotations
 
@@ -9,6 +6,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass, field
+from itertools import product
 
 from . import speech
 from .errors import LLMError
@@ -34,11 +32,10 @@ LEAKS = {
 @dataclass
 class Score:
     provider: str
-    replies: int = 0
     within: int = 0
     sentence_end: int = 0
     leaks: dict[str, int] = field(default_factory=dict)
-    ttft_ms: list[float] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)    # one per reply
     first_sentence_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -47,19 +44,15 @@ def run(router: Router, names: list[str] | None = None, prompts: tuple[str, ...]
     """Score each named provider (default: every ready one that is not Direct Reply)."""
     names = names or [n for n in router.names()
                       if router.status(n).ready and not router.provider(n).verbatim]
-    return [_score(router, name, prompts) for name in names]
-
-
-def _score(router: Router, name: str, prompts: tuple[str, ...]) -> Score:
-    score = Score(name)
-    for prompt in prompts:
-        req = router.request(prompt, provider=name, style=True)
+    scores = [Score(name) for name in names]
+    for score, prompt in product(scores, prompts):
+        req = router.request(prompt, provider=score.provider, style=True)
         start, ttft, first_sentence, parts = time.perf_counter(), None, None, []
         splitter = speech.SentenceSplitter()
         try:
             for chunk in router.stream(req):
-                if chunk.provider != name:
-                    raise LLMError(f"{name} failed; {chunk.provider} (its fallback) answered")
+                if chunk.provider != score.provider:
+                    raise LLMError(f"{score.provider} failed; {chunk.provider} (its fallback) answered")
                 ttft = ttft if ttft is not None else time.perf_counter() - start
                 parts.append(chunk.text)
                 if first_sentence is None and splitter.feed(chunk.text):
@@ -69,7 +62,6 @@ def _score(router: Router, name: str, prompts: tuple[str, ...]) -> Score:
             continue
         reply, budget = "".join(parts), req.budget
         first_sentence = first_sentence if first_sentence is not None else time.perf_counter() - start
-        score.replies += 1
         score.within += (len(reply) <= budget.chars if budget.chars is not None
                          else speech.spoken_seconds(reply) <= budget.seconds + 1e-6)
         score.sentence_end += reply.rstrip()[-1:] in speech.SENTENCE_ENDS + "."
@@ -77,7 +69,7 @@ def _score(router: Router, name: str, prompts: tuple[str, ...]) -> Score:
             score.leaks[kind] = score.leaks.get(kind, 0) + bool(pattern.search(reply))
         score.ttft_ms.append((ttft or 0) * 1000)
         score.first_sentence_ms.append(first_sentence * 1000)
-    return score
+    return scores
 
 
 def table(scores: list[Score]) -> str:
@@ -85,15 +77,14 @@ def table(scores: list[Score]) -> str:
     rows = [("provider", "replies", "in budget", "sentence end", "leaks", "TTFT p50/p95 ms",
              "1st sentence p50/p95 ms", "errors")]
     for s in scores:
-        n = max(s.replies, 1)
+        n = max(len(s.ttft_ms), 1)
         kinds = ", ".join(f"{k} {v}" for k, v in s.leaks.items() if v)
-        rows.append((s.provider, str(s.replies), f"{s.within / n:.0%}", f"{s.sentence_end / n:.0%}",
+        rows.append((s.provider, str(len(s.ttft_ms)), f"{s.within / n:.0%}", f"{s.sentence_end / n:.0%}",
                      f"{sum(s.leaks.values()) / n:.0%}" + (f" ({kinds})" if kinds else ""),
                      _p50_p95(s.ttft_ms), _p50_p95(s.first_sentence_ms), str(len(s.errors))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    for s in scores:
-        lines += [f"{s.provider} error: {e}" for e in s.errors[:3]]
+    lines += [f"{s.provider} error: {e}" for s in scores for e in s.errors[:3]]
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Literal, Mapping
 
 from .errors import InvalidRequestError
@@ -89,7 +89,16 @@ class GenerationParams:
 
     def __post_init__(self):
         for name, (lo, hi, whole) in BOUNDS.items():
-            _check_range(name, getattr(self, name), lo, hi, whole)
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidRequestError(f"{name} must be a number, got {type(value).__name__}")
+            if whole and not isinstance(value, int):
+                raise InvalidRequestError(f"{name} must be an integer, got {value!r}")
+            if not math.isfinite(value) or not lo <= value <= hi or (name in _ABOVE and value == lo):
+                span = f"> {lo} and <= {hi}" if name in _ABOVE else f"between {lo} and {hi}"
+                raise InvalidRequestError(f"{name} must be {span}, got {value!r}")
         if isinstance(self.stop, (str, list)):    # one string, or OpenAI's list: kept as a tuple
             object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
         if self.stop is not None and not all(isinstance(s, str) and s for s in self.stop):
@@ -116,30 +125,14 @@ class GenerationParams:
         return bool(extra.get("tools")) or bool(extra.get("logprobs")) or \
             extra.get("response_format", {"type": "text"}) != {"type": "text"}
 
-    def merged_over(self, defaults: GenerationParams | dict | None) -> GenerationParams:
-        """These params, with the unset ones taken from `defaults`."""
-        if defaults is None:
-            return self
-        if isinstance(defaults, dict):
-            defaults = GenerationParams(**defaults)
+    def merged_over(self, defaults: Mapping[str, Any]) -> GenerationParams:
+        """These params, with the unset ones taken from `defaults` (GenerationParams' fields)."""
         mine = {k: v for k, v in self.__dict__.items() if v is not None}
-        return replace(defaults, **mine)
+        return replace(GenerationParams(**defaults), **mine)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-
-def _check_range(name: str, value: Any, lo: float, hi: float, integer: bool) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequestError(f"{name} must be a number, got {type(value).__name__}")
-    if integer and not isinstance(value, int):
-        raise InvalidRequestError(f"{name} must be an integer, got {value!r}")
-    if not math.isfinite(value) or not lo <= value <= hi or (name in _ABOVE and value == lo):
-        span = f"> {lo} and <= {hi}" if name in _ABOVE else f"between {lo} and {hi}"
-        raise InvalidRequestError(f"{name} must be {span}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -156,10 +149,8 @@ class StreamEvent:
 @dataclass(frozen=True)
 class Chunk:
     """One item of a reply stream: a piece of text, the provider that produced it, and when
-    (`time.perf_counter()`; a buffered reply arrives later than its text was made).
-
-    The last chunk of a reply has no text; it carries `finish_reason` and `usage`
-    (prompt_tokens, completion_tokens, total_tokens: the upstream's, else counted)."""
+    (`time.perf_counter()`; a buffered reply arrives later than its text was made). The last chunk
+    has no text; it carries `finish_reason` and `usage` (the upstream's token counts, else counted)."""
 
     text: str
     provider: str
@@ -185,8 +176,7 @@ class ProviderStatus:
     last_error: str = ""        # the failure that started the cooldown
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ready": self.ready, "reason": self.reason, "fix": self.fix, "cooldown_s": self.cooldown_s,
-                "last_error": self.last_error}
+        return asdict(self)
 
 
 class CancelToken:
@@ -218,10 +208,8 @@ class CancelToken:
 
 
 def normalize_history(history: Iterable[Any] | None) -> list[Message]:
-    """Accept `[[user, bot], ...]` pairs or role/content dicts; return a message list.
-
-    Gradio sends content as a list of {"type": "text", "text": ...} blocks: those are joined.
-    """
+    """Accept `[[user, bot], ...]` pairs or role/content dicts; return a message list. Content as a list
+    of {"type": "text", "text": ...} blocks (as Gradio sends it) is joined."""
     if history is None:
         return []
     if isinstance(history, (str, bytes, dict)):

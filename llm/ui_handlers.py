@@ -1,6 +1,4 @@
-"""The web page's handler logic, kept free of layout so tests can drive it without a browser.
-
-Handlers take the session's values and return new ones: nothing is shared between browser sessions."""
+"""The web page's handler logic: free of layout (tests drive it without a browser) and of shared state."""
 
 from __future__ import annotations
 
@@ -66,9 +64,8 @@ class TurnOptions:
     max_new_tokens: int | None = None
 
     def params(self) -> GenerationParams:
-        top_p = self.top_p if self.top_p else None   # a slider at 0 means "no nucleus cut"
-        tokens = int(self.max_new_tokens) if self.max_new_tokens else None
-        return GenerationParams(temperature=self.temperature, top_p=top_p, max_new_tokens=tokens)
+        return GenerationParams(temperature=self.temperature, top_p=self.top_p or None,  # 0: no nucleus cut
+                                max_new_tokens=int(self.max_new_tokens) if self.max_new_tokens else None)
 
 
 def provider_choices(router: Router) -> list[tuple[str, str]]:
@@ -84,25 +81,18 @@ def provider_note(router: Router, name: str) -> str:
     status = router.status(name)
     if status.cooldown_s:
         return f"**{label}** is {status.reason}. {status.fix.capitalize()}."
-    if not status.ready:
-        return f"**{label}** is not ready: {status.reason}." + fix_markdown(status.fix)
+    if not status.ready:    # the fix hint ("export X=... or set ..."): each command in a code block, to copy
+        out = [f"**{label}** is not ready: {status.reason}."]
+        for i, p in enumerate(part.strip() for part in (status.fix.split(" or ") if status.fix else [])):
+            if p.startswith(COMMANDS):
+                after = " then restart `python webui.py`." if p.startswith("export ") else ""
+                out.append(("To fix it, run:" if i == 0 else "Or run:") + f"\n\n```bash\n{p}\n```\n{after}")
+            else:
+                out.append(("To fix it: " if i == 0 else "Or ") + p + ".")
+        return "\n\n".join(out)
     if _needs_loading(router, name):
         return f"**{label}** is ready; the model loads on the first message (progress is shown)."
     return f"**{label}** is ready."
-
-
-def fix_markdown(fix: str) -> str:
-    """A fix hint ("export X=... or set ...") as markdown: each command in a code block, to copy."""
-    if not fix:
-        return ""
-    out = []
-    for i, part in enumerate(p.strip() for p in fix.split(" or ")):
-        if part.startswith(COMMANDS):
-            after = " then restart `python webui.py`." if part.startswith("export ") else ""
-            out.append(("To fix it, run:" if i == 0 else "Or run:") + f"\n\n```bash\n{part}\n```\n{after}")
-        else:
-            out.append(("To fix it: " if i == 0 else "Or ") + part + ".")
-    return "\n\n" + "\n\n".join(out)
 
 
 def choose_provider(router: Router, name: str) -> tuple[str, float, float, int]:
@@ -145,20 +135,6 @@ def _needs_loading(router: Router, name: str) -> bool:
     return hasattr(provider, "load") and not getattr(provider, "loaded", True)
 
 
-async def _load_with_progress(router: Router, name: str, progress: Progress | None) -> None:
-    """Load a local model before its first turn, reporting to gr.Progress; no-op otherwise."""
-    if not router.status(name).ready or not _needs_loading(router, name):
-        return
-
-    def report(fraction: float, message: str = "") -> None:
-        if progress is not None:
-            progress(fraction, desc=message or f"Loading {router.settings.providers[name].display_name}")
-
-    report(0.0)
-    # to_thread copies the context, so gr.Progress still finds this event from the worker.
-    await asyncio.to_thread(router.provider(name).load, progress=report)
-
-
 def api_curl(api_port: int, api_key: str | None, provider: str | None = None,
              host: str = "127.0.0.1") -> str:
     """The curl command for the seed API on the real port; a key placeholder, never the key."""
@@ -175,9 +151,7 @@ def start_turn(message: str, history: Any, previous: Turn | None = None) -> tupl
     history = to_messages(history)
     if not (message or "").strip():
         return gr.skip(), history, previous
-    if previous is not None and not previous.done:
-        previous.cleared = True
-        previous.stop()
+    clear(previous)
     return "", history + [{"role": "user", "content": message}], Turn()
 
 
@@ -256,7 +230,16 @@ async def _stream(router: Router, before: History, question: str, opts: TurnOpti
     partial reply, and the avatar does not start its unfinished last sentence."""
     req = router.request(question, provider=opts.provider, history=before, system=opts.system or None,
                          params=opts.params(), style=opts.style, max_seconds=float(opts.max_seconds))
-    await _load_with_progress(router, opts.provider, progress)
+    if router.status(opts.provider).ready and _needs_loading(router, opts.provider):   # before its first turn
+
+        def report(fraction: float, message: str = "") -> None:
+            if progress is not None:
+                label = router.settings.providers[opts.provider].display_name
+                progress(fraction, desc=message or f"Loading {label}")
+
+        report(0.0)
+        # to_thread copies the context, so gr.Progress still finds this event from the worker.
+        await asyncio.to_thread(router.provider(opts.provider).load, progress=report)
     reply, feeling, said = Reply(req, turn, speak=True), "", Sayings.NONE
     try:
         async with aclosing(reply.chunks(router.astream(req, cancel=turn))) as chunks:

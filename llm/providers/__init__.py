@@ -12,10 +12,9 @@ from .base import Provider
 
 @dataclass(frozen=True)
 class Kind:
-    """A backend kind: where its Provider class lives, the pip packages it needs, and the OpenAI request
-    fields beyond sampling (GenerationParams.asked) it can honour, readable without importing it (local
-    imports torch); None: every field, passed on as sent. A kind may still refuse some values of a field
-    it honours (Provider.unsupported)."""
+    """A backend kind: its Provider class, pip packages, and the OpenAI request fields beyond sampling
+    (GenerationParams.asked) it can honour (None: all, passed on as sent), readable without importing it
+    (local imports torch). Some values of an honoured field may still be refused (Provider.unsupported)."""
 
     module: str
     cls: str

@@ -35,10 +35,9 @@ ROUTER_FIELDS = {"model": "check model in configs.yaml", "stream": "use a server
 
 
 class Provider(ABC):
-    """A backend. A kind implements one of `astream` (an async client) or `stream` (a blocking library:
-    local models); the base adapts each to the other. When the caller closes the stream early
-    (budget reached, cancel, client gone) its `finally` must stop the upstream work (stop generating
-    tokens, or close the HTTP stream); providers also check `cancel` between deltas."""
+    """A backend: a kind implements `astream` (an async client) or `stream` (a blocking library: local
+    models); the base adapts each to the other. A stream the caller closes early (budget, cancel, client
+    gone) must stop the upstream work in its `finally`; providers also check `cancel` between deltas."""
 
     kind: ClassVar[str]
     style_mode: ClassVar[str] = "system"        # how the speech style is given: system | prefix
@@ -63,9 +62,8 @@ class Provider(ABC):
 
     async def astream(self, messages: list[Message], params: GenerationParams,
                       cancel: CancelToken) -> AsyncIterator[str | StreamEvent]:
-        """Yield the reply as text deltas; "" may come too, as a sign of life (e.g. a reasoning chunk).
-        A StreamEvent carries tool-call deltas, the finish reason or token usage, when the backend says.
-        For a kind that implements `stream`, this runs it in a worker thread (`in_worker`)."""
+        """The reply as text deltas ("" too: a sign of life, e.g. a reasoning chunk) and StreamEvents
+        (tool-call deltas, finish reason, usage). A kind that implements `stream` runs in a worker thread."""
         own = CancelToken()     # closing this must not cancel the caller's token: a retry may follow
         cancel.on_cancel(own.cancel)
         async with aclosing(in_worker(lambda: self.stream(messages, params, own), own,
@@ -123,9 +121,8 @@ class Provider(ABC):
 
     def status_error(self, status: int, detail: str, key_rejected: bool = False,
                      headers: Mapping[str, str] | None = None, field: str | None = None) -> LLMError:
-        """The typed error for an HTTP error status from the backend, keeping that status
-        (and its Retry-After, from `headers`). `field`: the request field the backend blamed, if any.
-        The client sees the backend's words without a traceback or file paths; the log has them whole."""
+        """The typed error for an HTTP error status, keeping it (and Retry-After); `field`: the request field
+        the backend blamed. The client sees the backend's words without traceback or paths; the log whole."""
         raw = self.scrub(detail)        # masked before `readable` can cut a key in half
         detail = readable(raw)
         if raw != detail:

@@ -125,7 +125,12 @@ class CloudProvider(Provider):
             return UpstreamError(f"{self.name}: the TLS certificate of {self.base_url} is not trusted",
                                  fix="if it is signed by your own (or a company) CA, set SSL_CERT_FILE to "
                                      "that CA's PEM file; else check base_url")
-        error = self.transport_error(e) if isinstance(e, httpx2.TransportError) else self.translate(e)
+        if isinstance(e, httpx2.TimeoutException):     # transport errors the SDK did not wrap (while reading)
+            error = self.timeout_error()
+        elif isinstance(e, httpx2.TransportError):
+            error = self.unreachable_error(lost=not isinstance(e, httpx2.ConnectError))
+        else:
+            error = self.translate(e)
         lost = isinstance(error, UpstreamError) and error.transient and error.upstream_status is None
         connected = seen.chunk or (response is not None and not self.lazy_stream)
         if connected and lost and not isinstance(error, UpstreamTimeoutError):
@@ -145,20 +150,12 @@ class CloudProvider(Provider):
                              upstream_status=200, transient=True,
                              fix="retry; check the server's logs if it keeps happening")
 
-    def transport_error(self, e: BaseException) -> LLMError:
-        """A transport failure the SDK did not wrap (it happens while reading the stream)."""
-        if isinstance(e, httpx2.TimeoutException):
-            return self.timeout_error()
-        return self.unreachable_error(lost=not isinstance(e, httpx2.ConnectError))
-
 
 def _untrusted_certificate(e: BaseException | None) -> bool:
     """Whether a certificate check failed somewhere in `e`'s chain (both HTTP stacks wrap ssl's error)."""
     for _ in range(8):
-        if e is None:
-            return False
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return True
+        if e is None or isinstance(e, ssl.SSLCertVerificationError):
+            return e is not None
         e = e.__cause__ or e.__context__ or getattr(e, "os_error", None)
     return False
 

@@ -17,7 +17,6 @@ from .cloud import CloudProvider
 from .transport import async_client
 from .wire import backend_message
 
-DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 _ROLES = {"user": "user", "assistant": "model", "tool": "user"}
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
            "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter"}
@@ -27,7 +26,7 @@ _MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 class GeminiProvider(CloudProvider):
     kind = "gemini"
     style_mode = "system"   # Gemini follows a system_instruction best
-    default_base_url = DEFAULT_BASE_URL
+    default_base_url = "https://generativelanguage.googleapis.com"
     # key required even with a custom base_url: without one the SDK sends no request
     sdk_errors = (genai_errors.APIError, genai_errors.UnknownApiResponseError)
     lazy_stream = True      # generate_content_stream connects on the first next()
@@ -126,6 +125,8 @@ def generation_config(system: str | None, params: GenerationParams) -> types.Gen
     """The GenerateContentConfig for these params; unset ones are left to Gemini's defaults. OpenAI's
     stop, seed, penalties, JSON mode / schema and function tools map onto Gemini's own."""
     extra = params.extra or {}
+    fmt = extra.get("response_format") or {}
+    json_reply = fmt.get("type") in ("json_object", "json_schema")
     return types.GenerateContentConfig(
         system_instruction=system,
         temperature=params.temperature,     # 0 is greedy
@@ -136,17 +137,10 @@ def generation_config(system: str | None, params: GenerationParams) -> types.Gen
         seed=params.seed,
         frequency_penalty=params.frequency_penalty,
         presence_penalty=params.presence_penalty,
-        **_json_reply(extra.get("response_format") or {}),
+        response_mime_type="application/json" if json_reply else None,     # with the schema when one is given
+        response_json_schema=(fmt.get("json_schema") or {}).get("schema") if json_reply else None,
         **_tools(extra.get("tools") or (), extra.get("tool_choice", "auto")),
     )
-
-
-def _json_reply(fmt: dict) -> dict[str, Any]:
-    """OpenAI's response_format as Gemini's JSON mode, with the schema when one is given."""
-    if fmt.get("type") not in ("json_object", "json_schema"):
-        return {}
-    schema = (fmt.get("json_schema") or {}).get("schema")
-    return {"response_mime_type": "application/json", "response_json_schema": schema}
 
 
 def _tools(tools: Any, choice: Any) -> dict[str, Any]:

@@ -1,10 +1,7 @@
 """ChatGPT and every OpenAI-compatible server (vLLM, TGI, Ollama, llama.cpp) through `base_url`.
 
-This is the hot path of a router in front of vLLM, so the call is made here, over aiohttp
-(`transport.aiohttp_session`), rather than through the openai SDK, whose request building and pydantic
-object per stream chunk cost ~3 ms and ~0.4 ms of CPU per request and chunk. The wire format is plain:
-POST {base_url}/chat/completions, bearer key, JSON in, SSE out.
-"""
+Plain aiohttp, not the openai SDK: on this hot path (a router in front of vLLM) its request building and
+pydantic object per chunk cost ~3 ms and ~0.4 ms of CPU per request and chunk."""
 
 from __future__ import annotations
 
@@ -26,7 +23,6 @@ from .cloud import CloudProvider
 from .transport import DRAIN_TIMEOUT, aiohttp_session
 from .wire import backend_message, readable, refused_field
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local servers ignore the key; some proxies in front of them want a bearer token all the same.
 PLACEHOLDER_KEY = "sk-no-key-required"
 
@@ -38,7 +34,7 @@ class StreamError(Exception):
 class OpenAIProvider(CloudProvider):
     kind = "openai"
     style_mode = "system"
-    default_base_url = DEFAULT_BASE_URL
+    default_base_url = "https://api.openai.com/v1"
     key_required = False        # vLLM, Ollama and llama.cpp servers need no key
     sdk_errors = (StreamError, aiohttp.ClientError)     # aiohttp's: transport errors on the event loop
     honours = KINDS["openai"].honours   # None: every OpenAI field is passed on as sent
@@ -49,23 +45,20 @@ class OpenAIProvider(CloudProvider):
 
     async def open_stream(self, messages: list[Message], params: GenerationParams) -> EventStream:
         """Send the request; an error status is raised here as the typed error, with the backend's words."""
-        headers = {"Authorization": f"Bearer {self.bearer()}", "Content-Type": "application/json"}
+        key = self.api_key(required=not self.config.base_url) or PLACEHOLDER_KEY
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         body = json.dumps(self.request_body(messages, params), ensure_ascii=False).encode()
         response = await self.client().post(f"{self.base_url.rstrip('/')}/chat/completions", data=body,
                                             headers=headers)
         if response.status >= 400:
             try:
                 detail, field = _detail((await response.read()).decode(errors="replace"))
-            finally:
-                response.release()
-            try:
                 response.raise_for_status()
             except aiohttp.ClientResponseError as e:
                 raise self.status_error(response.status, detail, headers=response.headers, field=field) from e
+            finally:
+                response.release()
         return EventStream(response)
-
-    def bearer(self) -> str | None:
-        return self.api_key(required=not self.config.base_url) or PLACEHOLDER_KEY
 
     def chunk_text(self, chunk: dict) -> str:
         return (_choice(chunk).get("delta") or {}).get("content") or ""
@@ -108,8 +101,7 @@ class OpenAIProvider(CloudProvider):
                 **{name: value for name, value in fields.items() if value is not None}}
 
     def translate(self, e: BaseException) -> LLMError:
-        """An in-stream error event (`StreamError`), or an aiohttp transport error on the event loop,
-        read as its httpx2 twin would be (`CloudProvider.transport_error`)."""
+        """An in-stream error event (`StreamError`), or an aiohttp transport error read as its httpx2 twin."""
         if isinstance(e, aiohttp.ServerTimeoutError):
             return self.timeout_error()
         if isinstance(e, aiohttp.ClientError):
@@ -145,11 +137,10 @@ def _detail(body: str) -> tuple[str, str | None]:
 
 
 class EventStream:
-    """An OpenAI-style event stream over an aiohttp `response` (whose headers tell an HTML page from an
-    event stream), read as plain dicts, one per `data:` line, up to `data: [DONE]`. Consecutive plain text
-    deltas of one network read are merged into one chunk (`_merge`), so a burst (a fast server, or a reader
-    that fell behind) costs one pass through the router, not one per token; what arrives alone is relayed
-    at once. After [DONE] it drains the rest (DRAIN_TIMEOUT at most), so the connection is pooled again."""
+    """An OpenAI-style event stream over an aiohttp `response` (unfinished_error reads its content-type), as
+    plain dicts, one per `data:` line, up to `data: [DONE]`. Plain text deltas of one network read are merged
+    (`_merge`): a burst costs one pass through the router, not one per token; a lone delta goes at once.
+    After [DONE] it drains the rest (DRAIN_TIMEOUT at most), so the connection is pooled again."""
 
     def __init__(self, response: aiohttp.ClientResponse):
         self.response = response
@@ -193,8 +184,7 @@ class EventStream:
 
 
 def _merge(held: dict | None, added: dict | None) -> bool:
-    """Append the text of the delta `added` to the delta `held` when both are plain (`_plain_delta`) and
-    `added` has no role; False leaves both as they are."""
+    """Append `added`'s text to `held` when both are plain deltas and `added` has no role; else False."""
     if held is None or added is None or added.keys() != {"content"}:
         return False
     held["content"] = (held.get("content") or "") + added["content"]

@@ -15,8 +15,7 @@ KEEPALIVE_SECONDS = 30      # an idle pooled connection is closed after this
 
 
 def async_client(timeout: float) -> httpx2.AsyncClient:
-    """An httpx2 client (google-genai sends through it): `timeout` seconds per read, a shorter connect
-    timeout, a pool for many streams."""
+    """An httpx2 client (google-genai's): `timeout` seconds per read, a shorter connect, a stream pool."""
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
         limits=httpx2.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=32,
@@ -25,14 +24,12 @@ def async_client(timeout: float) -> httpx2.AsyncClient:
 
 
 def aiohttp_session(timeout: float, url: str) -> Any:
-    """An aiohttp session with the same timeouts, pool size and keep-alive as `async_client`, for the
-    OpenAI-compatible kinds on the API's event loop (the hot path of a router in front of vLLM).
-
-    Why aiohttp there: its C HTTP parser and thin response object cost ~0.55 ms of CPU for a streamed
-    16-token reply on loopback where httpx2 cost ~1.35 ms, most of what the router added per request.
-    It trusts the TLS certificates httpx2 (so the openai SDK) trusts: SSL_CERT_FILE / SSL_CERT_DIR, else
-    the system's store. It honours HTTP(S)_PROXY / NO_PROXY for `url` (the one host the session serves),
-    looked up once here, where aiohttp's trust_env would do it in a thread per request."""
+    """An aiohttp session with `async_client`'s timeouts, pool and keep-alive, for the OpenAI-compatible
+    kinds: its C HTTP parser and thin response cost ~0.55 ms of CPU for a streamed 16-token reply on
+    loopback where httpx2 cost ~1.35 ms, most of what the router added per request. It trusts the
+    certificates httpx2 trusts (SSL_CERT_FILE / SSL_CERT_DIR, else the system's store) and honours
+    HTTP(S)_PROXY / NO_PROXY for `url` (its one host), looked up once here, where aiohttp's trust_env
+    would do it in a thread per request."""
     import aiohttp
     import httpcore2
     from aiohttp.helpers import get_env_proxy_for_url

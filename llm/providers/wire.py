@@ -19,8 +19,7 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         try:
             return max(0.0, float(raw))
         except ValueError:
-            when = email.utils.parsedate_to_datetime(raw)
-            return max(0.0, when.timestamp() - time.time())
+            return max(0.0, email.utils.parsedate_to_datetime(raw).timestamp() - time.time())
     except (KeyError, AttributeError, ValueError, TypeError, OverflowError):  # absent, not a mapping, bad
         return None
 

@@ -8,7 +8,6 @@ from ..types import GenerationParams, Message
 from . import KINDS
 from .openai_compat import OpenAIProvider
 
-DEFAULT_BASE_URL = "https://open.bigmodel.cn/api/paas/v4"
 # ZhipuAI takes temperature and top_p only inside (0, 1): greedy is do_sample=false instead of 0.
 LOWEST, HIGHEST = 0.01, 0.99
 
@@ -18,7 +17,7 @@ class ZhipuAIProvider(OpenAIProvider):
     ZhipuAI's own SDK does) and the request fields ZhipuAI knows, in the ranges it accepts."""
 
     kind = "zhipuai"
-    default_base_url = DEFAULT_BASE_URL
+    default_base_url = "https://open.bigmodel.cn/api/paas/v4"
     key_required = True
     honours = KINDS["zhipuai"].honours
 
