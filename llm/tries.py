@@ -29,12 +29,12 @@ class Try:
                  budget: speech.Budget | None, speech_options: dict, slots: Slots):
         self.name, self.provider, self.params, self.messages = name, provider, params, messages
         self.budget, self.speech, self.slots = budget, speech_options, slots
-        self.said: list[str] = []
-        self.finish: str | None = None
-        self.usage: Mapping[str, int] | None = None
 
     async def arun(self, cancel: CancelToken, progress: Callable[[], None]) -> AsyncIterator[Chunk]:
         """The provider's stream as Chunks, holding one of its slots; closing it stops the upstream."""
+        text: list[str] = []
+        finish: str | None = None
+        usage: Mapping[str, int] | None = None
         async with self.slots.held():
             upstream = _touching(self.provider.astream(self.messages, self.params, cancel), progress)
             pieces = speech.aspeak(upstream, self.budget, **self.speech)
@@ -42,30 +42,21 @@ class Try:
                 async for piece, emotion in pieces:
                     if cancel.cancelled:
                         raise CancelledError("generation cancelled")
-                    if (chunk := self.chunk(piece, emotion)) is not None:
-                        yield chunk
+                    if isinstance(piece, StreamEvent):
+                        finish, usage = piece.finish_reason or finish, piece.usage or usage
+                        if piece.tool_calls or piece.logprobs:
+                            yield Chunk("", self.name, tool_calls=piece.tool_calls, logprobs=piece.logprobs)
+                    else:
+                        text.append(piece)
+                        yield Chunk(piece, self.name, emotion)
             if cancel.cancelled:
                 raise CancelledError("generation cancelled")
-            yield self.last()
-
-    def chunk(self, piece: str | StreamEvent, emotion: str | None) -> Chunk | None:
-        if isinstance(piece, StreamEvent):
-            self.finish, self.usage = piece.finish_reason or self.finish, piece.usage or self.usage
-            if piece.tool_calls or piece.logprobs:
-                return Chunk("", self.name, tool_calls=piece.tool_calls, logprobs=piece.logprobs)
-            return None
-        self.said.append(piece)
-        return Chunk(piece, self.name, emotion)
-
-    def last(self) -> Chunk:
-        """The closing Chunk; usage the upstream gave none of is counted here, never above max_new_tokens."""
-        usage = self.usage
-        if not usage:
-            prompt = self.provider.count_tokens(self.messages)
-            said = self.provider.text_tokens("".join(self.said))
-            said = min(said, self.params.max_new_tokens or said)
-            usage = {"prompt_tokens": prompt, "completion_tokens": said, "total_tokens": prompt + said}
-        return Chunk("", self.name, finish_reason=self.finish or "stop", usage=usage)
+            if not usage:   # the upstream gave none: counted here, never above max_new_tokens
+                prompt = self.provider.count_tokens(self.messages)
+                said = self.provider.text_tokens("".join(text))
+                said = min(said, self.params.max_new_tokens or said)
+                usage = {"prompt_tokens": prompt, "completion_tokens": said, "total_tokens": prompt + said}
+            yield Chunk("", self.name, finish_reason=finish or "stop", usage=usage)
 
 
 class Slots:

@@ -89,8 +89,7 @@ async def _openai_events(request: Request, reply: Reply, chunks: AsyncIterator[C
         log_done(request, reply)
         yield chunk({}, reply.finish)
         if include_usage:
-            yield {**meta, "object": "chat.completion.chunk", "model": reply.provider, "choices": [],
-                   "usage": reply.token_usage}
+            yield {**chunk({}), "choices": [], "usage": reply.token_usage}
         yield "[DONE]"
     except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
         yield error_event(request, e)

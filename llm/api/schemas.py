@@ -31,7 +31,8 @@ class ApiError(Exception):
 
 
 async def read_body(request: Request, model: type[BaseModel], limit: int) -> Any:
-    """The body as `model`: JSON, at most `limit` bytes (a 413 before parsing), strictly validated."""
+    """The body as `model`: JSON, at most `limit` bytes (a 413 before parsing), strictly validated: UTF-8,
+    an object, and no NaN, Infinity, overflowing numbers or lone surrogates."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", f"Content-Type {ctype!r} is not supported: "
@@ -49,15 +50,7 @@ async def read_body(request: Request, model: type[BaseModel], limit: int) -> Any
     except ClientDisconnect as e:
         raise ApiError(400, "client_disconnected", "the client went away while sending the body") from e
     try:
-        return model.model_validate(parse_json_body(bytes(body)))
-    except ValidationError as e:
-        raise validation_error(e) from e
-
-
-def parse_json_body(raw: bytes) -> dict[str, Any]:
-    """Strict UTF-8 JSON object; NaN, Infinity, overflowing numbers and lone surrogates rejected."""
-    try:
-        text = raw.decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ApiError(400, "invalid_encoding", f"the body is not valid UTF-8 (byte {e.start})") from e
     try:
@@ -70,7 +63,10 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     _reject_surrogates(data)
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request_error", "the body must be a JSON object")
-    return data
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(e) from e
 
 
 def _reject_constant(name: str) -> Any:

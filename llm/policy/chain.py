@@ -80,8 +80,12 @@ class FallbackChain:
                     yield chunk
                 if ended:
                     return
-        finally:
-            await self._stop_all()
+        finally:    # cancel what still runs and wait briefly for it to end, so the backend is free on return
+            for attempt in self.running:
+                attempt.cancel.cancel()
+            tasks = [self.tasks[a] for a in self.running if not self.tasks[a].done()]
+            if tasks:
+                await asyncio.wait(tasks, timeout=STOP_WAIT)
 
     def _on_event(self, attempt: _Attempt | None, kind: str, payload: object) -> tuple[list[Chunk], bool]:
         """One event from an attempt: the chunks the caller may see now, and whether the reply ended."""
@@ -90,8 +94,14 @@ class FallbackChain:
         if attempt not in self.running:
             return [], False    # a late word from an attempt already timed out or cancelled
         if kind == "text":
-            if self.winner is None:
-                self._crown(attempt)
+            if self.winner is None:     # the first attempt to produce text answers; the others are cancelled
+                self.winner = attempt
+                self._may_show = self.show() if self.show else (lambda _text: True)
+                for other in [a for a in self.running if a is not attempt]:
+                    log.info("%s answered first: cancelling %s", attempt.name, other.name)
+                    self.running.remove(other)
+                    other.cancel.cancel()
+                    self.breaker(other.name).record(CancelledError("lost the race"), other.policy.cooldown)
             self.buffer.append(payload)     # empty once shown
             if self.shown or self._may_show(payload.text):
                 self.shown, held, self.buffer = True, self.buffer, []
@@ -103,14 +113,6 @@ class FallbackChain:
             return self.buffer, True
         self._failed(attempt, payload)
         return [], False
-
-    async def _stop_all(self) -> None:
-        """Cancel what still runs and wait briefly for it to end, so the backend is free on return."""
-        for attempt in self.running:
-            attempt.cancel.cancel()
-        tasks = [self.tasks[a] for a in self.running if not self.tasks[a].done()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=STOP_WAIT)
 
     def _start_next(self) -> None:
         """Start the next provider that is not cooling down; raise the collected errors if none is left."""
@@ -137,7 +139,14 @@ class FallbackChain:
         while True:
             if not self.events.empty():     # the common case: no timer task per chunk
                 return self.events.get_nowait()
-            soonest = self._soonest()
+            timers = []     # the clocks: each attempt's deadline, and when to hedge it
+            for attempt in self.running:
+                if (d := attempt.deadline()) is not None:
+                    timers.append((d, attempt, "timeout"))
+                if self.winner is None and self.pending and len(self.running) == 1 and not attempt.hedged \
+                        and (h := _plus(attempt.started, attempt.policy.hedge_after)) is not None:
+                    timers.append((h, attempt, "hedge"))
+            soonest = min(timers, key=lambda t: t[0], default=None)
             wait = None if soonest is None else max(0.0, soonest[0] - time.monotonic())
             try:
                 return await asyncio.wait_for(self.events.get(), wait)
@@ -150,27 +159,6 @@ class FallbackChain:
                 log.info("%s has said nothing in %g s: starting %s beside it", attempt.name,
                          attempt.policy.hedge_after, self.pending[0])
                 self._start_next()
-
-    def _soonest(self) -> tuple[float, _Attempt, str] | None:
-        """The next clock to run out: an attempt's deadline, or when to hedge it."""
-        timers = []
-        for attempt in self.running:
-            if (d := attempt.deadline()) is not None:
-                timers.append((d, attempt, "timeout"))
-            if self.winner is None and self.pending and len(self.running) == 1 and not attempt.hedged and \
-                    (h := _plus(attempt.started, attempt.policy.hedge_after)) is not None:
-                timers.append((h, attempt, "hedge"))
-        return min(timers, key=lambda t: t[0], default=None)
-
-    def _crown(self, attempt: _Attempt) -> None:
-        """The first attempt to produce text answers; the others are cancelled."""
-        self.winner = attempt
-        self._may_show = self.show() if self.show else (lambda _text: True)
-        for other in [a for a in self.running if a is not attempt]:
-            log.info("%s answered first: cancelling %s", attempt.name, other.name)
-            self.running.remove(other)
-            other.cancel.cancel()
-            self.breaker(other.name).record(CancelledError("lost the race"), other.policy.cooldown)
 
     def _failed(self, attempt: _Attempt, error: BaseException) -> None:
         self.running.remove(attempt)

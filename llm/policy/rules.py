@@ -56,8 +56,7 @@ def counts_as_failure(error: BaseException) -> bool:
     a 5xx or a 429); what one request's content caused (a 4xx, a refused field, an empty reply) never does."""
     if not isinstance(error, UpstreamError) or isinstance(error, UpstreamRefusedError):
         return False
-    status = error.upstream_status
-    return error.transient or status is None or status >= 500
+    return error.transient or error.upstream_status is None or error.upstream_status >= 500
 
 
 def cooling_fix(fallback: bool) -> str:
@@ -106,5 +105,4 @@ class Breaker:
         return False
 
     def seconds_left(self) -> float:
-        """Seconds of cooldown left (0 when the provider may be asked)."""
-        return max(0.0, self._until - time.monotonic())     # closed (0): 0 too
+        return max(0.0, self._until - time.monotonic())     # 0 when the provider may be asked (closed: 0 too)

@@ -44,7 +44,6 @@ class Budget:
 
 
 def valid_seconds(value: object) -> bool:
-    """Whether `value` is a usable budget in seconds (a finite number, 0 < value <= MAX_SECONDS)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= MAX_SECONDS
 
 

@@ -122,7 +122,13 @@ class Cleaner:
             self.space = self.space or bool(text and self.last)
             return ""
         gap = (self.space or text[0] == " ") and self.last and not (_cjkish(self.last) and _cjkish(core[0]))
-        prefix = _separator(self.last, core[0]) if self.need_sep else (" " if gap else "")
+        prefix = " " if gap else ""
+        if self.need_sep:   # two lines joined for speech: nothing after punctuation, else a clause mark
+            cjk = _cjkish(self.last) or _cjkish(core[0])
+            if self.last in SENTENCE_ENDS + CLAUSE_MARKS + CLOSERS:
+                prefix = "" if cjk else " "
+            else:
+                prefix = " " if self.last == "." else ("，" if cjk else ", ")
         self.need_sep, self.space = False, text[-1] == " "
         self.last = _MARK.sub("", core)[-1:] or self.last
         return prefix + core
@@ -152,11 +158,3 @@ def _safe_cut(p: str) -> int:
 
 def _cjkish(ch: str) -> bool:
     return bool(_CJK.match(ch)) or ch in SENTENCE_ENDS + CLAUSE_MARKS or "\u3000" <= ch <= "\u303f"
-
-
-def _separator(last: str, nxt: str) -> str:
-    """What joins two lines for speech: nothing after punctuation, else a clause mark."""
-    cjk = _cjkish(last) or _cjkish(nxt)
-    if last in SENTENCE_ENDS + CLAUSE_MARKS + CLOSERS:
-        return "" if cjk else " "
-    return " " if last == "." else ("，" if cjk else ", ")

@@ -94,15 +94,13 @@ class SentenceSplitter:
         return out
 
     def _take(self, final: bool) -> list[tuple[str, str | None]]:
+        cuts = [pos for pos, kind in boundaries(self._buf, self._scanned, final, self) if kind == "sentence"]
+        last = cuts[-1] if cuts else 0
+        cuts.append(self._buf.rfind("\n", last, self._scanned) + 1 or last)    # through the last whole line
         out, start = [], 0
-        for pos, kind in boundaries(self._buf, self._scanned, final, self):
-            if kind == "sentence":
-                out.extend(self._pieces(self._buf[:pos], start))
-                start = pos
-        nl = self._buf.rfind("\n", start, self._scanned)
-        if nl >= 0:
-            out.extend(self._pieces(self._buf[:nl], start))
-            start = nl + 1
+        for cut in cuts:
+            out.extend(self._pieces(self._buf[:cut], start))
+            start = cut
         self._buf = self._buf[start:]
         self._scanned -= start
         self._marks = [(at - start, e) for at, e in self._marks]

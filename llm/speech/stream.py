@@ -36,9 +36,7 @@ class Speaker:
         return out
 
     def finish(self) -> list[Piece]:
-        if self.verbatim or self.done:
-            return []
-        return self._pieces(self.reply.finish(), final=True)
+        return [] if self.verbatim or self.done else self._pieces(self.reply.finish(), final=True)
 
     def _pieces(self, text: str, final: bool) -> list[Piece]:
         for stage in (self.tags, self.speech) if self.tags else ():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import importlib.metadata
 import importlib.util
 import json
@@ -80,21 +79,18 @@ class LocalProvider(Provider):
             start = time.perf_counter()
             dtype_name = str(dtype).removeprefix("torch.")
             key = (str(path.resolve()), dtype_name, device, self.config.quantization or "")
-
-            def loader() -> dict[str, Any]:
-                tokenizer, model = engine.load(self.config, path, device, dtype, report, self._fix())
-                special = engine.special_ids(tokenizer, model)
-                return {"tokenizer": tokenizer, "model": model, "special": special,
-                        **self._batching(engine, model, special, device, report)}
-
+            loader = functools.partial(self._loaded, engine, path, device, dtype, report)
             self._weights = POOL.load(self, key, estimate_bytes(path, dtype_name, self.config.quantization),
                                       loader, self.name)
             log.info("%s: loaded %s on %s (%s) in %.1fs", self.name, self.config.model, device, dtype,
                      time.perf_counter() - start)
             report(1.0, f"{self.config.display_name} is ready")
 
-    def _batching(self, engine: Any, model: Any, special: dict, device: str, report: Progress) -> dict:
-        """The batching engine when `engine` (auto: on CUDA) asks for one and it runs; else {} (generate)."""
+    def _loaded(self, engine: Any, path: Path, device: str, dtype: Any, report: Progress) -> dict[str, Any]:
+        """The loaded parts, with the batching engine if config.engine (auto: CUDA) asks and it runs."""
+        tokenizer, model = engine.load(self.config, path, device, dtype, report, self._fix())
+        special = engine.special_ids(tokenizer, model)
+        weights = {"tokenizer": tokenizer, "model": model, "special": special}
         choice = self.config.engine
         if choice == "batched" or (choice == "auto" and device.startswith("cuda")):
             report(0.85, f"{self.config.display_name}: warming up the batching engine")
@@ -107,21 +103,12 @@ class LocalProvider(Provider):
                             "stream at a time", self.name, self.config.model, type(e).__name__, e)
             else:
                 log.info("%s: continuous batching on, %d streams at once", self.name, batcher.streams)
-                return {"engine": batcher, "extra_bytes": engine.allocated(device) - before}
+                return weights | {"engine": batcher, "extra_bytes": engine.allocated(device) - before}
         report(0.9, f"{self.config.display_name}: warming up")
         engine.warm_up(model, special)
-        return {}
-
-    def _held(self) -> Weights:
-        """The weights, held for one generation (POOL.done lets go); loaded again if the pool dropped them."""
-        while True:
-            self.load()
-            weights = self._weights
-            if weights is not None and POOL.hold(weights):
-                return weights
+        return weights
 
     def _files(self) -> Path | None:
-        """The folder holding config.json: the local dir, or the hub id's cached snapshot; None if absent."""
         if model_is_path(self.config):
             path = Path(self.config.model).expanduser()
             return path if (path / "config.json").is_file() else None
@@ -188,7 +175,6 @@ class LocalProvider(Provider):
             POOL.release(self, weights)
 
     def render_prompt(self, messages: list[Message]) -> str:
-        """The prompt text: the tokenizer's chat template, else the configured prompt_template."""
         self.load()
         if self.tokenizer.chat_template:
             try:
@@ -204,7 +190,6 @@ class LocalProvider(Provider):
         return render_template(self.config.prompt_template, messages)
 
     def text_tokens(self, text: str) -> int:
-        """The tokenizer's count once loaded; an estimate before."""
         if self.tokenizer is None:
             return super().text_tokens(text)
         return len(self.tokenizer.encode(text, add_special_tokens=False))
@@ -236,7 +221,11 @@ class LocalProvider(Provider):
     def stream(self, messages: list[Message], params: GenerationParams,
                cancel: CancelToken) -> Iterator[str | StreamEvent]:
         """Text as tokens arrive, from the batching engine or plain generate, then the finish reason."""
-        weights = self._held()
+        while True:     # held for this generation (POOL.done lets go); loaded again if the pool dropped it
+            self.load()
+            weights = self._weights
+            if weights is not None and POOL.hold(weights):
+                break
         try:
             tokenizer = weights.tokenizer
             prompt = self.render_prompt(messages)
@@ -284,7 +273,6 @@ def transformers_model_types() -> tuple[frozenset[str], str]:
 
 
 def _engine(name: str) -> Any:
-    """The torch side of local models (`local.engine`), imported on first use."""
     try:
         from . import engine
     except ImportError as e:
@@ -293,13 +281,4 @@ def _engine(name: str) -> Any:
     return engine
 
 
-def _free(weights: Weights) -> None:
-    """The pool's unload: the memory is free for the next model now (cycles collected), not at a later GC."""
-    if weights.engine is not None:
-        weights.engine.close()
-    weights.model = weights.tokenizer = weights.engine = None
-    gc.collect()
-    _engine("local").free(weights.key[2])
-
-
-POOL = ModelPool(unload=_free)
+POOL = ModelPool(unload=lambda weights: _engine("local").free(weights))

@@ -88,7 +88,16 @@ class Batcher:
         """One request's new token ids as made; closing this (or cancelling) drops it at the next step."""
         rid = f"{self.name}-{uuid.uuid4().hex}"
         results: queue.SimpleQueue = queue.SimpleQueue()
-        manager = self._submit(rid, results.put, ids, max_new_tokens, request)
+        for _ in range(2):      # a manager dying meanwhile refuses it: then its successor takes it
+            manager = self._running()
+            handlers = manager.output_router.result_handlers
+            handlers[rid] = (results.put, AT_ONCE)      # before add_request: no result is lost
+            if manager.add_request(ids, request_id=rid, max_new_tokens=max_new_tokens, streaming=True,
+                                   **{"eos_token_id": self.eos} | request) is not None:
+                break
+            handlers.pop(rid, None)
+        else:
+            raise self._refused()
         seen, finished = 0, False
         try:
             while not finished:
@@ -111,25 +120,11 @@ class Batcher:
                 manager.cancel_request(rid)
             manager.output_router.result_handlers.pop(rid, None)
 
-    def _submit(self, rid: str, handler: Any, ids: list[int], max_new_tokens: int,
-                request: dict[str, Any]) -> Any:
-        """Add it to a running manager, returned; one dying meanwhile refuses it: then its successor."""
-        for _ in range(2):
-            manager = self._running()
-            handlers = manager.output_router.result_handlers
-            handlers[rid] = (handler, AT_ONCE)      # before add_request: no result is lost
-            if manager.add_request(ids, request_id=rid, max_new_tokens=max_new_tokens, streaming=True,
-                                   **{"eos_token_id": self.eos} | request) is not None:
-                return manager
-            handlers.pop(rid, None)
-        raise self._refused()
-
     def _refused(self) -> UpstreamError:
         return UpstreamError(f"{self.name}: the batching engine is not taking requests now", status=503,
                              fix="try again in a moment")
 
     def _error(self, text: str) -> UpstreamError:
-        """The engine's error text as a typed error; one that does not fit the cache says how to fit."""
         if "can be scheduled" in text:
             return UpstreamError(f"{self.name}: this reply does not fit the batching engine's KV cache "
                                  f"({text})", status=503,

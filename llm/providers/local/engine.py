@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 from pathlib import Path
@@ -15,7 +16,6 @@ from ...errors import NotReadyError, UpstreamError
 from ...types import CancelToken
 
 Progress = Callable[[float, str], None]
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 END = object()      # queued after the last token (an error is queued instead)
 
 
@@ -41,7 +41,6 @@ class Hooks(BaseStreamer, StoppingCriteria):
 
 
 def placement(cfg: Any, log: Any) -> tuple[str, torch.dtype]:
-    """The device and dtype for a provider's config: a CUDA GPU when there is one, bf16 where it can."""
     device = cfg.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -52,7 +51,7 @@ def placement(cfg: Any, log: Any) -> tuple[str, torch.dtype]:
         raise NotReadyError(f"{cfg.name}: device {device} is set but CUDA is not available",
                             fix=f"set device: auto or cpu for provider {cfg.name} in configs.yaml")
     if cfg.dtype != "auto":
-        return device, DTYPES[cfg.dtype]
+        return device, getattr(torch, cfg.dtype)
     if not device.startswith("cuda"):
         return device, torch.float32    # CPU half precision is slow or unsupported
     return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -60,7 +59,6 @@ def placement(cfg: Any, log: Any) -> tuple[str, torch.dtype]:
 
 def load(cfg: Any, path: Path, device: str, dtype: torch.dtype, report: Progress,
          fix: str) -> tuple[Any, Any]:
-    """The tokenizer and the model, on `device`; NotReadyError with the fix when they cannot load."""
     trust, label = cfg.trust_remote_code, cfg.display_name
     try:
         report(0.1, f"{label}: loading the tokenizer")
@@ -89,7 +87,6 @@ def load(cfg: Any, path: Path, device: str, dtype: torch.dtype, report: Progress
 
 
 def special_ids(tokenizer: Any, model: Any) -> dict[str, Any]:
-    """eos from the generation config (else the tokenizer); pad = eos when the tokenizer has none."""
     eos = model.generation_config.eos_token_id
     eos = eos if eos is not None else tokenizer.eos_token_id
     pad = tokenizer.pad_token_id
@@ -143,16 +140,19 @@ def generation_error(name: str, e: BaseException) -> UpstreamError:
 
 
 def inputs(ids: list[int], device: Any) -> dict[str, torch.Tensor]:
-    """One prompt as generate's batch of one, on the model's device."""
     batch = torch.tensor([ids], dtype=torch.long, device=device)
     return {"input_ids": batch, "attention_mask": torch.ones_like(batch)}
 
 
 def allocated(device: str) -> int:
-    """Bytes torch holds on a CUDA device now (0 elsewhere): what an engine's cache took."""
     return torch.cuda.memory_allocated(torch.device(device)) if device.startswith("cuda") else 0
 
 
-def free(device: str) -> None:
-    if device.startswith("cuda"):
+def free(weights: Any) -> None:
+    """The pool's unload: the memory is free for the next model now (cycles collected), not at a later GC."""
+    if weights.engine is not None:
+        weights.engine.close()
+    weights.model = weights.tokenizer = weights.engine = None
+    gc.collect()
+    if weights.key[2].startswith("cuda"):
         torch.cuda.empty_cache()

@@ -37,7 +37,6 @@ def estimate_bytes(path: Path, dtype: str, quantization: str | None = None) -> i
 
 
 def _stored_bytes(path: Path) -> int:
-    """The checkpoint's size: the safetensors index's `metadata.total_size`, else the weight files'."""
     for index in sorted(path.glob("*.safetensors.index.json")):
         try:
             total = json.loads(index.read_text(encoding="utf-8")).get("metadata", {}).get("total_size")
@@ -105,7 +104,6 @@ class ModelPool:
             return weights
 
     def make_room(self, key: Key, size: int | None, name: str) -> None:
-        """Unload idle models on `key`'s device, least recently used first, until `size` bytes are free."""
         device = key[2]
         free = self.free_bytes(device)
         if size is None or free is None or free >= size:
@@ -143,7 +141,6 @@ class ModelPool:
         self.unload_hook(weights)
 
     def release(self, user: Any, weights: Weights) -> None:
-        """`user` lets go of `weights`; the last user's release unloads them."""
         with self._lock:
             weights.users.discard(user)
             last = not weights.users and self.loaded.get(weights.key) is weights

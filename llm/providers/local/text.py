@@ -20,7 +20,6 @@ class StopAt:
         self.held, self.hit = "", False
 
     def feed(self, text: str) -> str:
-        """The text that is safe to pass on now; after a hit, nothing more."""
         if self.hit:
             return ""
         self.held += text
