@@ -59,13 +59,11 @@ class Reply:
                 async for chunk in chunks:
                     self._record(chunk)
                     if self.speak and chunk.text:
-                        for sentence, emotion in self._splitter.feed_tagged(chunk.text, self.emotion):
-                            await self._say(sentence, emotion)
+                        await self._say(self._splitter.feed_tagged(chunk.text, self.emotion))
                     yield chunk
             self.mark("total_ms")
             if self.speak:
-                for sentence, emotion in self._splitter.flush_tagged():
-                    await self._say(sentence, emotion)
+                await self._say(self._splitter.flush_tagged())
         finally:
             self.cancel.cancel()
 
@@ -93,11 +91,12 @@ class Reply:
         self.finish_reason = chunk.finish_reason or self.finish_reason
         self.usage = chunk.usage or self.usage
 
-    async def _say(self, sentence: str, emotion: str | None) -> None:
-        self.mark("first_sentence_ms", self.last_at)
+    async def _say(self, sentences: list[tuple[str, str | None]]) -> None:
         faces = self.req.emotions
-        self.events.append(await speech.sentence_event(sentence, (emotion or speech.resting_emotion(faces))
-                                                       if faces else None))
+        for sentence, emotion in sentences:
+            self.mark("first_sentence_ms", self.last_at)
+            face = (emotion or speech.resting_emotion(faces)) if faces else None
+            self.events.append(await speech.sentence_event(sentence, face))
 
     def _add_call(self, delta: dict) -> None:
         """Merge one streamed tool-call delta (OpenAI's shape) into the whole calls: the arguments are

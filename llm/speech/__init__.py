@@ -2,10 +2,8 @@
 
 from .budget import (
     DEFAULT_MAX_SECONDS,
-    EN_WORDS_PER_S,
     MAX_SECONDS,
     SECONDS_RULE,
-    ZH_CHARS_PER_S,
     Budget,
     SpeechFilter,
     fit_to_budget,
@@ -15,8 +13,8 @@ from .budget import (
 from .clean import ReplyFilter, clean_for_speech
 from .emotions import DEFAULT_EMOTIONS, EmotionTags, resting_emotion
 from .normalize import for_tts, sentence_event
-from .sentences import CLAUSE_MARKS, SENTENCE_ENDS, SentenceSplitter, is_chinese
-from .stream import Speaker, aspeak, speak
+from .sentences import SENTENCE_ENDS, SentenceSplitter, is_chinese
+from .stream import aspeak, speak
 
 
 def instruction(prompt: str, max_chars: int) -> str:
@@ -24,8 +22,7 @@ def instruction(prompt: str, max_chars: int) -> str:
     return Budget(chars=max_chars).instruction(prompt)
 
 
-__all__ = ["Budget", "CLAUSE_MARKS", "DEFAULT_EMOTIONS", "DEFAULT_MAX_SECONDS", "EN_WORDS_PER_S",
-           "MAX_SECONDS", "SECONDS_RULE", "EmotionTags", "ReplyFilter", "SENTENCE_ENDS", "SentenceSplitter",
-           "SpeechFilter", "ZH_CHARS_PER_S", "clean_for_speech", "fit_to_budget", "for_tts", "instruction",
-           "is_chinese", "resting_emotion", "sentence_event", "speak", "aspeak", "Speaker", "spoken_seconds",
-           "valid_seconds"]
+__all__ = ["Budget", "DEFAULT_EMOTIONS", "DEFAULT_MAX_SECONDS", "EmotionTags", "MAX_SECONDS", "ReplyFilter",
+           "SECONDS_RULE", "SENTENCE_ENDS", "SentenceSplitter", "SpeechFilter", "aspeak", "clean_for_speech",
+           "fit_to_budget", "for_tts", "instruction", "is_chinese", "resting_emotion", "sentence_event",
+           "speak", "spoken_seconds", "valid_seconds"]
