@@ -63,8 +63,6 @@ class Router:
         for name, p in (providers or {}).items():
             self._add(name, p)
 
-    # ---- providers -------------------------------------------------------------------------
-
     def names(self) -> list[str]:
         return list(self.settings.providers)
 
@@ -154,8 +152,6 @@ class Router:
             providers = list(self._providers.values())
         for p in providers:
             await p.aclose_loop()
-
-    # ---- requests --------------------------------------------------------------------------
 
     def request(self, prompt: str, *, provider: str | None = None, history: Any = None,
                 system: str | None = None, params: GenerationParams | dict | None = None,
@@ -271,8 +267,6 @@ class Router:
             async for _ in chunks:
                 pass
         return reply
-
-    # ---- one provider ----------------------------------------------------------------------
 
     def _prepare(self, name: str, req: Request) -> Try:
         """One try at one provider, made ready: readiness, the speech style, params, history fitting."""

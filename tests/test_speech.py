@@ -3,11 +3,11 @@
 import pytest
 
 from llm.speech import (
+    Budget,
     SentenceSplitter,
     SpeechFilter,
     clean_for_speech,
     fit_to_budget,
-    instruction,
     is_chinese,
 )
 
@@ -26,8 +26,8 @@ def stream_through(f: SpeechFilter, text: str, step: int = 1) -> list[str]:
 
 
 def test_instruction_follows_the_prompt_language():
-    assert instruction("如何应对压力", 25) == "请用少于25个字回答以下问题"
-    en = instruction("How do I handle stress?", 40)
+    assert Budget(chars=25).instruction("如何应对压力") == "请用少于25个字回答以下问题"
+    en = Budget(chars=40).instruction("How do I handle stress?")
     assert "40 characters" in en and "请" not in en
     assert is_chinese("什么是AI") and not is_chinese("What does 你 mean in this sentence")
 

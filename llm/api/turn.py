@@ -45,18 +45,18 @@ async def begin(request: Request, *, hold: str = "none", **kw) -> tuple[Reply, A
     reply = Reply(req)
     chunks = router.astream(req, cancel=reply.cancel, hold=hold)
     if hold == "all":   # a reply sent whole needs no wait: `drain` meets any failure just as well
-        return reply, _replay([], chunks)
+        return reply, chunks
     first_chunk = asyncio.ensure_future(anext(chunks))
     try:
         await _unless_hung_up(request, reply, first_chunk)
         first = first_chunk.result()
     except StopAsyncIteration:
-        return reply, _replay([], chunks)
+        return reply, chunks
     except BaseException:
         await chunks.aclose()
         raise
     reply.mark("ttft_ms", first.at)
-    return reply, _replay([first], chunks)
+    return reply, _replay(first, chunks)
 
 
 async def _unless_hung_up(request: Request, reply: Reply, work: asyncio.Future) -> None:
@@ -79,10 +79,10 @@ async def _unless_hung_up(request: Request, reply: Reply, work: asyncio.Future) 
         raise ApiError(499, "client_closed", "the client closed the connection before the reply")
 
 
-async def _replay(head: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+async def _replay(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """The first chunk, already read while waiting for it, then the rest."""
     async with aclosing(rest):
-        for chunk in head:
-            yield chunk
+        yield first
         async for chunk in rest:
             yield chunk
 

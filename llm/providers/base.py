@@ -100,13 +100,12 @@ class Provider(ABC):
         raise MissingKeyError(f"{' or '.join(names)} is not set",
                               fix=f"export {names[0]}=... or set api_key_env in configs.yaml")
 
-    # ---- the shared vocabulary of upstream failures; each backend maps its SDK onto these ----
-
     @property
     def base_url(self) -> str:
         # Explicit, so an SDK never picks up a *_BASE_URL env var behind the config's back.
         return self.config.base_url or self.default_base_url
 
+    # The shared vocabulary of upstream failures, onto which each backend maps its SDK's or wire's errors:
     def timeout_error(self) -> LLMError:
         return UpstreamTimeoutError(f"{self.name}: no answer from {self.base_url} in time",
                                     fix="raise timeout in configs.yaml or retry later")

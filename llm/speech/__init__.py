@@ -16,13 +16,7 @@ from .normalize import for_tts, sentence_event
 from .sentences import SENTENCE_ENDS, SentenceSplitter, is_chinese
 from .stream import aspeak, speak
 
-
-def instruction(prompt: str, max_chars: int) -> str:
-    """The classic character-budget instruction (see `Budget.instruction` for seconds and emotions)."""
-    return Budget(chars=max_chars).instruction(prompt)
-
-
 __all__ = ["Budget", "DEFAULT_EMOTIONS", "DEFAULT_MAX_SECONDS", "EmotionTags", "MAX_SECONDS", "ReplyFilter",
            "SECONDS_RULE", "SENTENCE_ENDS", "SentenceSplitter", "SpeechFilter", "aspeak", "clean_for_speech",
-           "fit_to_budget", "for_tts", "instruction", "is_chinese", "resting_emotion", "sentence_event",
-           "speak", "spoken_seconds", "valid_seconds"]
+           "fit_to_budget", "for_tts", "is_chinese", "resting_emotion", "sentence_event", "speak",
+           "spoken_seconds", "valid_seconds"]
