@@ -16,7 +16,7 @@ from ..router import Router
 from ..types import Chunk, GenerationParams, ProviderStatus
 from .errors import error_event
 from .schemas import ChatCompletionRequest, read_body
-from .turn import EventStream, begin, drain, log_done, rid
+from .turn import SSEResponse, begin, drain, log_done, rid
 
 if TYPE_CHECKING:
     from .context import Context
@@ -46,7 +46,7 @@ async def chat_completions(request: Request):
     meta = {"id": f"chatcmpl-{rid(request)}", "created": int(time.time())}
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStream(reply, _openai_events(request, reply, chunks, meta, usage))
+        return SSEResponse(reply, _openai_events(request, reply, chunks, meta, usage))
     await drain(request, reply, reply.chunks(chunks))
     log_done(request, reply)
     message: dict = {"role": "assistant", "content": reply.text}

@@ -14,7 +14,7 @@ from ..reply import Reply
 from ..types import Chunk, GenerationParams, history_pairs
 from .errors import error_event
 from .schemas import SeedRequest, read_body
-from .turn import EventStream, begin, drain, log_done
+from .turn import SSEResponse, begin, drain, log_done
 
 
 async def seed(request: Request):
@@ -32,7 +32,7 @@ async def seed(request: Request):
                                 max_seconds=body.max_seconds, max_chars=body.max_chars,
                                 hold="sentence" if body.stream else "all")
     if body.stream:
-        return EventStream(reply, _seed_events(request, reply, chunks))
+        return SSEResponse(reply, _seed_events(request, reply, chunks))
     await drain(request, reply, reply.sentences(chunks))
     log_done(request, reply)
     events = reply.events if reply.req.emotions else [_unfelt(e) for e in reply.events]

@@ -99,7 +99,7 @@ async def drain(request: Request, reply: Reply, items: AsyncIterator) -> None:
     work.result()
 
 
-class EventStream(StreamingResponse):
+class SSEResponse(StreamingResponse):
     """Server-sent events for one reply; however the response ends (a gone client included),
     the reply's generation is cancelled, even if the stream never started."""
 
