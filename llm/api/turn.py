@@ -55,7 +55,6 @@ async def begin(request: Request, *, hold: str = "none", **kw) -> tuple[Reply, A
     except BaseException:
         await chunks.aclose()
         raise
-    reply.mark("ttft_ms", first.at)
     return reply, _replay(first, chunks)
 
 
