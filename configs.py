@@ -79,12 +79,37 @@ class ServerConfig:
     max_body_bytes: int = 1_000_000
 
 
+MISS_REPLY = {"zh": "这个问题我暂时回答不了，请咨询现场工作人员。",
+              "en": "I can't answer that yet. Please ask a member of staff."}
+
+
+@dataclass(frozen=True)
+class KnowledgeConfig:
+    """Where the avatar's knowledge lives (llm/knowledge); off while neither docs nor faq is set."""
+
+    docs: str | None = None           # a folder of .md .txt .html (.pdf .docx with their parser)
+    faq: str | None = None            # a CSV of question,answer; a question's variants split by "|"
+    on_miss: str = "chat"             # nothing good enough found: chat (answer without) | say (miss_reply)
+    miss_reply: Mapping[str, str] = field(default_factory=lambda: dict(MISS_REPLY))   # by language
+    index: str | None = None          # the index file; default: .knowledge.sqlite3 in the docs folder
+    synonyms: str | None = None       # a file of your own synonym groups, one per line
+    passages: int = 3                 # passages given to the model
+    faq_threshold: float = 0.55       # how well a question must match an FAQ question (0..1)
+    doc_threshold: float = 0.5        # how much of a question a passage must cover (0..1)
+    check_every: float = 3.0          # seconds between looks at the folder for changes
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.docs or self.faq)
+
+
 @dataclass(frozen=True)
 class Settings:
     default: str = "direct"
     style: StyleConfig = field(default_factory=StyleConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     source: str = "built-in presets"   # where these settings came from, for error messages
 
     def provider(self, name: str) -> ProviderConfig:
@@ -138,7 +163,7 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
         return replace(settings, source=str(path))
     where = _Where(str(path))
     _expect(data, dict, where, "the top level")
-    where.unknown_keys(data, ("default", "style", "providers", "server"), "")
+    where.unknown_keys(data, ("default", "style", "providers", "server", "knowledge"), "")
     out = replace(settings, source=str(path))
     if "default" in data:
         out = replace(out, default=_expect(data["default"], str, where, "default"))
@@ -146,6 +171,8 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
         out = replace(out, style=_style_from(data["style"], where))
     if "server" in data:
         out = replace(out, server=_dataclass_from(ServerConfig, data["server"], where, "server"))
+    if "knowledge" in data:
+        out = replace(out, knowledge=_knowledge_from(data["knowledge"], where, path.parent))
     providers = dict(out.providers)
     for name, entry in (_expect(data.get("providers") or {}, dict, where, "providers")).items():
         if not isinstance(name, str) or not name.strip() or "/" in name:
@@ -273,6 +300,48 @@ def _style_from(data: Any, where: _Where) -> StyleConfig:
                 where.fail(key, "must be a list of tag names of letters, such as [neutral, joy, sad]")
             values[k] = tuple(n.lower() for n in names)
     return StyleConfig(**values)
+
+
+def _knowledge_from(data: Any, where: _Where, base: Path) -> KnowledgeConfig:
+    """The knowledge section; its paths are relative to the config file's folder."""
+    data = _expect(data or {}, dict, where, "knowledge")
+    where.unknown_keys(data, [f.name for f in fields(KnowledgeConfig)], "knowledge.")
+    values: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"knowledge.{k}"
+        if k in ("docs", "faq", "index", "synonyms"):
+            if v is None:
+                continue
+            path = base / _expect(v, str, where, key)
+            must = {"docs": path.is_dir(), "faq": path.is_file(), "synonyms": path.is_file(), "index": True}
+            if not must[k]:
+                what = "folder" if k == "docs" else "file"
+                where.fail(key, f"{path} is not an existing {what}: create it, or fix the path "
+                                "(relative to the config file's folder)")
+            values[k] = str(path)
+        elif k == "on_miss":
+            if v not in ("chat", "say"):
+                where.fail(key, "must be chat (answer without the knowledge) or say (say miss_reply)")
+            values[k] = v
+        elif k == "miss_reply":
+            replies = {"zh": v, "en": v} if isinstance(v, str) else v
+            if not isinstance(replies, dict) or set(replies) - {"zh", "en"} or not all(
+                    isinstance(r, str) and r.strip() for r in replies.values()):
+                where.fail(key, "must be a sentence, or {zh: ..., en: ...} for each language")
+            values[k] = {**MISS_REPLY, **replies}
+        elif k == "passages":
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 20:
+                where.fail(key, "must be a whole number from 1 to 20")
+            values[k] = v
+        elif k in ("faq_threshold", "doc_threshold"):
+            if not _is_number(v) or not 0 <= v <= 1:
+                where.fail(key, "must be a number from 0 to 1 (see python -m llm kb eval)")
+            values[k] = float(v)
+        else:   # check_every
+            if not _is_number(v) or v < 0:
+                where.fail(key, "must be a number of seconds, 0 or more")
+            values[k] = float(v)
+    return KnowledgeConfig(**values)
 
 
 def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:

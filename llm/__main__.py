@@ -1,5 +1,6 @@
 """`python -m llm download NAME` fetches a local model's weights; `python -m llm status` shows readiness;
-`python -m llm scoreboard [NAME...]` scores how fit each provider's replies are for speech."""
+`python -m llm scoreboard [NAME...]` scores how fit each provider's replies are for speech;
+`python -m llm kb index|search|stats|eval` builds, queries and measures the knowledge (configs.yaml)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     board = commands.add_parser("scoreboard", help="score each ready provider's replies for speech: budget, "
                                                    "sentence ends, leaks, latency")
     board.add_argument("names", nargs="*", metavar="NAME", help="providers to score (default: all ready)")
-    for command, run in ((fetch, _download), (status, _status), (board, _scoreboard)):
+    kb = commands.add_parser("kb", help="the knowledge: index the documents and FAQ, search, stats, eval")
+    kb.add_argument("action", choices=("index", "search", "stats", "eval"))
+    kb.add_argument("text", nargs="?", metavar="QUESTION|FILE.csv",
+                    help="search: the question; eval: a CSV of question,kind,source,answer")
+    kb.add_argument("--sweep", action="store_true", help="eval: also show other thresholds' decisions")
+    for command, run in ((fetch, _download), (status, _status), (board, _scoreboard), (kb, _kb)):
         # --config after the command too; SUPPRESS keeps the top-level value when it is not given here
         command.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         command.set_defaults(run=run, names=[])
@@ -108,6 +114,56 @@ def _scoreboard(settings, args) -> int:
         print("no provider is ready to score: see python -m llm status", file=sys.stderr)
         return 1
     print(scoreboard.table(scores))
+    return 0
+
+
+def _kb(settings, args) -> int:
+    from pathlib import Path
+
+    from .knowledge import Knowledge
+    from .knowledge import evaluate as kb_eval
+
+    if not settings.knowledge.enabled:
+        print(f"error: no knowledge configured in {settings.source}: set knowledge.docs (a folder) "
+              "and/or knowledge.faq (a CSV)", file=sys.stderr)
+        return USAGE_ERROR
+    if args.action in ("search", "eval") and not args.text:
+        what = "a question" if args.action == "search" else "the evaluation CSV"
+        print(f"error: kb {args.action} needs {what}", file=sys.stderr)
+        return USAGE_ERROR
+    knowledge = Knowledge(settings.knowledge)
+    with closing(knowledge):
+        if args.action == "index":
+            counts = knowledge.refresh(force=True) or {}
+            print(", ".join(f"{k} {v}" for k, v in counts.items()) + f"; index at {knowledge.index.path}")
+            for f in knowledge.index.files():
+                if f["skipped"]:
+                    print(f"  skipped {f['source']}: {f['skipped']}")
+        elif args.action == "stats":
+            knowledge.refresh(force=True)
+            for key, value in knowledge.index.stats().items():
+                print(f"{key:14} {value}")
+        elif args.action == "search":
+            found = knowledge.lookup(args.text)
+            says = "FAQ answer" if found.passages == () and found.sources else "miss reply"
+            if found.answer is not None:
+                print(f"{says} (no model call): {found.answer}")
+            elif not found.passages:
+                print("nothing good enough: the model answers as usual (on_miss: chat)")
+            for hit in knowledge.search(args.text):
+                text = " ".join(hit.passage.text.split())
+                print(f"{hit.score:.3f} {hit.kind:3} {hit.passage.source}: {text[:100]}")
+        else:
+            try:
+                cases = kb_eval.read_cases(Path(args.text))
+            except (OSError, ValueError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return USAGE_ERROR
+            report = kb_eval.run(knowledge, cases)
+            cfg = settings.knowledge
+            print(kb_eval.table(report, cfg.faq_threshold, cfg.doc_threshold))
+            if args.sweep:
+                print(kb_eval.sweep(report))
     return 0
 
 

@@ -42,6 +42,8 @@ class Reply:
         self.logprobs: list[dict] = []        # OpenAI's logprobs.content entries, when asked for
         self.finish_reason: str | None = None
         self.usage: Mapping[str, int] | None = None
+        # what the knowledge gave the reply (llm.knowledge.Grounding.sources), best first
+        self.sources: list[dict] = list(req.grounding.sources) if req.grounding else []
         self._splitter = speech.SentenceSplitter()
 
     def mark(self, timing: str, at: float | None = None) -> None:

@@ -17,6 +17,7 @@ from configs import Settings, load_settings
 
 from . import speech
 from .errors import InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
+from .knowledge import Grounding, Knowledge
 from .policy import Breaker, FallbackChain, Policy, cooling_fix
 from .providers import Provider, kind_honours, provider_class
 from .reply import Reply
@@ -47,6 +48,7 @@ class Request:
     style: bool = True
     budget: speech.Budget = speech.Budget()
     emotions: tuple[str, ...] = ()     # the tags the model is asked for; () = off
+    grounding: Grounding | None = None  # what the knowledge found for the prompt; None = not used
 
 
 class Router:
@@ -60,6 +62,7 @@ class Router:
         self._breakers: dict[str, Breaker] = {}
         self._secrets: set[str] = set()
         self._lock = threading.Lock()
+        self._knowledge: Knowledge | None = None
         for name, p in (providers or {}).items():
             self._add(name, p)
 
@@ -130,6 +133,15 @@ class Router:
                 text = text.replace(secret, "***")
         return text
 
+    @property
+    def knowledge(self) -> Knowledge | None:
+        """The deployment's knowledge (`knowledge:` in the config), opened on first use; None when off."""
+        if self._knowledge is None and self.settings.knowledge.enabled:
+            with self._lock:
+                if self._knowledge is None:
+                    self._knowledge = Knowledge(self.settings.knowledge)
+        return self._knowledge
+
     def policy(self, name: str) -> Policy:
         return Policy.of(self.provider(name))
 
@@ -145,6 +157,8 @@ class Router:
             for p in self._providers.values():
                 p.close()
             self._providers.clear()
+            if self._knowledge is not None:
+                self._knowledge.close()
 
     async def aclose_loop(self) -> None:
         """Close the providers' async clients that belong to the running loop (a server shutting down)."""
@@ -156,8 +170,9 @@ class Router:
     def request(self, prompt: str, *, provider: str | None = None, history: Any = None,
                 system: str | None = None, params: GenerationParams | dict | None = None,
                 style: bool | None = None, max_chars: int | None = None, max_seconds: float | None = None,
-                emotions: bool | None = None) -> Request:
-        """Validate loose arguments into a Request (InvalidRequestError on bad input).
+                emotions: bool | None = None, knowledge: bool | None = None) -> Request:
+        """Validate loose arguments into a Request (InvalidRequestError on bad input), with what the
+        knowledge found for the prompt unless `knowledge` is False (blocking: see `arequest`).
 
         The answer budget: `max_chars`, else `max_seconds`, else the config's `max_chars` (an explicit
         override), else its `max_seconds`. A request for a program (tools, a JSON reply) is not styled
@@ -180,14 +195,33 @@ class Router:
             budget = speech.Budget(seconds=float(max_seconds))
         else:
             budget = speech.Budget(chars=cfg.max_chars) if cfg.max_chars else speech.Budget(cfg.max_seconds)
-        if emotions is not None and not isinstance(emotions, bool):
-            raise InvalidRequestError("emotions must be true or false")
+        for flag, value in (("emotions", emotions), ("knowledge", knowledge)):
+            if value is not None and not isinstance(value, bool):
+                raise InvalidRequestError(f"{flag} must be true or false")
         name = self.resolve(provider)
         self._refuse_unsupported(name, params, messages)    # unknown names fail here too, before any work
         styled = (cfg.short_answer and not params.for_program) if style is None else bool(style)
+        grounding = None
+        if self._grounded(name, prompt, params, knowledge):
+            grounding = self.knowledge.lookup(prompt)
         return Request(prompt=prompt, provider=name, history=messages, system=system or None, params=params,
-                       style=styled, budget=budget,
+                       style=styled, budget=budget, grounding=grounding,
                        emotions=cfg.emotion_set if (cfg.emotions if emotions is None else emotions) else ())
+
+    def _grounded(self, name: str, prompt: str | None, params: GenerationParams,
+                  knowledge: bool | None) -> bool:
+        """Whether the knowledge answers this call: it is on, not turned off for the call, there is a
+        question, the answer is for speech (not tools or JSON), and the provider is not Direct Reply."""
+        return (self.settings.knowledge.enabled and knowledge is not False and prompt is not None
+                and not params.for_program and self.settings.providers[name].kind != "echo")
+
+    async def arequest(self, prompt: str | None, **kw) -> Request:
+        """`request` without blocking the loop: in a worker thread when it must build a provider (an SDK
+        import, a model's files) or look up the knowledge (the index on disk); at once otherwise."""
+        if self.built(kw.get("provider")) and not (self.settings.knowledge.enabled
+                                                   and kw.get("knowledge") is not False):
+            return self.request(prompt, **kw)
+        return await asyncio.to_thread(self.request, prompt, **kw)
 
     def _refuse_unsupported(self, name: str, params: GenerationParams, messages: tuple[Message, ...]) -> None:
         provider = self.provider(name)
@@ -244,10 +278,14 @@ class Router:
         provider's `fallback` list while no text has been yielded. `hold` is how much the caller holds back
         before anyone sees it ("none", "sentence" or "all"), so a provider that fails within it can still
         be replaced. Never blocks the running loop; leaving early, or the task being cancelled, cancels."""
-        req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
+        req = prompt if isinstance(prompt, Request) else await self.arequest(prompt, **kw)
         cancel = cancel or CancelToken()
         if hold not in HOLDS:
             raise ValueError(f"hold must be one of {', '.join(HOLDS)}")
+        if req.grounding is not None and req.grounding.answer is not None:
+            yield Chunk(speech.clean_for_speech(req.grounding.answer), KNOWLEDGE)   # said as written, uncut
+            yield Chunk("", KNOWLEDGE, finish_reason="stop", usage=_NO_TOKENS)
+            return
         # the chain builds its fallbacks on first use (an SDK import): not on the loop
         chain = self._chain(req) if self.built(req.provider) else await asyncio.to_thread(self._chain, req)
         fallbacks = FallbackChain(chain, lambda name, *run: self._prepare(name, req).arun(*run), self.policy,
@@ -261,7 +299,7 @@ class Router:
 
     async def achat(self, prompt: str | Request, *, cancel: CancelToken | None = None, **kw) -> Reply:
         """The whole reply: its text, the provider that answered, timings in ms, tool calls and usage."""
-        req = prompt if isinstance(prompt, Request) else self.request(prompt, **kw)
+        req = prompt if isinstance(prompt, Request) else await self.arequest(prompt, **kw)
         reply = Reply(req, cancel)
         async with aclosing(reply.chunks(self.astream(req, cancel=reply.cancel, hold="all"))) as chunks:
             async for _ in chunks:
@@ -285,14 +323,18 @@ class Router:
                      "lang": "zh" if speech.is_chinese(req.prompt or "") else "en"}, self._slots[name])
 
     def _messages(self, provider: Provider, req: Request, styled: bool) -> list[Message]:
-        prompt, system = req.prompt, req.system
+        """The system text (the caller's, then the knowledge's passages, then the speech rule), the history
+        and the prompt; a "prefix"-style provider (a base model) has the rule before the prompt instead."""
+        prompt, system = req.prompt, [req.system] if req.system else []
+        if req.grounding is not None and req.grounding.passages:
+            system.append(req.grounding.instruction(speech.is_chinese(prompt or "")))
         if styled and prompt is not None:
-            rule = req.budget.instruction(req.prompt, req.emotions)
+            rule = req.budget.instruction(prompt, req.emotions)
             if provider.style == "prefix":
                 prompt = f"{rule} {prompt}" if speech.is_chinese(prompt) else f"{rule}\n{prompt}"
             else:
-                system = f"{system}\n{rule}" if system else rule
-        messages = [Message("system", system)] if system else []
+                system.append(rule)
+        messages = [Message("system", "\n".join(system))] if system else []
         messages += [m for m in req.history if m.role != "system"]
         if prompt is not None:
             messages.append(Message("user", prompt))
@@ -305,6 +347,8 @@ def _who(name: str, provider: Provider) -> str:
     return name if label == name else f"{label} ({name})"
 
 
+KNOWLEDGE = "knowledge"     # the provider named by a reply the knowledge gave word for word
+_NO_TOKENS = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 _WITH_TOOLS = GenerationParams(extra={"tools": [{"type": "function"}]})
 
 

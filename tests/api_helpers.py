@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import requests
 
-from configs import PRESETS, ProviderConfig, Settings
+from configs import PRESETS, KnowledgeConfig, ProviderConfig, Settings
 from llm import api
 from llm.providers.base import Provider
 from llm.router import Router
@@ -34,13 +34,14 @@ class Served:
 
 def serve_router(configs: list[ProviderConfig] = (), providers: list[Provider] = (), *,
                  env: dict | None = None, api_key: str | None = None, max_body_bytes: int = 1_000_000,
-                 short_answer: bool = True) -> Served:
+                 short_answer: bool = True, default: str = "direct", knowledge: KnowledgeConfig | None = None
+                 ) -> Served:
     """The cloud presets plus `configs` (built by the router) and `providers` (injected), on 127.0.0.1:0.
 
     Local presets are left out: their status check imports torch, which would only slow these tests."""
     presets = {name: cfg for name, cfg in PRESETS.items() if cfg.kind != "local"}
     all_configs = {**presets, **{c.name: c for c in configs}, **{p.name: p.config for p in providers}}
-    settings = Settings(providers=all_configs, default="direct")
+    settings = Settings(providers=all_configs, default=default, knowledge=knowledge or KnowledgeConfig())
     settings = replace(settings, style=replace(settings.style, short_answer=short_answer))
     router = Router(settings, env={} if env is None else env, providers={p.name: p for p in providers})
     app = api.create_app(router, api_key=api_key, max_body_bytes=max_body_bytes)

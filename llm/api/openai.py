@@ -28,6 +28,8 @@ async def chat_completions(request: Request):
     The speech style (short, speakable answers) follows the server config; reply it off for one
     request with the extra body field `"style": "none"` (openai SDK: `extra_body={"style": "none"}`).
     A request with tools, a JSON response_format or logprobs is for a program: it is not styled.
+    The knowledge (documents and FAQ) answers too unless `"knowledge": false` (extra_body); the reply's
+    `sources` (on the last chunk of a stream) name what it used.
     """
     body = await read_body(request, ChatCompletionRequest, request.app.state.ctx.max_body_bytes)
     system = "\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
@@ -42,7 +44,8 @@ async def chat_completions(request: Request):
     prompt = None if last.role == "tool" else last.text()     # after tool results: no new prompt
     reply, chunks = await begin(request, prompt=prompt, provider=provider, history=history, system=system,
                                 params=params, style={"short": True, "none": False}.get(body.style),
-                                max_seconds=body.max_seconds, hold="none" if body.stream else "all")
+                                max_seconds=body.max_seconds, knowledge=body.knowledge,
+                                hold="none" if body.stream else "all")
     meta = {"id": f"chatcmpl-{rid(request)}", "created": int(time.time())}
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -57,7 +60,8 @@ async def chat_completions(request: Request):
         choice["logprobs"] = {"content": reply.logprobs, "refusal": None}
     # a JSONResponse as FastAPI would make of the dict, without its recursive jsonable_encoder walk
     return JSONResponse({**meta, "object": "chat.completion", "model": reply.provider,
-                         "timings": reply.timings, "choices": [choice], "usage": reply.token_usage})
+                         "timings": reply.timings, "sources": reply.sources, "choices": [choice],
+                         "usage": reply.token_usage})
 
 
 async def _openai_events(request: Request, reply: Reply, chunks: AsyncIterator[Chunk], meta: dict,
@@ -87,7 +91,7 @@ async def _openai_events(request: Request, reply: Reply, chunks: AsyncIterator[C
                 if item.logprobs:
                     yield chunk({}, logprobs=item.logprobs)
         log_done(request, reply)
-        yield chunk({}, reply.finish)
+        yield {**chunk({}, reply.finish), "sources": reply.sources}
         if include_usage:
             yield {**chunk({}), "choices": [], "usage": reply.token_usage}
         yield "[DONE]"

@@ -39,6 +39,18 @@ class SentenceEvent(_Doc):
     emotion: str | None = Field(None, description="only when the request asked for emotions (null: none)")
 
 
+class Source(_Doc):
+    """What the knowledge gave a reply: a passage of a document, or the FAQ question it matched."""
+
+    source: str = Field(description="the document's path in the knowledge folder, or the FAQ file's name")
+    kind: Literal["doc", "faq"]
+    text: str = Field(description="the passage, or the FAQ question")
+    score: float = Field(description="how well it matches the question, 0 to 1")
+
+
+Sources = Annotated[list[Source], Field(description="best first; empty when the knowledge gave nothing")]
+
+
 Pair = Annotated[list[str], Field(min_length=2, max_length=2)]
 Stamp = Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$",
                              examples=["2024-05-01 12:00:00"])]
@@ -53,6 +65,7 @@ class SeedReply(_Doc):
     time: Stamp
     provider: str = Field(description="the provider that answered (a fallback, when the asked one failed)")
     timings: Timings
+    sources: Sources
     sentences: list[SentenceEvent]
 
 
@@ -66,6 +79,7 @@ class SeedDoneEvent(_Doc):
     time: Stamp
     provider: str
     timings: Timings
+    sources: Sources
 
 
 class SeedErrorDetail(_Doc):
@@ -151,6 +165,7 @@ class ChatCompletion(_Doc):
     choices: list[Choice] = Field(min_length=1, max_length=1)
     usage: Usage
     timings: Timings
+    sources: Sources
 
 
 class ToolCallDeltaFunction(_Doc):
@@ -187,6 +202,7 @@ class ChatCompletionChunk(_Doc):
     model: str
     choices: list[ChunkChoice] = Field(max_length=1)
     usage: Usage | None = None
+    sources: Sources | None = Field(None, description="on the chunk with the finish_reason")
 
 
 class ProviderStatus(_Doc):

@@ -160,6 +160,7 @@ class SeedRequest(BaseModel):
     max_seconds: float | None = Field(None, gt=0, le=MAX_SECONDS)  # the answer budget in seconds of speech
     max_chars: Count | None = None     # or in characters
     emotions: bool | None = None    # an "emotion" per sentence event (style.emotion_set)
+    knowledge: bool | None = None   # false: answer without the knowledge (documents and FAQ)
 
     @field_validator("prompt")
     @classmethod
@@ -340,6 +341,7 @@ class ChatCompletionRequest(BaseModel):
     web_search_options: dict[str, Any] | None = None
     style: Style | None = None      # not OpenAI's: send these with the SDK's extra_body
     max_seconds: float | None = Field(None, gt=0, le=MAX_SECONDS)
+    knowledge: bool | None = None
 
     @model_validator(mode="after")
     def _answerable(self) -> ChatCompletionRequest:

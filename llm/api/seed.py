@@ -21,6 +21,7 @@ async def seed(request: Request):
     """Linly-Talker's API: `{"prompt": ...}` in, `{"response": ..., "history": ...}` out.
 
     Optional: history, max_length, top_p, temperature, provider, system, style ("short"/"none"),
+    knowledge (false: answer without the documents and FAQ; the reply's `sources` name what was used),
     stream (server-sent events: `{"sentence"}` per speakable sentence, then `{"done": true, ...}`).
     """
     body = await read_body(request, SeedRequest, request.app.state.ctx.max_body_bytes)
@@ -30,6 +31,7 @@ async def seed(request: Request):
                                 history=history, params=params, emotions=body.emotions,
                                 style={"short": True, "none": False}.get(body.style),
                                 max_seconds=body.max_seconds, max_chars=body.max_chars,
+                                knowledge=body.knowledge,
                                 hold="sentence" if body.stream else "all")
     if body.stream:
         return SSEResponse(reply, _seed_events(request, reply, chunks))
@@ -43,7 +45,7 @@ def _seed_reply(reply: Reply) -> dict:
     history = history_pairs(reply.req.history) + [[reply.req.prompt, reply.text]]
     return {"response": reply.text, "history": history, "status": 200,
             "time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
-            "provider": reply.provider, "timings": reply.timings}
+            "provider": reply.provider, "timings": reply.timings, "sources": reply.sources}
 
 
 def _unfelt(event: dict) -> dict:

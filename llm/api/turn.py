@@ -35,10 +35,7 @@ async def begin(request: Request, *, hold: str = "none", **kw) -> tuple[Reply, A
     provider, upstream down) is a real HTTP status rather than an error inside a 200 stream; a client that
     hangs up meanwhile cancels the generation. `hold`: what the route holds back (see `Router.stream`)."""
     router: Router = request.app.state.ctx.router
-    if router.built(kw.get("provider")):
-        req = router.request(**kw)
-    else:   # creating a provider may import a heavy SDK or read a model's files: not on the loop
-        req = await asyncio.to_thread(router.request, **kw)
+    req = await router.arequest(**kw)
     prompt = " ".join((req.prompt or "(tool results)").split())    # one short line for the log
     log.info("%s %s provider=%s prompt=%r", rid(request), request.url.path, req.provider,
              prompt if len(prompt) <= LOG_PROMPT_CHARS else prompt[:LOG_PROMPT_CHARS - 1] + "…")

@@ -1,0 +1,119 @@
+"""Knowledge: the avatar answers from the documents and FAQ of the place it serves, and says when it
+does not know.
+
+Before a provider is called, the question is looked up (`Knowledge.lookup`): an FAQ entry that matches is
+the answer, word for word, with no model call; else the best passages ground the model's answer; else, by
+`on_miss`, a fixed reply or the model as usual. Every reply names its sources.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..speech import is_chinese
+from .docs import Passage
+from .index import Hit, Index
+from .text import Synonyms
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = ".knowledge.sqlite3"
+GROUNDING = {
+    "zh": "只根据下面的资料回答；资料里没有答案时，就说不知道，不要编造。\n资料：",
+    "en": "Answer only from the notes below; if they do not hold the answer, say you do not know. "
+          "Never make anything up.\nNotes:",
+}
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """What the knowledge found for one question: a reply to say as it is (`answer`: an FAQ answer or the
+    miss reply), or `passages` for the model; and the `sources` the reply names (best first)."""
+
+    sources: tuple[dict, ...] = ()
+    answer: str | None = None
+    passages: tuple[Passage, ...] = ()
+
+    def instruction(self, chinese: bool) -> str:
+        """The system text that puts the passages before the model."""
+        lines = [GROUNDING["zh" if chinese else "en"]]
+        for i, p in enumerate(self.passages, 1):
+            where = f"{p.source}{': ' + p.title if p.title else ''}"
+            lines.append(f"[{i}] ({where}) {p.text}")
+        return "\n".join(lines)
+
+
+def source_of(hit: Hit) -> dict[str, Any]:
+    return {"source": hit.passage.source, "kind": hit.kind, "text": hit.passage.text, "score": hit.score}
+
+
+class Knowledge:
+    """The knowledge of one deployment (`configs.KnowledgeConfig`): its index, kept up to date with the
+    folder at most every `check_every` seconds, and the lookup for a question."""
+
+    def __init__(self, config):
+        self.config = config
+        self.docs = Path(config.docs) if config.docs else None
+        self.faq = Path(config.faq) if config.faq else None
+        home = self.docs if self.docs is not None else self.faq.parent
+        self.index = Index(Path(config.index) if config.index else home / INDEX_NAME)
+        self.synonyms = Synonyms(Path(config.synonyms) if config.synonyms else None)
+        self._checked = 0.0
+        self._syncing = threading.Lock()
+
+    def refresh(self, force: bool = False) -> dict[str, int] | None:
+        """Bring the index up to date if it is time (or `force`); None when it was not checked (another
+        thread is at it, or it was checked less than `check_every` seconds ago)."""
+        if not force and time.monotonic() - self._checked < self.config.check_every:
+            return None
+        if not self._syncing.acquire(blocking=force or self._checked == 0.0):
+            return None     # another thread is syncing: search what is indexed
+        try:
+            if not force and time.monotonic() - self._checked < self.config.check_every:
+                return None     # done by the thread this one waited for
+            counts = self.index.sync(self.docs, self.faq)
+            self._checked = time.monotonic()
+            if any(counts.values()):
+                log.info("knowledge: index updated: %s",
+                         ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+            return counts
+        finally:
+            self._syncing.release()
+
+    def search(self, question: str, limit: int | None = None) -> list[Hit]:
+        self.refresh()
+        return self.index.search(question, self.synonyms, limit or max(5, self.config.passages))
+
+    def lookup(self, question: str) -> Grounding:
+        """What to answer `question` from: an FAQ answer, passages, or (a miss) the miss reply or nothing."""
+        cfg = self.config
+        hits = self.search(question)
+        best = hits[0] if hits else None
+        if best is not None and best.kind == "faq" and best.score >= cfg.faq_threshold:
+            return Grounding((source_of(best),), answer=best.answer)
+        good = [h for h in hits if h.score >= cfg.doc_threshold][:cfg.passages]
+        if good:
+            return Grounding(tuple(source_of(h) for h in good),
+                             passages=tuple(_as_passage(h) for h in good))
+        if cfg.on_miss == "say":
+            return Grounding(answer=self.miss_reply(question))
+        return Grounding()
+
+    def miss_reply(self, question: str) -> str:
+        replies = self.config.miss_reply
+        return replies["zh" if is_chinese(question) else "en"]
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def _as_passage(hit: Hit) -> Passage:
+    """A hit as the model reads it: an FAQ entry as its question and answer."""
+    if hit.kind == "faq":
+        return Passage(hit.passage.source, "FAQ", f"{hit.passage.text} {hit.answer}")
+    return hit.passage

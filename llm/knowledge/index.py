@@ -1,0 +1,280 @@
+"""The search index: one SQLite file (FTS5) beside the documents, updated file by file as they change.
+
+Why SQLite FTS5 (measured in bench/knowledge_bench.py): it ships with Python (no server, no package),
+updates one file's passages in place (bm25s and the vector stores rebuild or append), lets several
+processes read one file while one writes (WAL), and finds candidates at 10,000 passages in a few ms.
+Candidates are then scored here with the question's synonyms (`text.slots`), which FTS5 cannot do.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import math
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from . import text as T
+from .docs import Passage, Unreadable, faq_entries, passages, readable
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+CANDIDATES = 40     # passages FTS5 hands over for scoring
+
+
+@dataclass(frozen=True)
+class Hit:
+    passage: Passage
+    kind: str               # "doc" or "faq"
+    score: float            # 0..1: how much of the question the passage covers (FAQ: both ways)
+    answer: str = ""        # an FAQ entry's answer
+    entry: int = -1         # an FAQ entry's number (its variants share it)
+    rank_score: float = 0.0  # what orders the hits: the cover, and BM25 (term counts, passage length)
+
+
+@dataclass(frozen=True)
+class FileState:
+    source: str
+    size: int
+    mtime: float
+
+
+class Index:
+    """The passages of a documents folder and an FAQ file, searchable; `sync` brings it up to date."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._local = threading.local()
+        self._write = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+            version = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+            if version is None or version[0] != SCHEMA_VERSION:     # an index from another version: anew
+                db.executescript("DELETE FROM files; DELETE FROM passages; DELETE FROM terms;")
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (SQLite connections are not shared between threads)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # -- keeping up with the files --------------------------------------------------------------------
+
+    def sync(self, folder: Path | None, faq: Path | None) -> dict[str, int]:
+        """Index what changed in `folder` and `faq` since the last sync (size or mtime, then content hash):
+        new and changed files read again, removed ones dropped. Returns counts of what it did."""
+        found = dict(_scan(folder)) if folder is not None else {}
+        if faq is not None and faq.is_file():
+            found[faq.name] = faq
+        counts = {"added": 0, "changed": 0, "removed": 0, "skipped": 0}
+        with self._write:
+            db = self._db()
+            known = {row[0]: row[1:] for row in db.execute("SELECT source, size, mtime, sha FROM files")}
+            for source in set(known) - set(found):
+                self._drop(db, source)
+                counts["removed"] += 1
+            for source, path in sorted(found.items()):
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue    # removed meanwhile: the next sync drops it
+                old = known.get(source)
+                if old is not None and old[0] == st.st_size and old[1] == st.st_mtime:
+                    continue
+                kind = "faq" if faq is not None and path == faq else "doc"
+                done = self._read(db, source, path, kind, st, old[2] if old else None)
+                if done:
+                    counts["changed" if old else "added"] += 1
+                elif done is None:
+                    counts["skipped"] += 1
+        return counts
+
+    def _read(self, db: sqlite3.Connection, source: str, path: Path, kind: str, st, old_sha: str | None):
+        """(Re)index one file; False when its content did not change, None when it is skipped."""
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            log.warning("knowledge: skipped %s: %s", source, e)
+            return None
+        sha = hashlib.sha256(data).hexdigest()
+        if sha == old_sha:
+            db.execute("UPDATE files SET size=?, mtime=? WHERE source=?", (st.st_size, st.st_mtime, source))
+            return False
+        try:
+            rows = _faq_rows(source, path) if kind == "faq" else [
+                (p, "", -1) for p in passages(path, source, data)]
+            skipped = None
+        except Unreadable as e:
+            log.warning("knowledge: skipped %s: %s", source, e)
+            rows, skipped = [], str(e)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._drop(db, source)
+            db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                       (source, kind, st.st_size, st.st_mtime, sha, skipped))
+            for passage, answer, entry in rows:
+                cur = db.execute("INSERT INTO passages (source, kind, title, text, answer, entry) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)",
+                                 (source, kind, passage.title, passage.text, answer, entry))
+                db.execute("INSERT INTO terms (rowid, words) VALUES (?, ?)",
+                           (cur.lastrowid, " ".join(T.terms(passage.searchable))))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return None if skipped else True
+
+    @staticmethod
+    def _drop(db: sqlite3.Connection, source: str) -> None:
+        db.execute("DELETE FROM terms WHERE rowid IN (SELECT id FROM passages WHERE source=?)", (source,))
+        db.execute("DELETE FROM passages WHERE source=?", (source,))
+        db.execute("DELETE FROM files WHERE source=?", (source,))
+
+    # -- searching ------------------------------------------------------------------------------------
+
+    def search(self, question: str, synonyms: T.Synonyms, limit: int = 5) -> list[Hit]:
+        """The passages that cover the question best, best first (FAQ variants scored both ways)."""
+        asked = T.slots(question, synonyms)
+        match = T.fts_query(asked)
+        if not match:
+            return []
+        db = self._db()
+        rows = db.execute(
+            "SELECT p.id, p.source, p.kind, p.title, p.text, p.answer, p.entry, terms.words FROM terms "
+            "JOIN passages p ON p.id = terms.rowid WHERE terms MATCH ? ORDER BY bm25(terms) LIMIT ?",
+            (match, CANDIDATES)).fetchall()
+        if not rows:
+            return []
+        variants = {body: T.slots(body, synonyms) for _, _, kind, _, body, *_ in rows if kind == "faq"}
+        idf = self._idf(db, {t for found in (asked, *variants.values()) for slot in found
+                             for alt in slot.alternatives for t in alt})
+        weights = [slot.weight * max(_alt_idf(alt, idf) for alt in slot.alternatives) for slot in asked]
+        total = sum(weights) or 1.0
+        avg = self._avg_len(db)
+        hits, seen_entries = [], set()
+        for rank, (_id, source, kind, title, body, answer, entry, terms) in enumerate(rows):
+            listed = terms.split()
+            have = collections.Counter(listed)
+            found = [slot.found_in(have) for slot in asked]
+            covered = sum(w * f for w, f in zip(weights, found, strict=True)) / total
+            norm = K1 * (1 - B + B * len(listed) / avg)
+            bm25 = sum(w * f * (tf := _tf(slot, have)) * (K1 + 1) / (tf + norm) for slot, w, f
+                       in zip(asked, weights, found, strict=True) if f) / (total * (K1 + 1))
+            passage = Passage(source, title, body)
+            if kind == "faq":
+                covered = _both_ways(covered, variants[body], set(T.terms(question)), idf)
+            score = MIX * covered + (1 - MIX) * bm25
+            hits.append(Hit(passage, kind, round(covered, 4), answer, entry, round(score - rank * 1e-6, 6)))
+        hits.sort(key=lambda h: -h.rank_score)
+        out = []
+        for hit in hits:     # one variant per FAQ entry: its best
+            if hit.kind == "faq":
+                if hit.entry in seen_entries:
+                    continue
+                seen_entries.add(hit.entry)
+            out.append(hit)
+        return out[:limit]
+
+    def _avg_len(self, db: sqlite3.Connection) -> float:
+        n = db.execute("SELECT count(*), sum(length(words) - length(replace(words, ' ', '')) + 1) FROM terms"
+                       ).fetchone()
+        return (n[1] or 1) / (n[0] or 1)
+
+    def _idf(self, db: sqlite3.Connection, terms: set[str]) -> dict[str, float]:
+        n = db.execute("SELECT count(*) FROM passages").fetchone()[0]
+        marks = ",".join("?" * len(terms))
+        df = dict(db.execute(f"SELECT term, doc FROM vocab WHERE term IN ({marks})", tuple(terms)))
+        return {t: math.log(1 + (n - df.get(t, 0) + 0.5) / (df.get(t, 0) + 0.5)) for t in terms}
+
+    def faq_firsts(self) -> dict[str, str]:
+        """Each FAQ question variant -> the first variant of its entry (how an evaluation names it)."""
+        rows = self._db().execute("SELECT text, entry, source, id FROM passages WHERE kind='faq' ORDER BY id")
+        first: dict[tuple[str, int], str] = {}
+        out = {}
+        for text, entry, source, _ in rows:
+            out[text] = first.setdefault((source, entry), text)
+        return out
+
+    def stats(self) -> dict:
+        db = self._db()
+        files = db.execute("SELECT kind, count(*), count(skipped) FROM files GROUP BY kind").fetchall()
+        by_kind = {kind: (n, skipped) for kind, n, skipped in files}
+        return {"documents": by_kind.get("doc", (0, 0))[0] - by_kind.get("doc", (0, 0))[1],
+                "skipped": sum(s for _, s in by_kind.values()),
+                "faq_files": by_kind.get("faq", (0, 0))[0],
+                "passages": db.execute("SELECT count(*) FROM passages WHERE kind='doc'").fetchone()[0],
+                "faq_questions": db.execute("SELECT count(*) FROM passages WHERE kind='faq'").fetchone()[0],
+                "bytes": self.path.stat().st_size if self.path.exists() else 0}
+
+    def files(self) -> list[dict]:
+        rows = self._db().execute(
+            "SELECT f.source, f.kind, f.size, f.mtime, f.skipped, count(p.id) FROM files f "
+            "LEFT JOIN passages p ON p.source = f.source GROUP BY f.source ORDER BY f.source")
+        return [{"source": s, "kind": k, "size": size, "mtime": m, "skipped": sk, "passages": n}
+                for s, k, size, m, sk, n in rows]
+
+
+K1, B, MIX = 1.2, 0.75, 0.3   # MIX: the cover's share of the rank (tuned on tests/knowledge/eval_dev.csv)
+
+
+def _tf(slot: T.Slot, have: collections.Counter) -> int:
+    counts = [min(have[t] for t in alt) for alt in slot.alternatives] + [have[t] for t in slot.related]
+    return max(counts)
+
+
+def _alt_idf(alt: T.Terms, idf: dict[str, float]) -> float:
+    return max(idf[t] for t in alt)
+
+
+def _both_ways(covered: float, theirs: list[T.Slot], have: set[str], idf: dict[str, float]) -> float:
+    """An FAQ variant's score: the harmonic mean of how much of the question it covers and how much of it
+    the question covers (a long question that merely contains the variant's words is not the variant)."""
+    weights = [s.weight * max(_alt_idf(alt, idf) for alt in s.alternatives) for s in theirs]
+    total = sum(weights)
+    back = sum(w * s.found_in(have) for s, w in zip(theirs, weights, strict=True)) / total if total else 0.0
+    return 2 * covered * back / (covered + back) if covered + back else 0.0
+
+
+def _scan(folder: Path) -> Iterable[tuple[str, Path]]:
+    """The readable documents under `folder`, by their path relative to it (hidden folders skipped)."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts[:-1]) or not path.is_file() or not readable(path):
+            continue
+        yield rel.as_posix(), path
+
+
+def _faq_rows(source: str, path: Path) -> list[tuple[Passage, str, int]]:
+    entries = faq_entries(path)
+    return [(Passage(source, "", q), e.answer, i) for i, e in enumerate(entries) for q in e.questions]
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS files (source TEXT PRIMARY KEY, kind TEXT, size INTEGER, mtime REAL, sha TEXT,
+                                  skipped TEXT);
+CREATE TABLE IF NOT EXISTS passages (id INTEGER PRIMARY KEY, source TEXT, kind TEXT, title TEXT, text TEXT,
+                                     answer TEXT, entry INTEGER);
+CREATE INDEX IF NOT EXISTS passages_source ON passages (source);
+CREATE VIRTUAL TABLE IF NOT EXISTS terms USING fts5 (words, tokenize = 'unicode61 remove_diacritics 0');
+CREATE VIRTUAL TABLE IF NOT EXISTS vocab USING fts5vocab (terms, 'row');
+"""
