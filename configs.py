@@ -110,6 +110,9 @@ class Settings:
     server: ServerConfig = field(default_factory=ServerConfig)
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    # Where state shared by API processes lives: None = embedded (files beside the data), or a
+    # postgresql:// URL (the knowledge's documents and uploads, for several processes).
+    store: str | None = None
     source: str = "built-in presets"   # where these settings came from, for error messages
 
     def provider(self, name: str) -> ProviderConfig:
@@ -163,7 +166,7 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
         return replace(settings, source=str(path))
     where = _Where(str(path))
     _expect(data, dict, where, "the top level")
-    where.unknown_keys(data, ("default", "style", "providers", "server", "knowledge"), "")
+    where.unknown_keys(data, ("default", "style", "providers", "server", "knowledge", "store"), "")
     out = replace(settings, source=str(path))
     if "default" in data:
         out = replace(out, default=_expect(data["default"], str, where, "default"))
@@ -171,6 +174,8 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
         out = replace(out, style=_style_from(data["style"], where))
     if "server" in data:
         out = replace(out, server=_dataclass_from(ServerConfig, data["server"], where, "server"))
+    if data.get("store") is not None:
+        out = replace(out, store=_store_url(_expect(data["store"], str, where, "store"), where, "store"))
     if "knowledge" in data:
         out = replace(out, knowledge=_knowledge_from(data["knowledge"], where, path.parent))
     providers = dict(out.providers)
@@ -344,9 +349,19 @@ def _knowledge_from(data: Any, where: _Where, base: Path) -> KnowledgeConfig:
     return KnowledgeConfig(**values)
 
 
+def _store_url(value: str, where: _Where, key: str) -> str | None:
+    if value.strip().lower() in ("", "embedded", "sqlite"):
+        return None
+    if not value.startswith(("postgresql://", "postgres://")):
+        where.fail(key, "must be embedded (the default) or a postgresql://user:password@host/database URL")
+    return value
+
+
 def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     where = _Where("environment")
     out = settings
+    if "LLM_STORE" in env:
+        out = replace(out, store=_store_url(env["LLM_STORE"], where, "LLM_STORE"))
     if env.get("LLM_DEFAULT_PROVIDER"):
         out = replace(out, default=env["LLM_DEFAULT_PROVIDER"])
     if "LLM_SHORT_ANSWER" in env:

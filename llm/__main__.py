@@ -131,7 +131,7 @@ def _kb(settings, args) -> int:
         what = "a question" if args.action == "search" else "the evaluation CSV"
         print(f"error: kb {args.action} needs {what}", file=sys.stderr)
         return USAGE_ERROR
-    knowledge = Knowledge(settings.knowledge)
+    knowledge = Knowledge(settings.knowledge, settings.store)
     with closing(knowledge):
         if args.action == "index":
             counts = knowledge.refresh(force=True) or {}

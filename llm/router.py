@@ -139,7 +139,7 @@ class Router:
         if self._knowledge is None and self.settings.knowledge.enabled:
             with self._lock:
                 if self._knowledge is None:
-                    self._knowledge = Knowledge(self.settings.knowledge)
+                    self._knowledge = Knowledge(self.settings.knowledge, self.settings.store)
         return self._knowledge
 
     def policy(self, name: str) -> Policy:

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidRequestError, NotReadyError
 from ..speech import is_chinese
 from .docs import Passage
 from .index import Hit, Index
+from .store import FolderStore, PostgresStore, check_document, checked_name
 from .text import Synonyms
 
 log = logging.getLogger(__name__)
@@ -56,11 +58,14 @@ class Knowledge:
     """The knowledge of one deployment (`configs.KnowledgeConfig`): its index, kept up to date with the
     folder at most every `check_every` seconds, and the lookup for a question."""
 
-    def __init__(self, config):
+    def __init__(self, config, store: str | None = None):
+        """`store`: a postgresql:// URL where the documents of several API processes live (uploads go
+        there); None: the documents folder holds them all."""
         self.config = config
-        self.docs = Path(config.docs) if config.docs else None
-        self.faq = Path(config.faq) if config.faq else None
-        home = self.docs if self.docs is not None else self.faq.parent
+        docs = Path(config.docs) if config.docs else None
+        faq = Path(config.faq) if config.faq else None
+        self.stores = [FolderStore(docs, faq)] + ([PostgresStore(store)] if store else [])
+        home = docs if docs is not None else faq.parent
         self.index = Index(Path(config.index) if config.index else home / INDEX_NAME)
         self.synonyms = Synonyms(Path(config.synonyms) if config.synonyms else None)
         self._checked = 0.0
@@ -76,7 +81,15 @@ class Knowledge:
         try:
             if not force and time.monotonic() - self._checked < self.config.check_every:
                 return None     # done by the thread this one waited for
-            counts = self.index.sync(self.docs, self.faq)
+            entries = {}
+            try:
+                for store in self.stores:   # a shared store's document wins over a file of the same name
+                    entries.update(store.entries())
+            except NotReadyError as e:      # answer from the index as it is; never read "down" as "empty"
+                log.warning("knowledge: not updated: %s (%s)", e.message, e.fix)
+                self._checked = time.monotonic()
+                return None
+            counts = self.index.sync(entries)
             self._checked = time.monotonic()
             if any(counts.values()):
                 log.info("knowledge: index updated: %s",
@@ -108,8 +121,30 @@ class Knowledge:
         replies = self.config.miss_reply
         return replies["zh" if is_chinese(question) else "en"]
 
+    def documents(self) -> list[dict]:
+        """The indexed documents and FAQ files: source, kind, size, passages, skipped (why, or None)."""
+        self.refresh()
+        return self.index.files()
+
+    def upload(self, name: str, data: bytes) -> int:
+        """Add or replace a document (in the shared store when there is one, else the folder), indexed at
+        once; returns its passages. InvalidRequestError for a name or content the knowledge cannot use."""
+        name = checked_name(name)
+        found = check_document(name, data)
+        self.stores[-1].put(name, data)
+        self.refresh(force=True)
+        return found
+
+    def delete(self, name: str) -> None:
+        """Remove a document from where it lives; InvalidRequestError when there is none of that name."""
+        if not any(store.delete(name) for store in reversed(self.stores)):
+            raise InvalidRequestError(f"there is no document {name!r}", fix="see the list of documents")
+        self.refresh(force=True)
+
     def close(self) -> None:
         self.index.close()
+        for store in self.stores[1:]:
+            store.close()
 
 
 def _as_passage(hit: Hit) -> Passage:

@@ -234,10 +234,10 @@ class FaqEntry:
     answer: str
 
 
-def faq_entries(path: Path) -> list[FaqEntry]:
+def faq_entries(data: bytes) -> list[FaqEntry]:
     """`question,answer` rows (a header row is optional); variants of a question split by "|". Raises
     Unreadable naming the row that is wrong."""
-    text = decode(path.read_bytes())
+    text = decode(data)
     entries = []
     for i, row in enumerate(csv.reader(io.StringIO(text)), start=1):
         if not row or not "".join(row).strip() or (i == 1 and [c.strip().lower() for c in row[:2]]

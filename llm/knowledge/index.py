@@ -9,6 +9,7 @@ Candidates are then scored here with the question's synonyms (`text.slots`), whi
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import logging
 import math
@@ -16,14 +17,14 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from . import text as T
-from .docs import Passage, Unreadable, faq_entries, passages, readable
+from .docs import MAX_FILE_BYTES, Passage, Unreadable, faq_entries, passages
+from .store import Entry
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 CANDIDATES = 40     # passages FTS5 hands over for scoring
 
 
@@ -52,12 +53,16 @@ class Index:
         self._local = threading.local()
         self._write = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        db = self._db()
+        with self._write, _transaction(db):
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             version = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
             if version is None or version[0] != SCHEMA_VERSION:     # an index from another version: anew
-                db.executescript("DELETE FROM files; DELETE FROM passages; DELETE FROM terms;")
+                for table in ("vocab", "terms", "passages", "files"):
+                    db.execute(f"DROP TABLE IF EXISTS {table}")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(statement)
 
     def _db(self) -> sqlite3.Connection:
         """This thread's connection (SQLite connections are not shared between threads)."""
@@ -77,68 +82,61 @@ class Index:
 
     # -- keeping up with the files --------------------------------------------------------------------
 
-    def sync(self, folder: Path | None, faq: Path | None) -> dict[str, int]:
-        """Index what changed in `folder` and `faq` since the last sync (size or mtime, then content hash):
-        new and changed files read again, removed ones dropped. Returns counts of what it did."""
-        found = dict(_scan(folder)) if folder is not None else {}
-        if faq is not None and faq.is_file():
-            found[faq.name] = faq
+    def sync(self, entries: dict[str, Entry]) -> dict[str, int]:
+        """Index what changed among `entries` (a store's listing) since the last sync: a new version is
+        read, and indexed again if its content hash changed; a source no longer listed is dropped.
+        Returns counts of what it did."""
         counts = {"added": 0, "changed": 0, "removed": 0, "skipped": 0}
         with self._write:
             db = self._db()
-            known = {row[0]: row[1:] for row in db.execute("SELECT source, size, mtime, sha FROM files")}
-            for source in set(known) - set(found):
-                self._drop(db, source)
+            known = {row[0]: row[1:] for row in db.execute("SELECT source, version, sha FROM files")}
+            for source in set(known) - set(entries):
+                with _transaction(db):
+                    self._drop(db, source)
                 counts["removed"] += 1
-            for source, path in sorted(found.items()):
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue    # removed meanwhile: the next sync drops it
+            for source, entry in sorted(entries.items()):
                 old = known.get(source)
-                if old is not None and old[0] == st.st_size and old[1] == st.st_mtime:
+                if old is not None and old[0] == entry.version:
                     continue
-                kind = "faq" if faq is not None and path == faq else "doc"
-                done = self._read(db, source, path, kind, st, old[2] if old else None)
+                done = self._read(db, source, entry, old[1] if old else None)
                 if done:
                     counts["changed" if old else "added"] += 1
                 elif done is None:
                     counts["skipped"] += 1
         return counts
 
-    def _read(self, db: sqlite3.Connection, source: str, path: Path, kind: str, st, old_sha: str | None):
-        """(Re)index one file; False when its content did not change, None when it is skipped."""
+    def _read(self, db: sqlite3.Connection, source: str, entry: Entry, old_sha: str | None) -> bool | None:
+        """(Re)index one document; False when its content did not change, None when it is skipped."""
+        data, rows, skipped = b"", [], None
         try:
-            data = path.read_bytes()
-        except OSError as e:
-            log.warning("knowledge: skipped %s: %s", source, e)
-            return None
+            if entry.size > MAX_FILE_BYTES:     # not even read
+                raise Unreadable(f"{entry.size / 1e6:.0f} MB is over the {MAX_FILE_BYTES / 1e6:.0f} MB limit")
+            data = entry.read()
+        except (OSError, Unreadable) as e:
+            skipped = str(e) if isinstance(e, Unreadable) else f"cannot be read: {e}"
         sha = hashlib.sha256(data).hexdigest()
-        if sha == old_sha:
-            db.execute("UPDATE files SET size=?, mtime=? WHERE source=?", (st.st_size, st.st_mtime, source))
+        if sha == old_sha and skipped is None:
+            with _transaction(db):
+                db.execute("UPDATE files SET version=? WHERE source=?", (entry.version, source))
             return False
-        try:
-            rows = _faq_rows(source, path) if kind == "faq" else [
-                (p, "", -1) for p in passages(path, source, data)]
-            skipped = None
-        except Unreadable as e:
-            log.warning("knowledge: skipped %s: %s", source, e)
-            rows, skipped = [], str(e)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        if skipped is None:
+            try:
+                rows = _faq_rows(source, data) if entry.kind == "faq" else [
+                    (p, "", -1) for p in passages(Path(source), source, data)]
+            except Unreadable as e:
+                skipped = str(e)
+        if skipped is not None:
+            log.warning("knowledge: skipped %s: %s", source, skipped)
+        with _transaction(db):
             self._drop(db, source)
             db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                       (source, kind, st.st_size, st.st_mtime, sha, skipped))
-            for passage, answer, entry in rows:
+                       (source, entry.kind, entry.version, len(data), sha, skipped))
+            for passage, answer, number in rows:
                 cur = db.execute("INSERT INTO passages (source, kind, title, text, answer, entry) "
                                  "VALUES (?, ?, ?, ?, ?, ?)",
-                                 (source, kind, passage.title, passage.text, answer, entry))
+                                 (source, entry.kind, passage.title, passage.text, answer, number))
                 db.execute("INSERT INTO terms (rowid, words) VALUES (?, ?)",
                            (cur.lastrowid, " ".join(T.terms(passage.searchable))))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return None if skipped else True
 
     @staticmethod
@@ -225,10 +223,10 @@ class Index:
 
     def files(self) -> list[dict]:
         rows = self._db().execute(
-            "SELECT f.source, f.kind, f.size, f.mtime, f.skipped, count(p.id) FROM files f "
+            "SELECT f.source, f.kind, f.size, f.skipped, count(p.id) FROM files f "
             "LEFT JOIN passages p ON p.source = f.source GROUP BY f.source ORDER BY f.source")
-        return [{"source": s, "kind": k, "size": size, "mtime": m, "skipped": sk, "passages": n}
-                for s, k, size, m, sk, n in rows]
+        return [{"source": s, "kind": k, "size": size, "skipped": sk, "passages": n}
+                for s, k, size, sk, n in rows]
 
 
 K1, B, MIX = 1.2, 0.75, 0.3   # MIX: the cover's share of the rank (tuned on tests/knowledge/eval_dev.csv)
@@ -252,25 +250,24 @@ def _both_ways(covered: float, theirs: list[T.Slot], have: set[str], idf: dict[s
     return 2 * covered * back / (covered + back) if covered + back else 0.0
 
 
-def _scan(folder: Path) -> Iterable[tuple[str, Path]]:
-    """The readable documents under `folder`, by their path relative to it (hidden folders skipped)."""
-    if not folder.is_dir():
-        return
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts[:-1]) or not path.is_file() or not readable(path):
-            continue
-        yield rel.as_posix(), path
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection):
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
-def _faq_rows(source: str, path: Path) -> list[tuple[Passage, str, int]]:
-    entries = faq_entries(path)
+def _faq_rows(source: str, data: bytes) -> list[tuple[Passage, str, int]]:
+    entries = faq_entries(data)
     return [(Passage(source, "", q), e.answer, i) for i, e in enumerate(entries) for q in e.questions]
 
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS files (source TEXT PRIMARY KEY, kind TEXT, size INTEGER, mtime REAL, sha TEXT,
+CREATE TABLE IF NOT EXISTS files (source TEXT PRIMARY KEY, kind TEXT, version TEXT, size INTEGER, sha TEXT,
                                   skipped TEXT);
 CREATE TABLE IF NOT EXISTS passages (id INTEGER PRIMARY KEY, source TEXT, kind TEXT, title TEXT, text TEXT,
                                      answer TEXT, entry INTEGER);
