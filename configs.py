@@ -97,6 +97,9 @@ class KnowledgeConfig:
     faq_threshold: float = 0.55       # how well a question must match an FAQ question (0..1)
     doc_threshold: float = 0.5        # how much of a question a passage must cover (0..1)
     check_every: float = 3.0          # seconds between looks at the folder for changes
+    embedding: str | None = None      # an embedding model (bge-small-zh, ...): search by meaning too
+    faq_similarity: float = 0.85      # with it: the cosine that makes a question an FAQ entry's
+    doc_similarity: float = 0.6       # with it: the cosine that makes a passage good enough
 
     @property
     def enabled(self) -> bool:
@@ -338,7 +341,9 @@ def _knowledge_from(data: Any, where: _Where, base: Path) -> KnowledgeConfig:
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 20:
                 where.fail(key, "must be a whole number from 1 to 20")
             values[k] = v
-        elif k in ("faq_threshold", "doc_threshold"):
+        elif k == "embedding":
+            values[k] = None if v is None else _expect(v, str, where, key)
+        elif k in ("faq_threshold", "doc_threshold", "faq_similarity", "doc_similarity"):
             if not _is_number(v) or not 0 <= v <= 1:
                 where.fail(key, "must be a number from 0 to 1 (see python -m llm kb eval)")
             values[k] = float(v)

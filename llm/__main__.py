@@ -24,7 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="settings file (default: $LLM_CONFIG or ./configs.yaml)")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     fetch = commands.add_parser("download", help="download a local provider's model weights")
-    fetch.add_argument("names", nargs=1, metavar="name", help="a provider name, e.g. qwen, linly, chatglm")
+    fetch.add_argument("names", nargs=1, metavar="name",
+                       help="a provider name (qwen, linly, chatglm), or an embedding model for the knowledge "
+                            "(bge-small-zh, bge-small-en, multilingual-e5-small)")
     fetch.add_argument("--source", choices=SOURCES, default="huggingface")
     fetch.add_argument("--dir", metavar="DIR", help="download into this folder (default: the HF cache, "
                                                    "or the provider's model folder)")
@@ -48,7 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_ERROR
-    if unknown := [n for n in args.names if n not in settings.providers]:
+    from .knowledge.dense import EMBEDDINGS
+
+    if unknown := [n for n in args.names if n not in settings.providers
+                   and not (args.run is _download and n in EMBEDDINGS)]:
         known = ", ".join(settings.providers)
         print(f"error: unknown provider {unknown[0]!r}; known: {known}", file=sys.stderr)
         return USAGE_ERROR
@@ -56,7 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _download(settings, args) -> int:
-    cfg = settings.providers[args.names[0]]
+    from configs import ProviderConfig
+
+    from .knowledge.dense import EMBEDDINGS
+
+    name = args.names[0]
+    embedding = EMBEDDINGS.get(name) if name not in settings.providers else None
+    cfg = ProviderConfig(name, "local", embedding.repo_id) if embedding else settings.providers[name]
     if reason := nothing_to_download(cfg):
         print(reason)
         return 0
@@ -72,6 +83,11 @@ def _download(settings, args) -> int:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)
         return 130
     print(f"downloaded {target.repo_id} to {path}")
+    if embedding is not None:
+        where = name if target.local_dir is None else path
+        print("to search the knowledge by meaning too, set in configs.yaml:\n"
+              f"  knowledge:\n    embedding: {where}")
+        return 0
     if target.local_dir is not None and str(target.local_dir) != cfg.model:
         print(f"to use it, set in configs.yaml:\n  providers:\n    {cfg.name}:\n      model: {path}")
     return 0
@@ -143,6 +159,7 @@ def _kb(settings, args) -> int:
             knowledge.refresh(force=True)
             for key, value in knowledge.index.stats().items():
                 print(f"{key:14} {value}")
+            print(f"{'by meaning':14} {knowledge.dense_status}")
         elif args.action == "search":
             found = knowledge.lookup(args.text)
             says = "FAQ answer" if found.passages == () and found.sources else "miss reply"

@@ -63,6 +63,7 @@ class Router:
         self._secrets: set[str] = set()
         self._lock = threading.Lock()
         self._knowledge: Knowledge | None = None
+        self._knowledge_lock = threading.Lock()     # opening it may load a model: not under _lock
         for name, p in (providers or {}).items():
             self._add(name, p)
 
@@ -137,7 +138,7 @@ class Router:
     def knowledge(self) -> Knowledge | None:
         """The deployment's knowledge (`knowledge:` in the config), opened on first use; None when off."""
         if self._knowledge is None and self.settings.knowledge.enabled:
-            with self._lock:
+            with self._knowledge_lock:
                 if self._knowledge is None:
                     self._knowledge = Knowledge(self.settings.knowledge, self.settings.store)
         return self._knowledge

@@ -112,3 +112,44 @@ def local_provider(model_dir: str | Path, name: str = "tiny", **kw):
     from llm.providers.local import LocalProvider
 
     return LocalProvider(ProviderConfig(name, "local", str(model_dir), device="cpu", **kw))
+
+
+def build_meaning_embedder(directory: str | Path, meanings: dict[str, str], dims: int = 16) -> Path:
+    """A sentence-transformers-style BERT folder whose embedding is the mean of its characters' meaning
+    vectors: every character in one string of `meanings` gets that meaning's direction (with a little of
+    its own), so two texts of the same meaning are near even when they share no character. Real model code
+    runs: its layers are zeroed so each token's output is its (normalized) input embedding."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    chars = sorted({ch for text in meanings.values() for ch in text})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (directory / "vocab.txt").write_text("\n".join(specials + chars) + "\n", encoding="utf-8")
+    tok = BertTokenizerFast.from_pretrained(directory)   # (transformers 5 ignores vocab_file= here)
+    config = BertConfig(vocab_size=len(specials) + len(chars), hidden_size=dims, num_hidden_layers=1,
+                        num_attention_heads=1, intermediate_size=dims, max_position_embeddings=128)
+    model = BertModel(config, add_pooling_layer=False).eval()
+    generator = torch.Generator().manual_seed(0)
+    directions = {name: torch.randn(dims, generator=generator) for name in meanings}
+    with torch.no_grad():
+        for param in model.encoder.parameters():
+            param.zero_()
+        for layer in model.encoder.layer:   # LayerNorm(0 + x) passes the normalized input on
+            for norm in (layer.attention.output.LayerNorm, layer.output.LayerNorm):
+                norm.weight.fill_(1.0)
+        model.embeddings.position_embeddings.weight.zero_()
+        model.embeddings.token_type_embeddings.weight.zero_()
+        words = model.embeddings.word_embeddings.weight
+        words.zero_()
+        for name, text in meanings.items():
+            for ch in text:
+                words[tok.convert_tokens_to_ids(ch)] = directions[name] + 0.1 * torch.randn(
+                    dims, generator=generator)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": dims, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
+    return directory

@@ -46,8 +46,12 @@ def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: in
     app.add_api_route("/v1/models/{model_id}", get_model, methods=["GET"], summary="One provider")
     app.add_api_route("/health", health, methods=["GET"], summary="Liveness and provider readiness")
     app.openapi = lambda: openapi_document(app)
-    # The TTS normaliser takes ~0.7 s to import: load it now, not on a user's first sentence with a number.
+    # The TTS normaliser takes ~0.7 s to import: load it now, not on a user's first sentence with a number;
+    # the knowledge's index (and embedding model) too, not on the first question.
     threading.Thread(target=speech.for_tts, args=("1",), name="tts-warm-up", daemon=True).start()
+    if router.settings.knowledge.enabled:
+        threading.Thread(target=_warm_knowledge, args=(router,), name="knowledge-warm-up",
+                         daemon=True).start()
     return app
 
 
@@ -93,6 +97,13 @@ class _Gate:
 # The generation routes skip FastAPI's routing and middleware stack (~0.15 ms a request, a tenth of what
 # the router adds in front of a fast upstream), not its error shapes: `handle_error` still makes them.
 HOT_ROUTES = {("POST", "/v1/chat/completions"): chat_completions, ("POST", "/"): seed}
+
+
+def _warm_knowledge(router: Router) -> None:
+    try:
+        router.knowledge.refresh(force=True)
+    except Exception:  # noqa: BLE001 - the first question will meet the same failure, and report it
+        log.exception("knowledge: the index could not be brought up to date at start")
 
 
 async def health(request: Request) -> dict:

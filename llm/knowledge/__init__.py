@@ -51,7 +51,9 @@ class Grounding:
 
 
 def source_of(hit: Hit) -> dict[str, Any]:
-    return {"source": hit.passage.source, "kind": hit.kind, "text": hit.passage.text, "score": hit.score}
+    """A hit as a reply names it; its score is the cover, or the cosine when that is higher."""
+    score = max(hit.score, hit.similarity or 0.0)
+    return {"source": hit.passage.source, "kind": hit.kind, "text": hit.passage.text, "score": score}
 
 
 class Knowledge:
@@ -70,6 +72,23 @@ class Knowledge:
         self.synonyms = Synonyms(Path(config.synonyms) if config.synonyms else None)
         self._checked = 0.0
         self._syncing = threading.Lock()
+        self.dense_status = "off (no knowledge.embedding)"
+        if config.embedding:
+            self._load_embedder(config.embedding)
+
+    def _load_embedder(self, spec: str) -> None:
+        """The embedding model, or (missing, broken) a lexical search that says why in the log."""
+        from .dense import Embedder
+
+        try:
+            self.index.embedder = Embedder(spec)
+            self.dense_status = f"on ({spec}, {self.index.embedder.device})"
+        except NotReadyError as e:
+            self.dense_status = f"off: {e.message} ({e.fix})"
+            log.warning("knowledge: searching by words only: %s; %s", e.message, e.fix)
+        except Exception as e:  # noqa: BLE001 - a model that cannot load must not take the answers down
+            self.dense_status = f"off: {spec} failed to load: {e}"
+            log.exception("knowledge: searching by words only: the embedding model %s failed to load", spec)
 
     def refresh(self, force: bool = False) -> dict[str, int] | None:
         """Bring the index up to date if it is time (or `force`); None when it was not checked (another
@@ -107,9 +126,11 @@ class Knowledge:
         cfg = self.config
         hits = self.search(question)
         best = hits[0] if hits else None
-        if best is not None and best.kind == "faq" and best.score >= cfg.faq_threshold:
+        if best is not None and best.kind == "faq" and (
+                best.score >= cfg.faq_threshold or (best.similarity or 0) >= cfg.faq_similarity):
             return Grounding((source_of(best),), answer=best.answer)
-        good = [h for h in hits if h.score >= cfg.doc_threshold][:cfg.passages]
+        good = [h for h in hits if h.score >= cfg.doc_threshold
+                or (h.similarity or 0) >= cfg.doc_similarity][:cfg.passages]
         if good:
             return Grounding(tuple(source_of(h) for h in good),
                              passages=tuple(_as_passage(h) for h in good))

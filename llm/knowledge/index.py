@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -19,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import text as T
+from .dense import Embedder, Vectors
 from .docs import MAX_FILE_BYTES, Passage, Unreadable, faq_entries, passages
 from .store import Entry
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 CANDIDATES = 40     # passages FTS5 hands over for scoring
 
 
@@ -36,6 +38,8 @@ class Hit:
     answer: str = ""        # an FAQ entry's answer
     entry: int = -1         # an FAQ entry's number (its variants share it)
     rank_score: float = 0.0  # what orders the hits: the cover, and BM25 (term counts, passage length)
+    similarity: float | None = None    # the cosine to the question, with an embedding model
+    id: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,13 +56,16 @@ class Index:
         self.path = path
         self._local = threading.local()
         self._write = threading.Lock()
+        self.embedder: Embedder | None = None    # set when an embedding model is loaded
+        self.vectors = Vectors()
+        self._vectors_lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         db = self._db()
         with self._write, _transaction(db):
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             version = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
             if version is None or version[0] != SCHEMA_VERSION:     # an index from another version: anew
-                for table in ("vocab", "terms", "passages", "files"):
+                for table in ("vocab", "terms", "passages", "files", "vectors"):
                     db.execute(f"DROP TABLE IF EXISTS {table}")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
             for statement in filter(str.strip, _SCHEMA.split(";")):
@@ -103,7 +110,31 @@ class Index:
                     counts["changed" if old else "added"] += 1
                 elif done is None:
                     counts["skipped"] += 1
+            embedded = self._embed_missing(db)
+            if embedded or counts["added"] or counts["changed"] or counts["removed"]:
+                with _transaction(db):
+                    db.execute("UPDATE meta SET value = value + 1 WHERE key='generation'")
         return counts
+
+    def _embed_missing(self, db: sqlite3.Connection) -> int:
+        """Vectors for the passages that have none (all of them after a change of model)."""
+        if self.embedder is None:
+            return 0
+        model = db.execute("SELECT value FROM meta WHERE key='embedding'").fetchone()
+        if model is None or model[0] != self.embedder.name:
+            with _transaction(db):
+                db.execute("DELETE FROM vectors")
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('embedding', ?)", (self.embedder.name,))
+        todo = db.execute("SELECT p.id, p.title, p.text FROM passages p LEFT JOIN vectors v ON v.id = p.id "
+                          "WHERE v.id IS NULL").fetchall()
+        for start in range(0, len(todo), 256):
+            batch = todo[start:start + 256]
+            vecs = self.embedder.embed([Passage("", t, x).searchable for _, t, x in batch])
+            with _transaction(db):
+                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                               [(pid, vec.astype("float32").tobytes()) for (pid, _, _), vec in zip(
+                                   batch, vecs, strict=True)])
+        return len(todo)
 
     def _read(self, db: sqlite3.Connection, source: str, entry: Entry, old_sha: str | None) -> bool | None:
         """(Re)index one document; False when its content did not change, None when it is skipped."""
@@ -141,6 +172,7 @@ class Index:
 
     @staticmethod
     def _drop(db: sqlite3.Connection, source: str) -> None:
+        db.execute("DELETE FROM vectors WHERE id IN (SELECT id FROM passages WHERE source=?)", (source,))
         db.execute("DELETE FROM terms WHERE rowid IN (SELECT id FROM passages WHERE source=?)", (source,))
         db.execute("DELETE FROM passages WHERE source=?", (source,))
         db.execute("DELETE FROM files WHERE source=?", (source,))
@@ -148,40 +180,23 @@ class Index:
     # -- searching ------------------------------------------------------------------------------------
 
     def search(self, question: str, synonyms: T.Synonyms, limit: int = 5) -> list[Hit]:
-        """The passages that cover the question best, best first (FAQ variants scored both ways)."""
+        """The passages that answer the question best, best first: FTS5's candidates scored by how much of
+        the question they cover (FAQ variants both ways) and BM25; with an embedding model, also the
+        nearest by meaning, the two rankings fused (reciprocal rank fusion)."""
         asked = T.slots(question, synonyms)
         match = T.fts_query(asked)
-        if not match:
-            return []
         db = self._db()
         rows = db.execute(
-            "SELECT p.id, p.source, p.kind, p.title, p.text, p.answer, p.entry, terms.words FROM terms "
-            "JOIN passages p ON p.id = terms.rowid WHERE terms MATCH ? ORDER BY bm25(terms) LIMIT ?",
-            (match, CANDIDATES)).fetchall()
+            f"SELECT {_COLUMNS} FROM terms JOIN passages p ON p.id = terms.rowid WHERE terms MATCH ? "
+            "ORDER BY bm25(terms) LIMIT ?", (match, CANDIDATES)).fetchall() if match else []
+        near = self._nearest(db, question)
+        if missing := [i for i in near if i not in {r[0] for r in rows}]:
+            rows += db.execute(f"SELECT {_COLUMNS} FROM terms JOIN passages p ON p.id = terms.rowid "
+                               f"WHERE p.id IN ({','.join('?' * len(missing))})", missing).fetchall()
         if not rows:
             return []
-        variants = {body: T.slots(body, synonyms) for _, _, kind, _, body, *_ in rows if kind == "faq"}
-        idf = self._idf(db, {t for found in (asked, *variants.values()) for slot in found
-                             for alt in slot.alternatives for t in alt})
-        weights = [slot.weight * max(_alt_idf(alt, idf) for alt in slot.alternatives) for slot in asked]
-        total = sum(weights) or 1.0
-        avg = self._avg_len(db)
-        hits, seen_entries = [], set()
-        for rank, (_id, source, kind, title, body, answer, entry, terms) in enumerate(rows):
-            listed = terms.split()
-            have = collections.Counter(listed)
-            found = [slot.found_in(have) for slot in asked]
-            covered = sum(w * f for w, f in zip(weights, found, strict=True)) / total
-            norm = K1 * (1 - B + B * len(listed) / avg)
-            bm25 = sum(w * f * (tf := _tf(slot, have)) * (K1 + 1) / (tf + norm) for slot, w, f
-                       in zip(asked, weights, found, strict=True) if f) / (total * (K1 + 1))
-            passage = Passage(source, title, body)
-            if kind == "faq":
-                covered = _both_ways(covered, variants[body], set(T.terms(question)), idf)
-            score = MIX * covered + (1 - MIX) * bm25
-            hits.append(Hit(passage, kind, round(covered, 4), answer, entry, round(score - rank * 1e-6, 6)))
-        hits.sort(key=lambda h: -h.rank_score)
-        out = []
+        hits = self._scored(db, question, asked, synonyms, rows, near)
+        out, seen_entries = [], set()
         for hit in hits:     # one variant per FAQ entry: its best
             if hit.kind == "faq":
                 if hit.entry in seen_entries:
@@ -189,6 +204,48 @@ class Index:
                 seen_entries.add(hit.entry)
             out.append(hit)
         return out[:limit]
+
+    def _scored(self, db: sqlite3.Connection, question: str, asked: list[T.Slot], synonyms: T.Synonyms,
+                rows: list[tuple], near: dict[int, float]) -> list[Hit]:
+        variants = {body: T.slots(body, synonyms) for _, _, kind, _, body, *_ in rows if kind == "faq"}
+        idf = self._idf(db, {t for found in (asked, *variants.values()) for slot in found
+                             for alt in slot.alternatives for t in alt})
+        weights = [slot.weight * max(_alt_idf(alt, idf) for alt in slot.alternatives) for slot in asked]
+        total = sum(weights) or 1.0
+        avg, have_question = self._avg_len(db), set(T.terms(question))
+        hits = []
+        for rank, (pid, source, kind, title, body, answer, entry, terms) in enumerate(rows):
+            listed = terms.split()
+            have = collections.Counter(listed)
+            found = [slot.found_in(have) for slot in asked]
+            covered = sum(w * f for w, f in zip(weights, found, strict=True)) / total
+            norm = K1 * (1 - B + B * len(listed) / avg)
+            bm25 = sum(w * f * (tf := _tf(slot, have)) * (K1 + 1) / (tf + norm) for slot, w, f
+                       in zip(asked, weights, found, strict=True) if f) / (total * (K1 + 1))
+            if kind == "faq":
+                covered = _both_ways(covered, variants[body], have_question, idf)
+            score = MIX * covered + (1 - MIX) * bm25 - rank * 1e-6
+            hits.append(Hit(Passage(source, title, body), kind, round(covered, 4), answer, entry, score,
+                            round(near[pid], 4) if pid in near else None, pid))
+        if near:    # reciprocal rank fusion, each ranking's vote weighed by its own score (cover, cosine):
+            # a passage that only shares a "where" with the question does not outvote one that means it
+            lexical = {h.id: i for i, h in enumerate(sorted(hits, key=lambda h: -h.rank_score))}
+            dense = {pid: i for i, pid in enumerate(near)}
+            fused = {h.id: h.score / (RRF_K + lexical[h.id])
+                     + (max(near[h.id], 0.0) / (RRF_K + dense[h.id]) if h.id in dense else 0.0) for h in hits}
+            hits = [dataclasses.replace(h, rank_score=fused[h.id]) for h in hits]
+        return sorted(hits, key=lambda h: -h.rank_score)
+
+    def _nearest(self, db: sqlite3.Connection, question: str) -> dict[int, float]:
+        """Passage id -> cosine of the nearest passages by meaning, nearest first ({} without a model)."""
+        if self.embedder is None:
+            return {}
+        generation = int(db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+        with self._vectors_lock:
+            if self.vectors.generation != generation:
+                self.vectors.load(db.execute("SELECT id, vec FROM vectors").fetchall(), generation)
+            vectors = self.vectors
+        return dict(vectors.nearest(self.embedder.embed([question], query=True)[0], CANDIDATES))
 
     def _avg_len(self, db: sqlite3.Connection) -> float:
         n = db.execute("SELECT count(*), sum(length(words) - length(replace(words, ' ', '')) + 1) FROM terms"
@@ -229,6 +286,8 @@ class Index:
                 for s, k, size, sk, n in rows]
 
 
+RRF_K = 60
+_COLUMNS = "p.id, p.source, p.kind, p.title, p.text, p.answer, p.entry, terms.words"
 K1, B, MIX = 1.2, 0.75, 0.3   # MIX: the cover's share of the rank (tuned on tests/knowledge/eval_dev.csv)
 
 
@@ -274,4 +333,6 @@ CREATE TABLE IF NOT EXISTS passages (id INTEGER PRIMARY KEY, source TEXT, kind T
 CREATE INDEX IF NOT EXISTS passages_source ON passages (source);
 CREATE VIRTUAL TABLE IF NOT EXISTS terms USING fts5 (words, tokenize = 'unicode61 remove_diacritics 0');
 CREATE VIRTUAL TABLE IF NOT EXISTS vocab USING fts5vocab (terms, 'row');
+CREATE TABLE IF NOT EXISTS vectors (id INTEGER PRIMARY KEY, vec BLOB NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('generation', '0');
 """
