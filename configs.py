@@ -98,6 +98,7 @@ class KnowledgeConfig:
     doc_threshold: float = 0.5        # how much of a question a passage must cover (0..1)
     check_every: float = 3.0          # seconds between looks at the folder for changes
     embedding: str | None = None      # an embedding model (bge-small-zh, ...): search by meaning too
+    questions: str | None = None      # a provider that writes, once per passage, the questions it answers
     faq_similarity: float = 0.85      # with it: the cosine that makes a question an FAQ entry's
     doc_similarity: float = 0.6       # with it: the cosine that makes a passage good enough
 
@@ -341,7 +342,7 @@ def _knowledge_from(data: Any, where: _Where, base: Path) -> KnowledgeConfig:
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 20:
                 where.fail(key, "must be a whole number from 1 to 20")
             values[k] = v
-        elif k == "embedding":
+        elif k in ("embedding", "questions"):
             values[k] = None if v is None else _expect(v, str, where, key)
         elif k in ("faq_threshold", "doc_threshold", "faq_similarity", "doc_similarity"):
             if not _is_number(v) or not 0 <= v <= 1:
@@ -393,6 +394,10 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
 
 def _check_references(settings: Settings) -> None:
     where = _Where(settings.source)
+    writer = settings.knowledge.questions
+    if writer is not None and (writer not in settings.providers or settings.providers[writer].kind == "echo"):
+        known = ", ".join(n for n, c in settings.providers.items() if c.kind != "echo")
+        where.fail("knowledge.questions", f"names no provider with a model: {writer!r} (known: {known})")
     if settings.default not in settings.providers:
         known = ", ".join(settings.providers)
         where.fail("default", f"names no provider: {settings.default!r} (known: {known})")

@@ -147,11 +147,20 @@ def _kb(settings, args) -> int:
         what = "a question" if args.action == "search" else "the evaluation CSV"
         print(f"error: kb {args.action} needs {what}", file=sys.stderr)
         return USAGE_ERROR
-    knowledge = Knowledge(settings.knowledge, settings.store)
-    with closing(knowledge):
+    from .router import Router
+
+    router = Router(settings)     # its knowledge has the writer of questions, when one is configured
+    knowledge: Knowledge = router.knowledge
+    with closing(router):
         if args.action == "index":
+            knowledge.writer, writer = None, knowledge.writer     # written below, in the foreground
             counts = knowledge.refresh(force=True) or {}
             print(", ".join(f"{k} {v}" for k, v in counts.items()) + f"; index at {knowledge.index.path}")
+            if writer is not None:
+                knowledge.writer = writer
+                todo = len(knowledge.index.unasked(limit=1_000_000))
+                print(f"writing the questions of {todo} passages with {settings.knowledge.questions} ...")
+                print(f"questions written for {knowledge.write_questions()} passages")
             for f in knowledge.index.files():
                 if f["skipped"]:
                     print(f"  skipped {f['source']}: {f['skipped']}")

@@ -140,8 +140,18 @@ class Router:
         if self._knowledge is None and self.settings.knowledge.enabled:
             with self._knowledge_lock:
                 if self._knowledge is None:
-                    self._knowledge = Knowledge(self.settings.knowledge, self.settings.store)
+                    writer = self.settings.knowledge.questions
+                    self._knowledge = Knowledge(self.settings.knowledge, self.settings.store,
+                                                self._writer(writer) if writer else None)
         return self._knowledge
+
+    def _writer(self, name: str):
+        """A model's plain answer to a prompt (no speech style, no knowledge): it writes the questions
+        each passage answers, at index time."""
+        def write(prompt: str) -> str:
+            return self.chat(prompt, provider=name, style=False, knowledge=False,
+                             params={"temperature": 0.3, "max_new_tokens": 300}).text
+        return write
 
     def policy(self, name: str) -> Policy:
         return Policy.of(self.provider(name))

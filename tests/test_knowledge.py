@@ -257,3 +257,58 @@ def test_kb_without_a_knowledge_section_says_what_to_set(tmp_path, capsys):
     (tmp_path / "configs.yaml").write_text("default: direct\n", encoding="utf-8")
     assert cli(["kb", "index", "--config", str(tmp_path / "configs.yaml")]) == 2
     assert "knowledge.docs" in capsys.readouterr().err
+
+
+# ---- questions written for each passage, once, by the configured model ---------------------------
+
+def test_questions_written_at_index_time_find_a_passage_the_visitor_words_miss(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "space.md").write_text("# 太空馆\n\n展厅中央陈列着一块重达3吨的铁陨石，2003年在鹤鸣山发现。\n",
+                                   encoding="utf-8")
+    (docs / "food.md").write_text("# 餐饮\n\n食堂在四楼南侧，供应午餐。\n", encoding="utf-8")
+    config = tmp_path / "configs.yaml"
+    # the passages are asked about in order: food.md, then space.md, then food.md changed
+    with FakeOpenAIServer(["午饭在哪吃", "天上掉下来的石头在哪儿捡到的\n1. 那块大石头有多重", "食堂在几楼"]) as writer:
+        config.write_text(f"default: direct\nproviders:\n  writer: {{kind: openai, model: m, base_url: "
+                          f"{writer.base_url}}}\nknowledge:\n  docs: docs\n  questions: writer\n",
+                          encoding="utf-8")
+        settings = load_settings(config, env={})
+        plain = Knowledge(replace(settings.knowledge, questions=None, index=str(tmp_path / "plain.sqlite3")))
+        before = plain.search("天上掉下来的石头在哪儿捡到的")
+        plain.close()
+        router = Router(settings, env={})
+        try:
+            knowledge = router.knowledge
+            knowledge.refresh(force=True)   # starts writing in the background: this waits for it
+            knowledge.write_questions()
+            assert knowledge.index.unasked() == [] and len(writer.requests) == 2
+            prompt = writer.requests[1]["messages"][-1]["content"]
+            assert "来访者可能会问" in prompt and "铁陨石" in prompt
+            assert "请用少于" not in str(writer.requests[0]["messages"])      # no speech style for this
+            after = knowledge.search("天上掉下来的石头在哪儿捡到的")
+            assert after[0].passage.source == "space.md"
+            assert after[0].score > max((h.score for h in before if h.passage.source == "space.md"), default=0)
+        finally:
+            router.close()
+        again = Router(settings, env={})     # indexed anew: the questions are kept, nobody is asked again
+        try:
+            (tmp_path / "docs" / "food.md").write_text("# 餐饮\n\n食堂在四楼南侧。\n", encoding="utf-8")
+            again.knowledge.refresh(force=True)
+            again.knowledge.write_questions()
+            assert len(writer.requests) == 3     # only the changed passage is asked about
+            assert again.knowledge.search("天上掉下来的石头在哪儿捡到的")[0].passage.source == "space.md"
+        finally:
+            again.close()
+
+
+def test_a_writer_that_is_down_leaves_the_index_answering(tmp_path, capsys):
+    knowledge_folder(tmp_path)
+    (tmp_path / "configs.yaml").write_text(
+        "providers:\n  writer: {kind: openai, model: m, base_url: 'http://127.0.0.1:9/v1', retries: 0}\n"
+        "knowledge:\n  docs: docs\n  faq: faq.csv\n  questions: writer\n", encoding="utf-8")
+    assert cli(["kb", "index", "--config", str(tmp_path / "configs.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "added 21" in out and "questions written for 0 passages" in out
+    assert cli(["kb", "search", "洗手间在哪", "--config", str(tmp_path / "configs.yaml")]) == 0
+    assert TOILETS in capsys.readouterr().out

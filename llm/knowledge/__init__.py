@@ -9,11 +9,12 @@ the answer, word for word, with no model call; else the best passages ground the
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import InvalidRequestError, NotReadyError
 from ..speech import is_chinese
@@ -60,9 +61,10 @@ class Knowledge:
     """The knowledge of one deployment (`configs.KnowledgeConfig`): its index, kept up to date with the
     folder at most every `check_every` seconds, and the lookup for a question."""
 
-    def __init__(self, config, store: str | None = None):
+    def __init__(self, config, store: str | None = None, writer: Callable[[str], str] | None = None):
         """`store`: a postgresql:// URL where the documents of several API processes live (uploads go
-        there); None: the documents folder holds them all."""
+        there); None: the documents folder holds them all. `writer`: a model's answer to a prompt, to
+        write the questions each passage answers (`knowledge.questions`), once, in the background."""
         self.config = config
         docs = Path(config.docs) if config.docs else None
         faq = Path(config.faq) if config.faq else None
@@ -72,6 +74,10 @@ class Knowledge:
         self.synonyms = Synonyms(Path(config.synonyms) if config.synonyms else None)
         self._checked = 0.0
         self._syncing = threading.Lock()
+        self.writer = writer
+        self.index.writer_name = (config.questions or "") if writer else ""
+        self._writing: threading.Thread | None = None
+        self._write_lock = threading.Lock()     # one writer at a time: a passage is never asked twice
         self.dense_status = "off (no knowledge.embedding)"
         if config.embedding:
             self._load_embedder(config.embedding)
@@ -110,6 +116,11 @@ class Knowledge:
                 return None
             counts = self.index.sync(entries)
             self._checked = time.monotonic()
+            if self.writer is not None and (self._writing is None or not self._writing.is_alive()) and \
+                    self.index.unasked(limit=1):
+                self._writing = threading.Thread(target=self.write_questions, name="knowledge-questions",
+                                                 daemon=True)
+                self._writing.start()
             if any(counts.values()):
                 log.info("knowledge: index updated: %s",
                          ", ".join(f"{k} {v}" for k, v in counts.items() if v))
@@ -142,6 +153,28 @@ class Knowledge:
         replies = self.config.miss_reply
         return replies["zh" if is_chinese(question) else "en"]
 
+    def write_questions(self, limit: int | None = None) -> int:
+        """Have the writer model write the questions each passage answers, for the passages that have
+        none; stops at the first failure of the model (the next refresh tries again). Returns how many
+        passages got questions."""
+        done = 0
+        with self._write_lock:
+            while limit is None or done < limit:
+                todo = self.index.unasked(limit=20)
+                if not todo:
+                    break
+                for pid, passage in todo:
+                    try:
+                        written = self.writer(question_prompt(passage))
+                    except Exception as e:  # noqa: BLE001 - a model that fails leaves the passage for later
+                        log.warning("knowledge: could not write questions for %s: %s", passage.source, e)
+                        return done
+                    self.index.add_questions(pid, passage, parse_questions(written))
+                    done += 1
+        if done:
+            log.info("knowledge: questions written for %d passages", done)
+        return done
+
     def documents(self) -> list[dict]:
         """The indexed documents and FAQ files: source, kind, size, passages, skipped (why, or None)."""
         self.refresh()
@@ -166,6 +199,31 @@ class Knowledge:
         self.index.close()
         for store in self.stores[1:]:
             store.close()
+
+
+QUESTIONS = {
+    "zh": "下面是一段资料。请写出{n}个来访者可能会问、而这段资料能回答的问题：用口语，尽量换一种说法，"
+          "不要照抄资料里的词。每行一个问题，不要编号，不要别的内容。\n资料：{text}",
+    "en": "Here is a passage. Write {n} questions a visitor might ask that this passage answers: in everyday "
+          "words, said differently from the passage. One question per line, no numbers, nothing else.\n"
+          "Passage: {text}",
+}
+QUESTIONS_PER_PASSAGE = 5
+
+
+def question_prompt(passage: Passage) -> str:
+    lang = "zh" if is_chinese(passage.text) else "en"
+    return QUESTIONS[lang].format(n=QUESTIONS_PER_PASSAGE, text=passage.searchable)
+
+
+def parse_questions(written: str) -> list[str]:
+    """The questions in a model's answer: one per line, numbers and bullets dropped, at most a few."""
+    out = []
+    for line in written.splitlines():
+        line = re.sub(r"^\s*(?:[-*•]|\d+[.)、:：]|[（(]?\d+[)）])\s*", "", line).strip()
+        if 2 <= len(line) <= 120:
+            out.append(line)
+    return out[:QUESTIONS_PER_PASSAGE * 2]
 
 
 def _as_passage(hit: Hit) -> Passage:

@@ -26,7 +26,7 @@ from .store import Entry
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 CANDIDATES = 40     # passages FTS5 hands over for scoring
 
 
@@ -57,6 +57,7 @@ class Index:
         self._local = threading.local()
         self._write = threading.Lock()
         self.embedder: Embedder | None = None    # set when an embedding model is loaded
+        self.writer_name = ""                    # the provider that writes questions for passages, if any
         self.vectors = Vectors()
         self._vectors_lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,7 @@ class Index:
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             version = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
             if version is None or version[0] != SCHEMA_VERSION:     # an index from another version: anew
-                for table in ("vocab", "terms", "passages", "files", "vectors"):
+                for table in ("vocab", "terms", "passages", "files", "vectors", "asked"):
                     db.execute(f"DROP TABLE IF EXISTS {table}")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
             for statement in filter(str.strip, _SCHEMA.split(";")):
@@ -166,9 +167,47 @@ class Index:
                 cur = db.execute("INSERT INTO passages (source, kind, title, text, answer, entry) "
                                  "VALUES (?, ?, ?, ?, ?, ?)",
                                  (source, entry.kind, passage.title, passage.text, answer, number))
+                asked = self._asked(db, passage) if entry.kind == "doc" else None
                 db.execute("INSERT INTO terms (rowid, words) VALUES (?, ?)",
-                           (cur.lastrowid, " ".join(T.terms(passage.searchable))))
+                           (cur.lastrowid, _words(passage, asked)))
         return None if skipped else True
+
+    # -- questions written for each passage (once, by the configured model) ---------------------------
+
+    def _key(self, passage: Passage) -> str:
+        return hashlib.sha256(f"{self.writer_name}\n{passage.title}\n{passage.text}".encode()).hexdigest()
+
+    def _asked(self, db: sqlite3.Connection, passage: Passage) -> str | None:
+        """The questions written for this passage before (by the same writer), if any."""
+        if not self.writer_name:
+            return None
+        row = db.execute("SELECT questions FROM asked WHERE key=?", (self._key(passage),)).fetchone()
+        return row[0] if row else None
+
+    def unasked(self, limit: int = 100) -> list[tuple[int, Passage]]:
+        """Document passages that have no written questions yet."""
+        if not self.writer_name:
+            return []
+        out = []
+        for pid, source, title, body in self._db().execute(
+                "SELECT id, source, title, text FROM passages WHERE kind='doc' ORDER BY id"):
+            passage = Passage(source, title, body)
+            if self._asked(self._db(), passage) is None:
+                out.append((pid, passage))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def add_questions(self, pid: int, passage: Passage, questions: list[str]) -> None:
+        """Keep the questions written for a passage, and make them part of what finds it."""
+        text = "\n".join(questions)
+        db = self._db()
+        with self._write, _transaction(db):
+            db.execute("INSERT OR REPLACE INTO asked VALUES (?, ?)", (self._key(passage), text))
+            if db.execute("SELECT 1 FROM passages WHERE id=?", (pid,)).fetchone():   # not indexed anew since
+                db.execute("DELETE FROM terms WHERE rowid=?", (pid,))
+                db.execute("INSERT INTO terms (rowid, words) VALUES (?, ?)", (pid, _words(passage, text)))
+            db.execute("UPDATE meta SET value = value + 1 WHERE key='generation'")
 
     @staticmethod
     def _drop(db: sqlite3.Connection, source: str) -> None:
@@ -309,6 +348,11 @@ def _both_ways(covered: float, theirs: list[T.Slot], have: set[str], idf: dict[s
     return 2 * covered * back / (covered + back) if covered + back else 0.0
 
 
+def _words(passage: Passage, asked: str | None) -> str:
+    """What FTS5 holds for a passage: its terms, and those of the questions written for it."""
+    return " ".join(T.terms(passage.searchable) + (T.terms(asked) if asked else []))
+
+
 @contextlib.contextmanager
 def _transaction(db: sqlite3.Connection):
     db.execute("BEGIN IMMEDIATE")
@@ -334,5 +378,6 @@ CREATE INDEX IF NOT EXISTS passages_source ON passages (source);
 CREATE VIRTUAL TABLE IF NOT EXISTS terms USING fts5 (words, tokenize = 'unicode61 remove_diacritics 0');
 CREATE VIRTUAL TABLE IF NOT EXISTS vocab USING fts5vocab (terms, 'row');
 CREATE TABLE IF NOT EXISTS vectors (id INTEGER PRIMARY KEY, vec BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS asked (key TEXT PRIMARY KEY, questions TEXT NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('generation', '0');
 """
