@@ -95,7 +95,7 @@ class KnowledgeConfig:
     synonyms: str | None = None       # a file of your own synonym groups, one per line
     passages: int = 3                 # passages given to the model
     faq_threshold: float = 0.55       # how well a question must match an FAQ question (0..1)
-    doc_threshold: float = 0.5        # how much of a question a passage must cover (0..1)
+    doc_threshold: float = 0.4        # how much of a question a passage must cover (0..1)
     check_every: float = 3.0          # seconds between looks at the folder for changes
     embedding: str | None = None      # an embedding model (bge-small-zh, ...): search by meaning too
     questions: str | None = None      # a provider that writes, once per passage, the questions it answers

@@ -195,12 +195,15 @@ def build_demo(router: Router, api_port: int = 7871, api_key: str | None = None,
             with gr.Column(scale=2, min_width=300):
                 gr.HTML(AVATAR_STAGE, elem_id="avatar-panel")   # the digital human: assets/avatar.html
                 settings = _settings_panel(router, api_port, api_key, api_host)
+                settings.update(_knowledge_panel(router))
             with gr.Column(scale=3):
                 page = _chat_panel()
         page.update(settings)
         page["turn"] = gr.State(None)   # this session's running Turn (a CancelToken)
         _wire_chat(demo, router, SimpleNamespace(**page))
         _wire_settings(demo, router, SimpleNamespace(**page), api_port, api_key, api_host)
+        if "documents" in page:
+            _wire_knowledge(demo, router, SimpleNamespace(**page))
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo
 
@@ -228,10 +231,11 @@ def _chat_panel() -> dict:
 
 
 def _settings_panel(router: Router, api_port: int, api_key: str | None, api_host: str) -> dict:
-    """Provider, persona, speech style, sampling and the API panel."""
+    """Provider, persona, speech style, the knowledge toggle, sampling and the API panel."""
     import gradio as gr
 
     from llm import ui_handlers as ui
+    from llm import ui_knowledge as kb_ui
 
     names, style = router.names(), router.settings.style
     default = router.settings.default if router.settings.default in names else names[0]
@@ -244,6 +248,9 @@ def _settings_panel(router: Router, api_port: int, api_key: str | None, api_host
     with gr.Row():
         styled = gr.Checkbox(style.short_answer, label="Short spoken answers")
         speak = gr.Checkbox(False, label="Speak replies", elem_id="speak")
+        # Off: the turn is answered without the knowledge. Shown only where `knowledge:` is configured.
+        knowledge = gr.Checkbox(True, label="Answer from the knowledge", visible=kb_ui.knowledge_on(router),
+                                elem_id="use-knowledge")
     budget = gr.Slider(1, 30, value=style.max_seconds, step=0.5, label="Answer budget (seconds of speech)",
                        elem_id="budget")
     temperature0, top_p0, tokens0 = ui.sampling_defaults(router, default)
@@ -257,7 +264,28 @@ def _settings_panel(router: Router, api_port: int, api_key: str | None, api_host
                        label=f"POST :{api_port}/ (the same models as this page)", interactive=False,
                        wrap_lines=True, elem_id="api-curl")
     return dict(provider=provider, note=note, fetch=fetch, persona=persona, system=system, styled=styled,
-                speak=speak, budget=budget, temperature=temperature, top_p=top_p, max_new=max_new, curl=curl)
+                speak=speak, knowledge=knowledge, budget=budget, temperature=temperature, top_p=top_p,
+                max_new=max_new, curl=curl)
+
+
+def _knowledge_panel(router: Router) -> dict:
+    """The knowledge's documents, an upload and a delete: only where `knowledge:` is configured. It is
+    part of the page, so behind the page's login like the rest."""
+    import gradio as gr
+
+    from llm import ui_knowledge as kb_ui
+
+    if not kb_ui.knowledge_on(router):
+        return {}
+    with gr.Accordion("Knowledge 知识库", open=False, elem_id="knowledge-panel"):
+        documents = gr.HTML(kb_ui.Documents.LOADING, elem_id="knowledge-docs")
+        upload = gr.File(label=f"Add documents ({' '.join(kb_ui.UPLOAD_TYPES)})", file_count="multiple",
+                         file_types=list(kb_ui.UPLOAD_TYPES), elem_id="knowledge-upload")
+        with gr.Row():
+            doomed = gr.Dropdown([], value=None, label="Document to delete", elem_id="knowledge-doc", scale=3)
+            delete = gr.Button("Delete", variant="stop", scale=0, min_width=90, elem_id="knowledge-delete")
+        notice = gr.HTML("", elem_id="knowledge-notice")
+    return dict(documents=documents, upload=upload, doomed=doomed, delete=delete, knowledge_notice=notice)
 
 
 def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
@@ -266,14 +294,14 @@ def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
 
     from llm import ui_handlers as ui
 
-    async def respond(history, name, system, short, budget, temperature, top_p, max_new, turn,
+    async def respond(history, name, system, short, budget, temperature, top_p, max_new, knowledge, turn,
                       progress=gr.Progress()):
-        opts = ui.TurnOptions(name, system, short, budget, temperature, top_p, max_new)
+        opts = ui.TurnOptions(name, system, short, budget, temperature, top_p, max_new, knowledge)
         async for update in ui.respond(router, history, opts, turn, progress):
             yield update
 
     inputs = [c.chatbot, c.provider, c.system, c.styled, c.budget, c.temperature, c.top_p, c.max_new,
-              c.turn]
+              c.knowledge, c.turn]
     # trigger_mode="multiple": a message sent while the last turn is still finishing must start its own
     # turn ("once", the default, silently dropped it); start_turn retires the old turn first.
     started = gr.on([c.send.click, c.msg.submit], ui.start_turn, [c.msg, c.chatbot, c.turn],
@@ -326,6 +354,26 @@ def _wire_settings(demo: gr.Blocks, router: Router, c: SimpleNamespace, api_port
 
     demo.load(refresh, [c.provider], [c.provider, c.note, c.fetch], api_visibility=HIDDEN,
               concurrency_limit=None)
+
+
+def _wire_knowledge(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
+    """The knowledge panel: listed on each page load, refreshed after an upload or a delete."""
+    from llm import ui_knowledge as kb_ui
+
+    async def list_documents():
+        return await kb_ui.list_documents(router)
+
+    async def upload(files):
+        return await kb_ui.upload_documents(router, files)
+
+    async def delete(name):
+        return await kb_ui.delete_document(router, name)
+
+    demo.load(list_documents, None, [c.documents, c.doomed], api_visibility=HIDDEN, concurrency_limit=None)
+    c.upload.upload(upload, [c.upload], [c.knowledge_notice, c.documents, c.doomed, c.upload],
+                    api_visibility=HIDDEN, concurrency_limit=2, concurrency_id="knowledge")
+    c.delete.click(delete, [c.doomed], [c.knowledge_notice, c.documents, c.doomed], api_visibility=HIDDEN,
+                   concurrency_limit=2, concurrency_id="knowledge")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import gradio as gr
 from . import download
 from .errors import CancelledError, LLMError
 from .reply import Reply
-from .router import Router
+from .router import KNOWLEDGE, Router
 from .types import CancelToken, GenerationParams, normalize_history
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512}
 Progress = Callable[..., Any]
 History = list[dict[str, str]]
 COMMANDS = ("export ", "python ", "pip ", "huggingface-cli ", "ollama ")   # fix hints that are commands
+# The sources folded under a reply: the end of the displayed message, never part of what is said or sent.
+SOURCES_FOLD = re.compile(r'\s*<details class="dh-sources">.*?</details>\s*\Z', re.S)
+SOURCE_CHARS = 160      # a source's text is clipped to this under the reply
 
 
 class Turn(CancelToken):
@@ -62,6 +65,7 @@ class TurnOptions:
     temperature: float | None = None
     top_p: float | None = None
     max_new_tokens: int | None = None
+    knowledge: bool = True      # off: this turn is answered without the knowledge
 
     def params(self) -> GenerationParams:
         return GenerationParams(temperature=self.temperature, top_p=self.top_p or None,  # 0: no nucleus cut
@@ -168,6 +172,27 @@ def to_messages(history: Any) -> History:
     return [m.as_dict() for m in normalize_history(history or [])]
 
 
+def without_sources(history: History) -> History:
+    """The chat as the model reads it: each reply without the sources folded under it."""
+    return [{**m, "content": SOURCES_FOLD.sub("", m["content"])}
+            if m["role"] == "assistant" and isinstance(m.get("content"), str) else m for m in history]
+
+
+def sources_html(sources: list[dict]) -> str:
+    """The sources a reply used, folded under it ("file — text (score)", best first); "" when none.
+    Everything in it is escaped, on one line: a blank line would end Markdown's HTML block."""
+    if not sources:
+        return ""
+    items = []
+    for s in sources:
+        text = " ".join(str(s.get("text", "")).split())
+        text = text if len(text) <= SOURCE_CHARS else text[:SOURCE_CHARS - 1] + "…"
+        items.append(f"<li><b>{html.escape(str(s.get('source', '')))}</b> — {html.escape(text)} "
+                     f"({float(s.get('score') or 0):.2f})</li>")
+    return (f'\n\n<details class="dh-sources"><summary>Sources ({len(sources)})</summary>'
+            f"<ul>{''.join(items)}</ul></details>")
+
+
 async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | None,
                   progress: Progress | None = None) -> AsyncIterator[tuple[History, str, Any, str]]:
     """Stream the answer to the pending question as (history, status line, input box, sayings) updates.
@@ -178,7 +203,8 @@ async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | 
         return      # no pending question (an empty Send)
     before, question, turn = history[:-1], history[-1]["content"], turn or Turn()
     try:
-        async with aclosing(_stream(router, before, question, opts, turn, progress)) as updates:
+        async with aclosing(_stream(router, without_sources(before), question, opts, turn,
+                                    progress)) as updates:
             async for reply, status, sayings in updates:
                 if turn.cleared:
                     return
@@ -227,9 +253,12 @@ class Sayings:
 async def _stream(router: Router, before: History, question: str, opts: TurnOptions,
                   turn: Turn, progress: Progress | None) -> AsyncIterator[tuple[str, str, str]]:
     """(growing reply, status line, sayings) triples; a stop after some text ends quietly with the
-    partial reply, and the avatar does not start its unfinished last sentence."""
-    req = router.request(question, provider=opts.provider, history=before, system=opts.system or None,
-                         params=opts.params(), style=opts.style, max_seconds=float(opts.max_seconds))
+    partial reply, and the avatar does not start its unfinished last sentence. The finished reply shows
+    the sources it used folded under it (the sayings never carry them)."""
+    # arequest: the knowledge lookup (the index on disk) and a provider's first build run off the loop
+    req = await router.arequest(question, provider=opts.provider, history=before, system=opts.system or None,
+                                params=opts.params(), style=opts.style, max_seconds=float(opts.max_seconds),
+                                knowledge=bool(opts.knowledge))
     if router.status(opts.provider).ready and _needs_loading(router, opts.provider):   # before its first turn
 
         def report(fraction: float, message: str = "") -> None:
@@ -254,15 +283,17 @@ async def _stream(router: Router, before: History, question: str, opts: TurnOpti
     if turn.stopped:   # a provider may also end quietly when cancelled: say no more
         if not reply.text:
             raise CancelledError("generation cancelled")
-        yield reply.text, f"Stopped. {answered}", said
+        yield reply.text + sources_html(reply.sources), f"Stopped. {answered}", said
     elif not reply.text:
         raise LLMError(f"{opts.provider} returned an empty reply", fix="try again or choose another provider")
     else:
-        yield reply.text, answered + feeling, Sayings.html(reply.events)
+        yield reply.text + sources_html(reply.sources), answered + feeling, Sayings.html(reply.events)
 
 
 def answered_by(router: Router, chosen: str, answered: str) -> str:
     """The status line naming the provider that actually answered, and the fallback if any."""
+    if answered == KNOWLEDGE:   # an FAQ answer (or the miss reply), said as written: no model was asked
+        return "Answered from the **knowledge** (no model was asked)"
     names = router.settings.providers
     label = names[answered].display_name if answered in names else answered
     if answered and answered != chosen:

@@ -17,6 +17,7 @@ from configs import PRESETS, ProviderConfig, Settings, load_settings
 from llm.router import Router
 from tests.api_helpers import free_port
 from tests.fake_servers import FakeOpenAIServer, refused_url
+from tests.test_knowledge import TOILETS, knowledge_folder
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-background-networking",
@@ -337,6 +338,79 @@ def test_the_download_button_fetches_a_local_model_and_it_answers_without_a_rest
             page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 1", timeout=60000)
             page.wait_for_function("() => document.querySelector('#answered-by').innerText.includes('Tiny Local')",
                                    timeout=60000)
+        finally:
+            context.close()
+            demo.close()
+            router.close()
+
+
+def test_an_faq_reply_folds_its_sources_and_the_knowledge_panel_lists_uploads_and_deletes(browser, tmp_path,
+                                                                                          monkeypatch):
+    """A deployment with knowledge: the FAQ answer with its sources folded under it (never said), the
+    toggle that turns the knowledge off, and the panel's documents, upload, bad upload and delete."""
+    import webui
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    with FakeOpenAIServer(replies=[SHORT_REPLY], chunk_delay=0.01) as cloud:
+        providers = {"direct": PRESETS["direct"],
+                     "cloud": ProviderConfig("cloud", "openai", "fake", label="Fake Cloud", base_url=cloud.base_url)}
+        router = Router(Settings(providers=providers, default="cloud",
+                                 knowledge=knowledge_folder(tmp_path / "kb")), env={})
+        demo = webui.build_demo(router)
+        port = free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    **webui.launch_options())
+        context, page = open_page(browser, f"http://127.0.0.1:{port}/")
+        try:
+            assert page.get_by_label("Answer from the knowledge").is_checked()
+            page.get_by_label("Speak replies").check()
+            send(page, "洗手间在哪")
+            summary = page.wait_for_selector(f"{BOT} details.dh-sources > summary")
+            assert summary.inner_text().strip() == "Sources (1)"
+            item = page.query_selector(f"{BOT} details.dh-sources li")
+            assert not item.is_visible(), "the sources start folded"
+            assert bot_texts(page)[0].startswith(TOILETS)
+            summary.click()
+            page.wait_for_selector(f"{BOT} details.dh-sources li", state="visible")
+            assert item.inner_text().strip() == "faq.csv — 洗手间在哪 (1.00)"
+            page.wait_for_function("() => document.querySelector('#answered-by').innerText.includes('knowledge')")
+            page.wait_for_function("() => window.__spoken.length === 1")
+            assert page.evaluate("window.__spoken") == [{"text": TOILETS, "lang": "zh-CN"}]
+            assert cloud.requests == []
+
+            # Off: the same question goes to the model, with the earlier reply (no fold) in its history.
+            page.get_by_label("Answer from the knowledge").uncheck()
+            send(page, "洗手间在哪")
+            watch_reply(page, 1, until=SHORT_REPLY)
+            assert len(page.query_selector_all(f"{BOT} details.dh-sources")) == 1
+            assert [m["content"] for m in cloud.requests[-1]["messages"] if m["role"] == "assistant"] == [TOILETS]
+
+            # The panel: the documents, an upload, a bad upload and a delete.
+            page.click("#knowledge-panel > button")
+            page.wait_for_function("() => document.querySelector('#knowledge-docs').innerText.includes('tickets.md')")
+            listed = page.inner_text("#knowledge-docs")
+            assert "faq.csv" in listed and "exhibits/ocean.md" in listed and "meteorites.md" not in listed
+            (tmp_path / "up").mkdir()
+            good, empty = tmp_path / "up" / "meteorites.md", tmp_path / "up" / "empty.md"
+            good.write_text("# 陨石展厅\n\n陨石展厅在二楼北侧，展出一块三百公斤的铁陨石。\n", encoding="utf-8")
+            empty.write_bytes(b"")
+            page.set_input_files("#knowledge-upload input[type=file]", [str(good)])
+            page.wait_for_function("() => document.querySelector('#knowledge-notice').innerText"
+                                   ".includes('Added meteorites.md: 1 passage.')")
+            assert "meteorites.md" in page.inner_text("#knowledge-docs")
+            page.set_input_files("#knowledge-upload input[type=file]", [str(empty)])
+            page.wait_for_function("() => document.querySelector('#knowledge-notice').innerText.includes('empty.md')")
+            notice = page.inner_text("#knowledge-notice")
+            assert "Not added: empty.md: no text in it. Fix: upload a text document in UTF-8." in notice
+            assert "Traceback" not in notice and "empty.md" not in page.inner_text("#knowledge-docs")
+
+            page.click("#knowledge-doc input")
+            page.get_by_role("option", name="meteorites.md").click()
+            page.click("#knowledge-delete")
+            page.wait_for_function("() => document.querySelector('#knowledge-notice').innerText"
+                                   ".includes('Deleted meteorites.md.')")
+            assert "meteorites.md" not in page.inner_text("#knowledge-docs")
+            assert "tickets.md" in page.inner_text("#knowledge-docs")
         finally:
             context.close()
             demo.close()

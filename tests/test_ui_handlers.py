@@ -7,6 +7,7 @@ import html
 import json
 import re
 import time
+from dataclasses import replace
 from itertools import pairwise
 
 import gradio as gr
@@ -14,8 +15,11 @@ import pytest
 
 from configs import PRESETS, ProviderConfig, Settings
 from llm import ui_handlers as ui
+from llm import ui_knowledge as kb_ui
+from llm.knowledge import INDEX_NAME
 from llm.router import Router
 from tests.fake_servers import FakeOpenAIServer, refused_url
+from tests.test_knowledge import TOILETS, knowledge_folder
 
 LONG_REPLY = "这是一个很长的回答，用来测试停止按钮。" * 10     # 190 one-character chunks
 
@@ -30,10 +34,11 @@ def make_router(base_url: str, **extra: ProviderConfig) -> Router:
 
 
 def run_turn(router: Router, message: str, provider: str, history=None, *, style: bool = False,
-             progress=None, on_update=None) -> tuple[list, list]:
+             progress=None, on_update=None, knowledge: bool = True) -> tuple[list, list]:
     """Send `message` as the page does; returns (every update yielded, the turn's final history)."""
     _, history, turn = ui.start_turn(message, history or [])
-    opts = ui.TurnOptions(provider, style=style, max_seconds=5, temperature=0.7, top_p=0.9, max_new_tokens=64)
+    opts = ui.TurnOptions(provider, style=style, max_seconds=5, temperature=0.7, top_p=0.9, max_new_tokens=64,
+                          knowledge=knowledge)
 
     async def collect():
         updates = []
@@ -318,3 +323,165 @@ def test_errors_on_the_page_name_providers_by_their_labels(router):
     assert ui.with_labels(router, message) == ("all 2 providers failed: Fake Cloud: the server answered 500; "
                                                "Down: cannot reach it")
     assert ui.with_labels(router, "Down (down) is not ready: x") == "Down (down) is not ready: x"
+
+
+# ---- the knowledge: the toggle, the sources under a reply, the documents panel -------------------------
+
+FOLD = re.compile(r'<details class="dh-sources"><summary>Sources \((\d+)\)</summary><ul>(.*)</ul></details>$')
+METEORITES = "# 陨石展厅\n\n陨石展厅在二楼北侧，展出一块重达三百公斤的铁陨石，观众可以亲手触摸。\n"
+
+
+@pytest.fixture
+def knowing(server, tmp_path):
+    """The ui router with the knowledge of a copy of the test corpus; (router, its docs folder)."""
+    settings = replace(make_router(server.base_url).settings, knowledge=knowledge_folder(tmp_path))
+    r = Router(settings, env={})
+    yield r, tmp_path / "docs"
+    r.close()
+
+
+def fold(content: str) -> tuple[str, int, list[str]]:
+    """A reply's content as (the text, the number of sources, each source's line without its tags)."""
+    text, _, folded = content.partition("\n\n<details")
+    match = FOLD.match("<details" + folded)
+    assert match, content
+    items = re.findall(r"<li>(.*?)</li>", match.group(2))
+    return text, int(match.group(1)), [html.unescape(re.sub("<[^>]+>", "", i)) for i in items]
+
+
+def documents(router) -> tuple[str, list[str]]:
+    table, choices = asyncio.run(kb_ui.list_documents(router))
+    return table, choices["choices"]
+
+
+def test_an_faq_answer_shows_its_sources_folded_and_the_avatar_says_only_the_answer(knowing, server):
+    router, _ = knowing
+    asked = len(server.requests)
+    updates, history = run_turn(router, "洗手间在哪", "fast", style=True)
+    text, count, lines = fold(history[-1]["content"])
+    assert text == TOILETS and count == 1 and lines == ["faq.csv — 洗手间在哪 (1.00)"]
+    assert len(server.requests) == asked, "an FAQ answer asks no model"
+    assert updates[-1][1] == "Answered from the **knowledge** (no model was asked)"
+    sayings = json.loads(html.unescape(re.sub("<[^>]+>", "", updates[-1][3])))
+    assert [s["sentence"] for s in sayings] == [TOILETS] and "Sources" not in updates[-1][3]
+
+    # The next turn's history reaches the model without the fold under the earlier reply.
+    run_turn(router, "还有别的吗？", "fast", history=history, knowledge=False)
+    sent = [m for m in server.requests[-1]["messages"] if m["role"] == "assistant"]
+    assert sent == [{"role": "assistant", "content": TOILETS}]
+
+
+def test_with_the_toggle_off_the_faq_question_goes_to_the_model_with_no_sources(knowing, server):
+    router, _ = knowing
+    asked = len(server.requests)
+    updates, history = run_turn(router, "洗手间在哪", "fast", knowledge=False)
+    assert history[-1]["content"] == "Hello there. 你好！"          # no fold: nothing was looked up
+    assert len(server.requests) == asked + 1 and "Fake Cloud" in updates[-1][1]
+    assert all("资料" not in m["content"] for m in server.requests[-1]["messages"])
+
+
+def test_sources_are_escaped_clipped_and_kept_on_one_line():
+    evil = [{"source": "<img src=x onerror=alert(1)>.md", "kind": "doc", "score": 0.5,
+             "text": "a & b </details><script>x()</script>\n\n" + "长" * 300},
+            {"source": "faq.csv", "kind": "faq", "text": "洗手间在哪", "score": 1}]
+    folded = ui.sources_html(evil)
+    assert "<img" not in folded and "<script" not in folded and folded.count("</details>") == 1
+    assert "&lt;img src=x onerror=alert(1)&gt;.md" in folded and "a &amp; b &lt;/details&gt;" in folded
+    assert "\n" not in folded.strip()
+    _, count, lines = fold("answer" + folded)
+    clipped = lines[0].removeprefix("<img src=x onerror=alert(1)>.md — ").removesuffix(" (0.50)")
+    assert len(clipped) == ui.SOURCE_CHARS and clipped.endswith("长长…") and clipped.startswith("a & b </details>")
+    assert count == 2 and lines[1] == "faq.csv — 洗手间在哪 (1.00)"
+    assert ui.sources_html([]) == ""
+    assert ui.without_sources([{"role": "assistant", "content": "answer" + folded}]) == \
+        [{"role": "assistant", "content": "answer"}]
+
+
+def test_an_uploaded_document_is_listed_and_grounds_the_answer(knowing, server, tmp_path):
+    router, docs = knowing
+    _, unknown = run_turn(router, "陨石展厅在哪里？", "fast")
+    assert "meteorites.md" not in unknown[-1]["content"]
+    upload = tmp_path / "upload" / "meteorites.md"
+    upload.parent.mkdir()
+    upload.write_text(METEORITES, encoding="utf-8")
+    notice, table, choices, emptied = asyncio.run(kb_ui.upload_documents(router, [str(upload)]))
+    assert notice == '<p class="dh-ok">Added meteorites.md: 1 passage.</p>' and emptied is None
+    assert "<td>meteorites.md</td><td>document</td><td>1</td>" in table
+    assert "meteorites.md" in choices["choices"] and "faq.csv" not in choices["choices"]
+    assert (docs / "meteorites.md").read_text(encoding="utf-8") == METEORITES
+    assert "<td>faq.csv</td><td>FAQ</td>" in documents(router)[0]
+
+    _, history = run_turn(router, "陨石展厅在哪里？", "fast")
+    text, _, lines = fold(history[-1]["content"])
+    assert text == "Hello there. 你好！" and lines[0].startswith("meteorites.md — 陨石展厅在二楼北侧")
+    assert "三百公斤的铁陨石" in server.requests[-1]["messages"][0]["content"]
+
+
+@pytest.mark.parametrize("name, data, says", [
+    ("empty.md", b"", "empty.md: no text in it. Fix: upload a text document in UTF-8."),
+    ("photo.md", bytes(range(256)) * 8, "photo.md: binary data, not text. Fix: upload a text document in UTF-8."),
+    ("setup.exe", b"MZ text", "'setup.exe' is not a kind of document the knowledge reads. Fix: upload .md, .txt "
+                              "or .html (.pdf, .docx with their parser installed)."),
+    (".hidden.md", b"# Hi\n\nthere", "'.hidden.md' is not a usable document name. Fix: use a plain file name "
+                                     "such as tickets.md."),
+])
+def test_a_bad_upload_says_what_is_wrong_and_how_to_fix_it_and_stores_nothing(knowing, tmp_path, name, data,
+                                                                               says):
+    router, docs = knowing
+
+    def stored():   # the documents' files (not the index beside them, nor its journal)
+        return {p: p.read_bytes() for p in docs.rglob("*") if p.is_file() and not p.name.startswith(INDEX_NAME)}
+
+    before_files, before = stored(), documents(router)
+    path = tmp_path / "upload" / name
+    path.parent.mkdir()
+    path.write_bytes(data)
+    notice, table, _, _ = asyncio.run(kb_ui.upload_documents(router, [str(path)]))
+    said = html.unescape(re.sub("<[^>]+>", "", notice))
+    assert said == f"Not added: {says}"
+    assert "dh-error" in notice and "Traceback" not in notice and "Added" not in notice
+    assert stored() == before_files and (table, documents(router)[1]) == before
+
+
+def test_a_bad_upload_beside_a_good_one_leaves_the_good_one_in(knowing, tmp_path):
+    router, _ = knowing
+    (tmp_path / "up").mkdir()
+    good, bad = tmp_path / "up" / "note.txt", tmp_path / "up" / "blank.txt"
+    good.write_text("The cloakroom is next to the main entrance.", encoding="utf-8")
+    bad.write_bytes(b"  \n ")
+    notice, _, choices, _ = asyncio.run(kb_ui.upload_documents(router, [str(good), str(bad)]))
+    assert re.sub("<[^>]+>", "", notice) == ("Added note.txt: 1 passage.Not added: blank.txt: no text in it. "
+                                             "Fix: upload a text document in UTF-8.")
+    assert "note.txt" in choices["choices"] and "blank.txt" not in choices["choices"]
+
+
+def test_a_deleted_document_is_gone_from_the_list_the_folder_and_the_answers(knowing):
+    router, docs = knowing
+    assert "tickets.md" in documents(router)[1]
+    notice, table, choices = asyncio.run(kb_ui.delete_document(router, "tickets.md"))
+    assert notice == '<p class="dh-ok">Deleted tickets.md.</p>'
+    assert "tickets.md" not in table and "tickets.md" not in choices["choices"] and choices["value"] is None
+    assert not (docs / "tickets.md").exists()
+    assert all(h.passage.source != "tickets.md" for h in router.knowledge.search("门票 票价 成人票 预约"))
+
+    again, _, _ = asyncio.run(kb_ui.delete_document(router, "tickets.md"))
+    assert html.unescape(re.sub("<[^>]+>", "", again)) == ("Not deleted: there is no document 'tickets.md'. "
+                                                           "Fix: see the list of documents.")
+    assert "dh-error" in again
+    nothing, _, _ = asyncio.run(kb_ui.delete_document(router, None))
+    assert "Choose a document to delete first." in nothing
+
+
+def test_the_knowledge_toggle_and_panel_are_on_the_page_only_when_it_is_configured(router, knowing):
+    import webui
+
+    def parts(r):
+        demo = webui.build_demo(r, api_port=7999)
+        return {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+
+    plain, known = parts(router), parts(knowing[0])
+    assert not plain["use-knowledge"].visible and "knowledge-panel" not in plain
+    assert known["use-knowledge"].visible and known["use-knowledge"].value is True
+    assert {"knowledge-panel", "knowledge-docs", "knowledge-upload", "knowledge-delete"} <= set(known)
+    assert set(known["knowledge-upload"].file_types) == {".md", ".markdown", ".txt", ".html", ".htm", ".pdf",
+                                                         ".docx"}

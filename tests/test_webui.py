@@ -1,4 +1,5 @@
-"""webui.py as a user meets it: the page locked like the API, its handlers unpublished, busy ports."""
+"""webui.py as a user meets it: the page (knowledge panel included) locked like the API, its handlers
+unpublished, busy ports."""
 
 from __future__ import annotations
 
@@ -15,15 +16,18 @@ import webui
 from configs import PRESETS, Settings
 from llm.router import Router
 from tests.api_helpers import free_port
+from tests.test_knowledge import knowledge_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "page-Key-5f1c"
 
 
 @pytest.fixture(scope="module")
-def locked_page(monkeypatch_module):
+def locked_page(monkeypatch_module, tmp_path_factory):
+    """The page with a knowledge (its documents panel and upload) behind the login."""
     monkeypatch_module.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    router = Router(Settings(providers={"direct": PRESETS["direct"]}, default="direct"), env={})
+    router = Router(Settings(providers={"direct": PRESETS["direct"]}, default="direct",
+                             knowledge=knowledge_folder(tmp_path_factory.mktemp("kb"))), env={})
     port = free_port()
     demo = webui.build_demo(router, api_port=7999, api_key=KEY)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
@@ -43,7 +47,8 @@ def monkeypatch_module():
 
 @pytest.mark.parametrize("method, path", [("get", "/config"), ("get", "/gradio_api/info"),
                                           ("get", "/gradio_api/openapi.json"),
-                                          ("post", "/gradio_api/queue/join")])
+                                          ("post", "/gradio_api/queue/join"),
+                                          ("post", "/gradio_api/upload")])
 def test_the_page_and_its_gradio_endpoints_refuse_a_caller_without_the_login(locked_page, method, path):
     body = {"data": ["hi", []], "fn_index": 0, "session_hash": "x"}
     reply = requests.request(method, locked_page + path, json=body if method == "post" else None, timeout=10)
@@ -56,9 +61,12 @@ def test_with_the_login_the_page_works_and_publishes_no_handlers(locked_page):
                         timeout=10).status_code == 400
     assert session.post(f"{locked_page}/login", data={"username": "me", "password": KEY},
                         timeout=10).status_code == 200
-    assert session.get(f"{locked_page}/config", timeout=10).status_code == 200
+    config = session.get(f"{locked_page}/config", timeout=10)
+    assert config.status_code == 200
+    ids = {c.get("props", {}).get("elem_id") for c in config.json()["components"]}
+    assert {"knowledge-panel", "knowledge-upload", "knowledge-delete"} <= ids
     info = session.get(f"{locked_page}/gradio_api/info", timeout=10).json()
-    assert info["named_endpoints"] == {} and info["unnamed_endpoints"] == {}   # start_turn & co stay private
+    assert info["named_endpoints"] == {} and info["unnamed_endpoints"] == {}   # start_turn, upload & co: private
 
 
 def test_the_page_password_is_the_ui_password_else_the_api_key():
