@@ -223,8 +223,6 @@ def slots(question: str, synonyms: Synonyms) -> list[Slot]:
     return out
 
 
-def fts_query(found: Iterable[Slot]) -> str:
-    """An FTS5 MATCH expression for any term of any slot."""
-    every = {t for slot in found for alt in slot.alternatives for t in alt} | {
-        t for slot in found for t in slot.related}
-    return " OR ".join(f'"{t}"' for t in sorted(every) if '"' not in t)
+def fts_query(terms: Iterable[str]) -> str:
+    """An FTS5 MATCH expression for any of `terms`."""
+    return " OR ".join(f'"{t}"' for t in terms if '"' not in t)
