@@ -102,6 +102,7 @@ HOT_ROUTES = {("POST", "/v1/chat/completions"): chat_completions, ("POST", "/"):
 def _warm_knowledge(router: Router) -> None:
     try:
         router.knowledge.refresh(force=True)
+        router.knowledge.search("你好 hello")    # loads the segmenter's dictionary and the thesaurus
     except Exception:  # noqa: BLE001 - the first question will meet the same failure, and report it
         log.exception("knowledge: the index could not be brought up to date at start")
 
