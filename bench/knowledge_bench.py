@@ -455,7 +455,7 @@ def run_size(folder: Path, repeat: int, profile: bool) -> dict:
     # quality: the real evaluation questions among the extra passages
     try:
         cases = [c for path in REAL_EVALS for c in E.read_cases(path)]
-        r["quality"] = E.run(k, cases).figures(config.faq_threshold, config.doc_threshold)
+        r["quality"] = E.run(k, cases).figures(config)
     except Exception as e:  # noqa: BLE001 - the figures are extra: an evaluate.py that changed skips them
         r["quality"] = None
         _log(f"quality skipped: evaluate.run failed: {e!r}")

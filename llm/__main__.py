@@ -187,9 +187,9 @@ def _kb(settings, args) -> int:
                 return USAGE_ERROR
             report = kb_eval.run(knowledge, cases)
             cfg = settings.knowledge
-            print(kb_eval.table(report, cfg.faq_threshold, cfg.doc_threshold))
+            print(kb_eval.table(report, cfg))
             if args.sweep:
-                print(kb_eval.sweep(report))
+                print(kb_eval.sweep(report, cfg))
     return 0
 
 

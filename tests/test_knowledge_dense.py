@@ -4,6 +4,7 @@ fused, vectors follow the folder, and a missing model leaves the word search ans
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -102,5 +103,22 @@ def test_download_fetches_an_embedding_model_by_its_name(tmp_path, model, monkey
     try:
         assert knowledge.dense_status.startswith("on (bge-small-zh")
         assert knowledge.index.embedder.query_prefix == "为这个句子生成表示以用于检索相关文章："
+    finally:
+        knowledge.close()
+
+
+def test_kb_eval_decides_as_the_lookup_does_with_the_cosines(tmp_path, model):
+    from llm.knowledge import evaluate
+
+    docs = folder(tmp_path)
+    cases = [evaluate.Case("天外来客在哪", "doc", "hall.md", "陨石"), evaluate.Case("鹦鹉馆在哪", "miss")]
+    config = KnowledgeConfig(docs=str(docs), embedding=str(model), doc_similarity=0.75)
+    knowledge = Knowledge(config)
+    try:
+        report = evaluate.run(knowledge, cases)
+        assert report.figures(config)["doc_grounded"] == 1.0            # by the cosine, as lookup
+        assert report.figures(replace(config, doc_similarity=0.99))["doc_grounded"] == 0.0
+        assert "doc_similarity 0.75" in evaluate.table(report, config)
+        assert "faq_similarity doc_similarity" in " ".join(evaluate.sweep(report, config).split())
     finally:
         knowledge.close()

@@ -51,6 +51,17 @@ class Grounding:
         return "\n".join(lines)
 
 
+def decide(hits: list[Hit], cfg) -> tuple[Hit | None, list[Hit]]:
+    """The one decision on a search's hits (`lookup` and `kb eval` both make it): the FAQ entry whose
+    answer is said as written, else the passages good enough for the model (best first)."""
+    best = hits[0] if hits else None
+    if best is not None and best.kind == "faq" and (
+            best.score >= cfg.faq_threshold or (best.similarity or 0) >= cfg.faq_similarity):
+        return best, []
+    return None, [h for h in hits if h.score >= cfg.doc_threshold
+                  or (h.similarity or 0) >= cfg.doc_similarity][:cfg.passages]
+
+
 def source_of(hit: Hit) -> dict[str, Any]:
     """A hit as a reply names it; its score is the cover, or the cosine when that is higher."""
     score = max(hit.score, hit.similarity or 0.0)
@@ -134,18 +145,13 @@ class Knowledge:
 
     def lookup(self, question: str) -> Grounding:
         """What to answer `question` from: an FAQ answer, passages, or (a miss) the miss reply or nothing."""
-        cfg = self.config
-        hits = self.search(question)
-        best = hits[0] if hits else None
-        if best is not None and best.kind == "faq" and (
-                best.score >= cfg.faq_threshold or (best.similarity or 0) >= cfg.faq_similarity):
-            return Grounding((source_of(best),), answer=best.answer)
-        good = [h for h in hits if h.score >= cfg.doc_threshold
-                or (h.similarity or 0) >= cfg.doc_similarity][:cfg.passages]
+        faq, good = decide(self.search(question), self.config)
+        if faq is not None:
+            return Grounding((source_of(faq),), answer=faq.answer)
         if good:
             return Grounding(tuple(source_of(h) for h in good),
                              passages=tuple(_as_passage(h) for h in good))
-        if cfg.on_miss == "say":
+        if self.config.on_miss == "say":
             return Grounding(answer=self.miss_reply(question))
         return Grounding()
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import decide
 from .docs import decode
 from .index import Hit
 
@@ -56,13 +57,6 @@ class Outcome:
                 return i
         return None
 
-    def faq_entry(self, faq_threshold: float) -> Hit | None:
-        best = self.hits[0] if self.hits else None
-        return best if best is not None and best.kind == "faq" and best.score >= faq_threshold else None
-
-    def found_something(self, faq_threshold: float, doc_threshold: float) -> bool:
-        return self.faq_entry(faq_threshold) is not None or any(h.score >= doc_threshold for h in self.hits)
-
 
 @dataclass
 class Report:
@@ -72,28 +66,34 @@ class Report:
     def of(self, kind: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.case.kind == kind]
 
-    def figures(self, faq_threshold: float, doc_threshold: float) -> dict[str, float]:
+    @property
+    def by_meaning(self) -> bool:
+        return any(h.similarity is not None for o in self.outcomes for h in o.hits)
+
+    def figures(self, cfg) -> dict[str, float]:
+        """The retrieval (top-1, top-3) and the decisions `cfg`'s thresholds make (knowledge.decide)."""
         docs, faqs, misses = self.of("doc"), self.of("faq"), self.of("miss")
         ranks = [o.rank() for o in docs]
-        right = wrong = 0
-        for o in faqs + misses:
-            given = o.faq_entry(faq_threshold)
-            if given is None:
-                continue
-            if o.case.kind == "faq" and self.faq_firsts.get(given.passage.text) == o.case.source:
+        right = wrong = grounded = recognised = 0
+        for o in self.outcomes:
+            faq, good = decide(o.hits, cfg)
+            if o.case.kind == "doc":
+                grounded += faq is None and any(h.passage.source == o.case.source and o.case.answer in
+                                                h.passage.text for h in good)
+            elif faq is not None and o.case.kind == "faq" and \
+                    self.faq_firsts.get(faq.passage.text) == o.case.source:
                 right += 1
-            else:
+            elif faq is not None:
                 wrong += 1
-        grounded = sum(1 for o, r in zip(docs, ranks, strict=True) if r is not None and r < 3
-                       and o.hits[r].score >= doc_threshold and o.faq_entry(faq_threshold) is None)
+            elif o.case.kind == "miss" and not good:
+                recognised += 1
         return {
             "doc_top1": _share(sum(r == 0 for r in ranks), len(docs)),
             "doc_top3": _share(sum(r is not None and r < 3 for r in ranks), len(docs)),
             "doc_grounded": _share(grounded, len(docs)),
             "faq_right": _share(right, len(faqs)),
             "faq_wrong": _share(wrong, len(faqs) + len(misses)),
-            "miss_recognised": _share(
-                sum(not o.found_something(faq_threshold, doc_threshold) for o in misses), len(misses)),
+            "miss_recognised": _share(recognised, len(misses)),
         }
 
 
@@ -114,22 +114,32 @@ LABELS = {"doc_top1": "document questions, right passage first", "doc_top3": "..
           "miss_recognised": "off-topic questions recognised as misses"}
 
 
-def table(report: Report, faq_threshold: float, doc_threshold: float) -> str:
-    figures = report.figures(faq_threshold, doc_threshold)
+def table(report: Report, cfg) -> str:
+    figures = report.figures(cfg)
     counts = {k: len(report.of(k)) for k in KINDS}
+    meaning = f", faq_similarity {cfg.faq_similarity}, doc_similarity {cfg.doc_similarity}" \
+        if report.by_meaning else ""
     lines = [f"{counts['doc']} document, {counts['faq']} FAQ and {counts['miss']} off-topic questions; "
-             f"faq_threshold {faq_threshold}, doc_threshold {doc_threshold}"]
+             f"faq_threshold {cfg.faq_threshold}, doc_threshold {cfg.doc_threshold}{meaning}"]
     lines += [f"  {figures[k] * 100:5.1f}%  {label}" for k, label in LABELS.items()]
     return "\n".join(lines)
 
 
-def sweep(report: Report) -> str:
-    """What other thresholds would give: the decisions for a grid of both."""
-    lines = ["faq_thr doc_thr  faq_right faq_wrong miss_recog doc_grounded"]
-    for faq_t in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8):
-        for doc_t in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6):
-            f = report.figures(faq_t, doc_t)
-            lines.append(f"{faq_t:7.2f} {doc_t:7.2f}  {f['faq_right'] * 100:8.1f}% "
-                         f"{f['faq_wrong'] * 100:8.1f}% {f['miss_recognised'] * 100:9.1f}% "
-                         f"{f['doc_grounded'] * 100:11.1f}%")
+def sweep(report: Report, cfg) -> str:
+    """What other thresholds would decide: the cover thresholds, and with an embedding model the
+    cosines too (each grid with the other pair as configured)."""
+    grids = [("faq_threshold", "doc_threshold", (0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8),
+              (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6))]
+    if report.by_meaning:
+        grids.append(("faq_similarity", "doc_similarity", (0.75, 0.8, 0.85, 0.9, 0.95),
+                      (0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8)))
+    lines = []
+    for faq_key, doc_key, faq_values, doc_values in grids:
+        lines.append(f"{faq_key:>14} {doc_key:>14}  faq_right faq_wrong miss_recog doc_grounded")
+        for faq_value in faq_values:
+            for doc_value in doc_values:
+                f = report.figures(replace(cfg, **{faq_key: faq_value, doc_key: doc_value}))
+                lines.append(f"{faq_value:14.2f} {doc_value:14.2f}  {f['faq_right'] * 100:8.1f}% "
+                             f"{f['faq_wrong'] * 100:8.1f}% {f['miss_recognised'] * 100:9.1f}% "
+                             f"{f['doc_grounded'] * 100:11.1f}%")
     return "\n".join(lines)
