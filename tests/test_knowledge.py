@@ -312,3 +312,28 @@ def test_a_writer_that_is_down_leaves_the_index_answering(tmp_path, capsys):
     assert "added 21" in out and "questions written for 0 passages" in out
     assert cli(["kb", "search", "洗手间在哪", "--config", str(tmp_path / "configs.yaml")]) == 0
     assert TOILETS in capsys.readouterr().out
+
+
+def test_other_ways_to_ask_an_faq_question_are_written_once_and_answer_word_for_word(tmp_path):
+    (tmp_path / "faq.csv").write_text("question,answer\n老人票多少钱|老年人票价,60岁以上的老人免费参观。\n"
+                                      "停车场在哪,停车场在地下一层。\n", encoding="utf-8")
+    asked = "我妈六十多岁了进去收费吗\n老年人进馆要买票吗"
+    with FakeOpenAIServer([asked, "停车位在哪儿"]) as writer:      # the entries in order: seniors, parking
+        cloud = ProviderConfig("writer", "openai", "m", base_url=writer.base_url)
+        settings = Settings(providers={"writer": cloud}, default="writer", knowledge=KnowledgeConfig(
+            faq=str(tmp_path / "faq.csv"), questions="writer"))
+        router = Router(settings, env={})
+        try:
+            knowledge = router.knowledge
+            question = "我妈六十多岁了，进去收费吗？"
+            before = len(writer.requests)
+            assert knowledge.lookup(question).answer is None        # words alone: not this entry
+            knowledge.write_questions()
+            assert len(writer.requests) - before == 2                # one request per entry, not per variant
+            prompts = [r["messages"][-1]["content"] for r in writer.requests]
+            assert any("老人票多少钱" in p and "60岁以上的老人免费参观" in p and "不同说法" in p for p in prompts)
+            found = knowledge.lookup(question)
+            assert found.answer == "60岁以上的老人免费参观。"
+            assert found.sources[0]["text"] == "老人票多少钱"           # named as the FAQ has it
+        finally:
+            router.close()

@@ -65,7 +65,8 @@ def decide(hits: list[Hit], cfg) -> tuple[Hit | None, list[Hit]]:
 def source_of(hit: Hit) -> dict[str, Any]:
     """A hit as a reply names it; its score is the cover, or the cosine when that is higher."""
     score = max(hit.score, hit.similarity or 0.0)
-    return {"source": hit.passage.source, "kind": hit.kind, "text": hit.passage.text, "score": score}
+    text = (hit.passage.title or hit.passage.text) if hit.kind == "faq" else hit.passage.text
+    return {"source": hit.passage.source, "kind": hit.kind, "text": text, "score": score}
 
 
 class Knowledge:
@@ -169,9 +170,9 @@ class Knowledge:
                 todo = self.index.unasked(limit=20)
                 if not todo:
                     break
-                for pid, passage in todo:
+                for pid, passage, answer in todo:
                     try:
-                        written = self.writer(question_prompt(passage))
+                        written = self.writer(question_prompt(passage, answer))
                     except Exception as e:  # noqa: BLE001 - a model that fails leaves the passage for later
                         log.warning("knowledge: could not write questions for %s: %s", passage.source, e)
                         return done
@@ -214,11 +215,21 @@ QUESTIONS = {
           "words, said differently from the passage. One question per line, no numbers, nothing else.\n"
           "Passage: {text}",
 }
+REPHRASE = {
+    "zh": "下面是一个常见问题和它的答案。请写出{n}种来访者问同一件事的不同说法：用口语，尽量换词，"
+          "只问这一件事。每行一个，不要编号，不要别的内容。\n问题：{text}\n答案：{answer}",
+    "en": "Here is a frequently asked question and its answer. Write {n} other ways a visitor might ask the "
+          "same thing: in everyday words, with other words where you can, asking only this. One per line, "
+          "no numbers, nothing else.\nQuestion: {text}\nAnswer: {answer}",
+}
 QUESTIONS_PER_PASSAGE = 5
 
 
-def question_prompt(passage: Passage) -> str:
+def question_prompt(passage: Passage, answer: str = "") -> str:
+    """What the writer is asked: the questions a passage answers, or (an FAQ entry) other ways to ask."""
     lang = "zh" if is_chinese(passage.text) else "en"
+    if answer:
+        return REPHRASE[lang].format(n=QUESTIONS_PER_PASSAGE, text=passage.text, answer=answer)
     return QUESTIONS[lang].format(n=QUESTIONS_PER_PASSAGE, text=passage.searchable)
 
 
@@ -235,5 +246,5 @@ def parse_questions(written: str) -> list[str]:
 def _as_passage(hit: Hit) -> Passage:
     """A hit as the model reads it: an FAQ entry as its question and answer."""
     if hit.kind == "faq":
-        return Passage(hit.passage.source, "FAQ", f"{hit.passage.text} {hit.answer}")
+        return Passage(hit.passage.source, "FAQ", f"{hit.passage.title or hit.passage.text} {hit.answer}")
     return hit.passage

@@ -165,14 +165,31 @@ class Index:
             self._drop(db, source)
             db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
                        (source, entry.kind, entry.version, len(data), sha, skipped))
+            firsts: set[int] = set()
             for passage, answer, number in rows:
-                cur = db.execute("INSERT INTO passages (source, kind, title, text, answer, entry) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)",
-                                 (source, entry.kind, passage.title, passage.text, answer, number))
-                asked = self._asked(db, passage) if entry.kind == "doc" else None
-                db.execute("INSERT INTO terms (rowid, words) VALUES (?, ?)",
-                           (cur.lastrowid, _words(passage, asked)))
+                first = entry.kind == "doc" or number not in firsts     # an FAQ entry is asked about once
+                firsts.add(number)
+                asked = self._asked(db, passage) if first else None
+                self._insert(db, source, entry.kind, passage, answer, number,
+                             _words(passage, asked if entry.kind == "doc" else None))
+                if asked and entry.kind == "faq":
+                    self._insert_variants(db, source, passage.text, answer, number, asked)
         return None if skipped else True
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, source: str, kind: str, passage: Passage, answer: str, entry: int,
+                words: str) -> None:
+        cur = db.execute("INSERT INTO passages (source, kind, title, text, answer, entry) VALUES "
+                         "(?, ?, ?, ?, ?, ?)", (source, kind, passage.title, passage.text, answer, entry))
+        db.execute("INSERT INTO terms (rowid, words) VALUES (?, ?)", (cur.lastrowid, words))
+
+    def _insert_variants(self, db: sqlite3.Connection, source: str, question: str, answer: str, entry: int,
+                         written: str) -> None:
+        """The other ways of asking an FAQ question, written by the model: more variants of its entry
+        (their title is the question as the FAQ has it, which is what a reply names)."""
+        for variant in filter(None, written.split("\n")):
+            self._insert(db, source, "faq", Passage(source, question, variant), answer, entry,
+                         " ".join(T.terms(variant)))
 
     # -- questions written for each passage (once, by the configured model) ---------------------------
 
@@ -186,27 +203,37 @@ class Index:
         row = db.execute("SELECT questions FROM asked WHERE key=?", (self._key(passage),)).fetchone()
         return row[0] if row else None
 
-    def unasked(self, limit: int = 100) -> list[tuple[int, Passage]]:
-        """Document passages that have no written questions yet."""
+    def unasked(self, limit: int = 100) -> list[tuple[int, Passage, str]]:
+        """(id, passage, FAQ answer or "") of the document passages and FAQ entries (their first
+        question) that have no written questions yet."""
         if not self.writer_name:
             return []
         out = []
-        for pid, source, title, body in self._db().execute(
-                "SELECT id, source, title, text FROM passages WHERE kind='doc' ORDER BY id"):
+        db = self._db()
+        for pid, source, title, body, answer in db.execute(
+                "SELECT id, source, title, text, answer FROM passages WHERE kind='doc' OR id IN "
+                "(SELECT min(id) FROM passages WHERE kind='faq' GROUP BY source, entry) ORDER BY id"):
             passage = Passage(source, title, body)
-            if self._asked(self._db(), passage) is None:
-                out.append((pid, passage))
+            if self._asked(db, passage) is None:
+                out.append((pid, passage, answer))
                 if len(out) >= limit:
                     break
         return out
 
     def add_questions(self, pid: int, passage: Passage, questions: list[str]) -> None:
-        """Keep the questions written for a passage, and make them part of what finds it."""
+        """Keep the questions written for a passage, and make them part of what finds it: a document
+        passage's terms, or more variants of an FAQ entry."""
         text = "\n".join(questions)
         db = self._db()
         with self._write, _transaction(db):
             db.execute("INSERT OR REPLACE INTO asked VALUES (?, ?)", (self._key(passage), text))
-            if db.execute("SELECT 1 FROM passages WHERE id=?", (pid,)).fetchone():   # not indexed anew since
+            row = db.execute("SELECT kind, answer, entry FROM passages WHERE id=?", (pid,)).fetchone()
+            if row is None:     # indexed anew since: that found the questions in `asked`
+                return
+            kind, answer, entry = row
+            if kind == "faq":
+                self._insert_variants(db, passage.source, passage.text, answer, entry, text)
+            else:
                 db.execute("DELETE FROM terms WHERE rowid=?", (pid,))
                 db.execute("INSERT INTO terms (rowid, words) VALUES (?, ?)", (pid, _words(passage, text)))
             db.execute("UPDATE meta SET value = value + 1 WHERE key='generation'")
