@@ -108,12 +108,22 @@ class KnowledgeConfig:
 
 
 @dataclass(frozen=True)
+class SessionsConfig:
+    """Conversations the server keeps (llm/sessions.py)."""
+
+    ttl: float = 86400.0              # seconds after its last turn that a session is forgotten
+    max_turns: int = 50               # turns kept per session (the oldest go first)
+    folder: str = "data"              # the embedded store's folder (sessions.sqlite3), without `store:`
+
+
+@dataclass(frozen=True)
 class Settings:
     default: str = "direct"
     style: StyleConfig = field(default_factory=StyleConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
     # Where state shared by API processes lives: None = embedded (files beside the data), or a
     # postgresql:// URL (the knowledge's documents and uploads, for several processes).
     store: str | None = None
@@ -170,7 +180,8 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
         return replace(settings, source=str(path))
     where = _Where(str(path))
     _expect(data, dict, where, "the top level")
-    where.unknown_keys(data, ("default", "style", "providers", "server", "knowledge", "store"), "")
+    where.unknown_keys(data, ("default", "style", "providers", "server", "knowledge", "store", "sessions"),
+                       "")
     out = replace(settings, source=str(path))
     if "default" in data:
         out = replace(out, default=_expect(data["default"], str, where, "default"))
@@ -182,6 +193,8 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
         out = replace(out, store=_store_url(_expect(data["store"], str, where, "store"), where, "store"))
     if "knowledge" in data:
         out = replace(out, knowledge=_knowledge_from(data["knowledge"], where, path.parent))
+    if "sessions" in data:
+        out = replace(out, sessions=_sessions_from(data["sessions"], where, path.parent))
     providers = dict(out.providers)
     for name, entry in (_expect(data.get("providers") or {}, dict, where, "providers")).items():
         if not isinstance(name, str) or not name.strip() or "/" in name:
@@ -353,6 +366,24 @@ def _knowledge_from(data: Any, where: _Where, base: Path) -> KnowledgeConfig:
                 where.fail(key, "must be a number of seconds, 0 or more")
             values[k] = float(v)
     return KnowledgeConfig(**values)
+
+
+def _sessions_from(data: Any, where: _Where, base: Path) -> SessionsConfig:
+    data = _expect(data or {}, dict, where, "sessions")
+    where.unknown_keys(data, [f.name for f in fields(SessionsConfig)], "sessions.")
+    values: dict[str, Any] = {}
+    if "ttl" in data:
+        if not _is_number(data["ttl"]) or data["ttl"] <= 0:
+            where.fail("sessions.ttl", "must be a positive number of seconds")
+        values["ttl"] = float(data["ttl"])
+    if "max_turns" in data:
+        turns = data["max_turns"]
+        if not isinstance(turns, int) or isinstance(turns, bool) or turns < 1:
+            where.fail("sessions.max_turns", "must be a positive integer")
+        values["max_turns"] = turns
+    if "folder" in data:
+        values["folder"] = str(base / _expect(data["folder"], str, where, "sessions.folder"))
+    return SessionsConfig(**values)
 
 
 def _store_url(value: str, where: _Where, key: str) -> str | None:

@@ -21,6 +21,7 @@ from .knowledge import Grounding, Knowledge
 from .policy import Breaker, FallbackChain, Policy, cooling_fix
 from .providers import Provider, kind_honours, provider_class
 from .reply import Reply
+from .sessions import Sessions
 from .threads import in_loop
 from .tries import Slots, Try
 from .types import (
@@ -63,6 +64,7 @@ class Router:
         self._secrets: set[str] = set()
         self._lock = threading.Lock()
         self._knowledge: Knowledge | None = None
+        self._sessions: Sessions | None = None
         self._knowledge_lock = threading.Lock()     # opening it may load a model: not under _lock
         for name, p in (providers or {}).items():
             self._add(name, p)
@@ -145,6 +147,15 @@ class Router:
                                                 self._writer(writer) if writer else None)
         return self._knowledge
 
+    @property
+    def sessions(self) -> Sessions:
+        """The conversations the server keeps (`sessions:`, `store:`), opened on first use."""
+        if self._sessions is None:
+            with self._knowledge_lock:
+                if self._sessions is None:
+                    self._sessions = Sessions(self.settings.sessions, self.settings.store)
+        return self._sessions
+
     def _writer(self, name: str):
         """A model's plain answer to a prompt (no speech style, no knowledge): it writes the questions
         each passage answers, at index time."""
@@ -170,6 +181,8 @@ class Router:
             self._providers.clear()
             if self._knowledge is not None:
                 self._knowledge.close()
+            if self._sessions is not None:
+                self._sessions.close()
 
     async def aclose_loop(self) -> None:
         """Close the providers' async clients that belong to the running loop (a server shutting down)."""

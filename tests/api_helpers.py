@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
 
 import requests
 
-from configs import PRESETS, KnowledgeConfig, ProviderConfig, Settings
+from configs import PRESETS, KnowledgeConfig, ProviderConfig, SessionsConfig, Settings
 from llm import api
 from llm.providers.base import Provider
 from llm.router import Router
@@ -22,6 +24,7 @@ class Served:
 
     router: Router
     handle: api.ServerThread
+    scratch: str | None = None      # a folder of its own (the sessions' store), removed by stop()
 
     @property
     def url(self) -> str:
@@ -30,22 +33,26 @@ class Served:
     def stop(self) -> None:
         self.handle.stop()
         self.router.close()
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def serve_router(configs: list[ProviderConfig] = (), providers: list[Provider] = (), *,
                  env: dict | None = None, api_key: str | None = None, max_body_bytes: int = 1_000_000,
-                 short_answer: bool = True, default: str = "direct", knowledge: KnowledgeConfig | None = None
-                 ) -> Served:
+                 short_answer: bool = True, default: str = "direct", knowledge: KnowledgeConfig | None = None,
+                 sessions: SessionsConfig | None = None, store: str | None = None) -> Served:
     """The cloud presets plus `configs` (built by the router) and `providers` (injected), on 127.0.0.1:0.
 
     Local presets are left out: their status check imports torch, which would only slow these tests."""
     presets = {name: cfg for name, cfg in PRESETS.items() if cfg.kind != "local"}
     all_configs = {**presets, **{c.name: c for c in configs}, **{p.name: p.config for p in providers}}
-    settings = Settings(providers=all_configs, default=default, knowledge=knowledge or KnowledgeConfig())
+    scratch = None if sessions else tempfile.mkdtemp(prefix="llm-test-sessions-")
+    settings = Settings(providers=all_configs, default=default, knowledge=knowledge or KnowledgeConfig(),
+                        sessions=sessions or SessionsConfig(folder=scratch), store=store)
     settings = replace(settings, style=replace(settings.style, short_answer=short_answer))
     router = Router(settings, env={} if env is None else env, providers={p.name: p for p in providers})
     app = api.create_app(router, api_key=api_key, max_body_bytes=max_body_bytes)
-    return Served(router, api.start_in_thread(app, "127.0.0.1", 0))
+    return Served(router, api.start_in_thread(app, "127.0.0.1", 0), scratch)
 
 
 def free_port() -> int:

@@ -32,7 +32,8 @@ HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 EXAMPLES = os.environ.get("OPENAPI_FUZZ_EXAMPLES", "25")
 SEED = os.environ.get("OPENAPI_FUZZ_SEED", "1")     # "random": a new seed each run (printed on failure)
 PATHS = {"/": "post", "/v1/chat/completions": "post", "/v1/models": "get", "/v1/models/{model_id}": "get",
-         "/health": "get"}
+         "/health": "get", "/sessions/{session_id}": "get"}
+OPERATIONS = len(PATHS) + 1    # and DELETE /sessions/{session_id}
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +74,10 @@ def fuzz(url: str, workdir: Path, *extra: str, examples: str = EXAMPLES, hooks: 
 
 def assert_conforms(run: subprocess.CompletedProcess, report: dict) -> None:
     output = run.stdout[-20000:] + run.stderr[-4000:]
-    assert report["operations"]["tested"] == len(PATHS), output
+    assert report["operations"]["tested"] == OPERATIONS, output
     assert report["failures"] == [] and report["errors"] == [], output
     assert run.returncode == 0, output
-    assert report["test_cases"]["generated"] >= 5 * len(PATHS), output
+    assert report["test_cases"]["generated"] >= 5 * OPERATIONS, output
 
 
 # ---- the fuzzer -----------------------------------------------------------------------------
@@ -148,7 +149,8 @@ def test_document_declares_bodies_errors_and_streams(served, served_with_key):
     schemas = doc["components"]["schemas"]
     assert "HTTPValidationError" not in schemas     # FastAPI's 422 shape, which this API never sends
     error_model = {"/": "SeedError", "/v1/chat/completions": "OpenAIError", "/v1/models": "OpenAIError",
-                "/v1/models/{model_id}": "OpenAIError", "/health": "SeedError"}
+                "/v1/models/{model_id}": "OpenAIError", "/health": "SeedError",
+                "/sessions/{session_id}": "SeedError"}
     for path, method in PATHS.items():
         op = doc["paths"][path][method]
         responses = op["responses"]

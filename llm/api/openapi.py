@@ -66,6 +66,7 @@ class SeedReply(_Doc):
     provider: str = Field(description="the provider that answered (a fallback, when the asked one failed)")
     timings: Timings
     sources: Sources
+    session: str | None = Field(None, description="the session the turn was kept in, when one was given")
     sentences: list[SentenceEvent]
 
 
@@ -80,6 +81,28 @@ class SeedDoneEvent(_Doc):
     provider: str
     timings: Timings
     sources: Sources
+    session: str | None = None
+
+
+class SessionMessage(_Doc):
+    role: Literal["user", "assistant"]
+    content: str = Field(description="a reply as far as it was heard (sentences delivered), never marked")
+    at: float = Field(description="when, in Unix time")
+    provider: str | None = Field(None, description="the provider of a reply")
+    cut: Literal["stopped", "hung_up", "error"] | None = Field(
+        None, description="why a reply ended before its end: its content is what was heard")
+
+
+class SessionHistory(_Doc):
+    """A conversation the server keeps, oldest message first."""
+
+    session: str
+    messages: list[SessionMessage]
+
+
+class SessionDeleted(_Doc):
+    session: str
+    deleted: Literal[True]
 
 
 class SeedErrorDetail(_Doc):
@@ -253,7 +276,8 @@ UPSTREAM = (429, 499, 502, 503, 504)
 # Per path: the model of its 200, and the errors it gives besides 500 (and 401, when the server has a key).
 ROUTES = {"/": (SeedReply, (400, 404, 413, 415, 422, *UPSTREAM)), "/v1/models": (ModelList, ()),
           "/v1/chat/completions": (ChatCompletion, (400, 404, 413, 415, *UPSTREAM)),
-          "/v1/models/{model_id}": (Model, (404,)), "/health": (Health, ())}
+          "/v1/models/{model_id}": (Model, (404,)), "/health": (Health, ()),
+          "/sessions/{session_id}": ({"get": SessionHistory, "delete": SessionDeleted}, (404, 422, 503))}
 # The POST routes' event streams: their events, and what they hold.
 STREAMS = {"/": ([SentenceEvent, SeedDoneEvent, SeedErrorEvent],
                  "one `SentenceEvent` per speakable sentence, then a `SeedDoneEvent`"),
@@ -290,7 +314,8 @@ def openapi_document(app: FastAPI) -> dict:
         return app.openapi_schema
     api_key = bool(getattr(getattr(app.state, "ctx", None), "api_key", None))
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    models = (*REQUEST_MODELS.values(), *(ok for ok, _ in ROUTES.values()), SeedError, OpenAIError,
+    models = (*REQUEST_MODELS.values(), *(m for ok, _ in ROUTES.values() for m in _oks(ok)), SeedError,
+              OpenAIError,
               *(event for events, _ in STREAMS.values() for event in events))
     schemas = models_json_schema([(m, "validation") for m in models], ref_template=REF)[1]["$defs"]
     doc["components"] = {"schemas": schemas, "securitySchemes": {SCHEME: {
@@ -299,8 +324,8 @@ def openapi_document(app: FastAPI) -> dict:
                        "Needed by every route but /health, and only when the server has a key."}}}
     for path, item in doc["paths"].items():
         keyed = api_key and path != "/health"
-        for op in item.values():
-            op["responses"] = _responses(path, keyed)
+        for method, op in item.items():
+            op["responses"] = _responses(path, method, keyed)
             if path in REQUEST_MODELS:
                 op["requestBody"] = {"required": True, "content": {"application/json": {
                     "schema": _ref(REQUEST_MODELS[path]), "examples": REQUEST_EXAMPLES[path]}}}
@@ -313,8 +338,13 @@ def _ref(model: type[BaseModel]) -> dict:
     return {"$ref": REF.format(model=model.__name__)}
 
 
-def _responses(path: str, keyed: bool) -> dict:
+def _oks(ok) -> tuple:
+    return tuple(ok.values()) if isinstance(ok, dict) else (ok,)
+
+
+def _responses(path: str, method: str, keyed: bool) -> dict:
     ok, errors = ROUTES[path]
+    ok = ok[method] if isinstance(ok, dict) else ok
     content, headers = {"application/json": {"schema": _ref(ok)}}, dict(HEADERS)
     if path in STREAMS:
         events, what = STREAMS[path]

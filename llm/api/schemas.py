@@ -161,6 +161,8 @@ class SeedRequest(BaseModel):
     max_chars: Count | None = None     # or in characters
     emotions: bool | None = None    # an "emotion" per sentence event (style.emotion_set)
     knowledge: bool | None = None   # false: answer without the knowledge (documents and FAQ)
+    # the server keeps the history: 1 to 128 characters, no control characters
+    session: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
 
     @field_validator("prompt")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from contextlib import aclosing
 from datetime import datetime
 from typing import AsyncIterator
@@ -11,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from ..reply import Reply
+from ..sessions import Sessions
 from ..types import Chunk, GenerationParams, history_pairs
 from .errors import error_event
 from .schemas import SeedRequest, read_body
@@ -22,11 +25,19 @@ async def seed(request: Request):
 
     Optional: history, max_length, top_p, temperature, provider, system, style ("short"/"none"),
     knowledge (false: answer without the documents and FAQ; the reply's `sources` name what was used),
-    stream (server-sent events: `{"sentence"}` per speakable sentence, then `{"done": true, ...}`).
+    session (the server keeps the conversation: its history is used when the request sends none, and the
+    turn is kept as far as it was heard), stream (server-sent events: `{"sentence"}` per speakable
+    sentence, then `{"done": true, ...}`).
     """
     body = await read_body(request, SeedRequest, request.app.state.ctx.max_body_bytes)
     params = GenerationParams(max_new_tokens=body.max_length, temperature=body.temperature, top_p=body.top_p)
     history = [h.model_dump() if isinstance(h, BaseModel) else h for h in body.history or []]  # plain data
+    sessions = None
+    if body.session is not None:
+        router = request.app.state.ctx.router
+        sessions = await asyncio.to_thread(lambda: router.sessions)   # opened on first use: disk, network
+        if body.history is None:
+            history = [m.as_dict() for m in await asyncio.to_thread(sessions.history, body.session)]
     reply, chunks = await begin(request, prompt=body.prompt, provider=body.provider, system=body.system,
                                 history=history, params=params, emotions=body.emotions,
                                 style={"short": True, "none": False}.get(body.style),
@@ -34,30 +45,58 @@ async def seed(request: Request):
                                 knowledge=body.knowledge,
                                 hold="sentence" if body.stream else "all")
     if body.stream:
-        return SSEResponse(reply, _seed_events(request, reply, chunks))
+        return SSEResponse(reply, _seed_events(request, reply, chunks, sessions and Turn(sessions, body)))
     await drain(request, reply, reply.sentences(chunks))
     log_done(request, reply)
+    if sessions is not None:    # kept before the reply says so
+        await asyncio.to_thread(sessions.record, body.session, body.prompt, reply.text, reply.provider)
     events = reply.events if reply.req.emotions else [_unfelt(e) for e in reply.events]
-    return JSONResponse({**_seed_reply(reply), "sentences": events})   # no jsonable_encoder walk
+    # a JSONResponse without FastAPI's jsonable_encoder walk
+    return JSONResponse({**_seed_reply(reply, body.session), "sentences": events})
 
 
-def _seed_reply(reply: Reply) -> dict:
+class Turn:
+    """One turn of a kept session, recorded once: as far as its sentences reached the client."""
+
+    def __init__(self, sessions: Sessions, body: SeedRequest):
+        self.sessions, self.session, self.prompt = sessions, body.session, body.prompt
+        self.heard: list[str] = []
+        self.recorded = False
+
+    def record(self, provider: str, cut: str | None = None) -> None:
+        if not self.recorded:
+            self.recorded = True
+            self.sessions.record(self.session, self.prompt, "".join(self.heard), provider, cut)
+
+
+def _seed_reply(reply: Reply, session: str | None = None) -> dict:
     history = history_pairs(reply.req.history) + [[reply.req.prompt, reply.text]]
     return {"response": reply.text, "history": history, "status": 200,
             "time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
-            "provider": reply.provider, "timings": reply.timings, "sources": reply.sources}
+            "provider": reply.provider, "timings": reply.timings, "sources": reply.sources,
+            **({"session": session} if session else {})}
 
 
 def _unfelt(event: dict) -> dict:
     return {k: v for k, v in event.items() if k != "emotion"}
 
 
-async def _seed_events(request: Request, reply: Reply, chunks: AsyncIterator[Chunk]) -> AsyncIterator[dict]:
+async def _seed_events(request: Request, reply: Reply, chunks: AsyncIterator[Chunk],
+                       turn: Turn | None) -> AsyncIterator[dict]:
     try:
         async with aclosing(reply.sentences(chunks)) as sentences:
             async for event in sentences:
                 yield event if reply.req.emotions else _unfelt(event)
+                if turn is not None:    # past the yield: the client took it
+                    turn.heard.append(event["sentence"])
         log_done(request, reply)
-        yield {"done": True, **_seed_reply(reply)}
+        if turn is not None:
+            await asyncio.to_thread(turn.record, reply.provider)
+        yield {"done": True, **_seed_reply(reply, turn and turn.session)}
     except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
+        if turn is not None:
+            await asyncio.to_thread(turn.record, reply.provider, "error")
         yield error_event(request, e)
+    finally:    # the client went away mid-reply: keep what it heard (not awaited: the task is ending)
+        if turn is not None and not turn.recorded:
+            threading.Thread(target=turn.record, args=(reply.provider, "hung_up"), daemon=True).start()

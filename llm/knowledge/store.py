@@ -7,12 +7,12 @@ import hashlib
 import os
 import re
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, InvalidRequestError, NotReadyError
+from ..errors import InvalidRequestError
+from ..pg import Postgres
 from .docs import MAX_FILE_BYTES, Unreadable, passages, readable
 
 
@@ -112,75 +112,35 @@ class PostgresStore:
     where = "postgres"
 
     def __init__(self, dsn: str):
-        try:
-            import psycopg
-        except ImportError as e:
-            raise ConfigError("store: a PostgreSQL store needs the psycopg package",
-                              fix='pip install "psycopg[binary]"') from e
-        self.dsn, self._psycopg = dsn, psycopg
-        self._local = threading.local()
-        with self._conn() as db:
+        self.pg = Postgres(dsn)
+        with self.pg.connection() as db:
             db.execute("CREATE TABLE IF NOT EXISTS knowledge_documents (name TEXT PRIMARY KEY, "
                        "data BYTEA NOT NULL, sha TEXT NOT NULL, "
                        "updated_at TIMESTAMPTZ NOT NULL DEFAULT now())")
 
-    def _conn(self):
-        """This thread's connection, opened (again) when needed; NotReadyError when the server is down."""
-        db = getattr(self._local, "db", None)
-        if db is None or db.closed or db.broken:
-            try:
-                db = self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
-            except self._psycopg.OperationalError as e:
-                raise NotReadyError(f"the PostgreSQL store is unreachable: {_first_line(e)}",
-                                    fix="start PostgreSQL, or fix store in configs.yaml / $LLM_STORE") from e
-            self._local.db = db
-        return _Using(db, self._psycopg)
-
     def entries(self) -> dict[str, Entry]:
-        with self._conn() as db:
+        with self.pg.connection() as db:
             rows = db.execute("SELECT name, sha, octet_length(data) FROM knowledge_documents").fetchall()
         return {name: Entry("doc", sha, size, lambda name=name: self._read(name)) for name, sha, size in rows}
 
     def _read(self, name: str) -> bytes:
-        with self._conn() as db:
+        with self.pg.connection() as db:
             row = db.execute("SELECT data FROM knowledge_documents WHERE name = %s", (name,)).fetchone()
         if row is None:
             raise FileNotFoundError(name)
         return bytes(row[0])
 
     def put(self, name: str, data: bytes) -> None:
-        with self._conn() as db:
+        with self.pg.connection() as db:
             db.execute("INSERT INTO knowledge_documents (name, data, sha) VALUES (%s, %s, %s) "
                        "ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data, sha = EXCLUDED.sha, "
                        "updated_at = now()",
                        (checked_name(name), data, hashlib.sha256(data).hexdigest()))
 
     def delete(self, name: str) -> bool:
-        with self._conn() as db:
+        with self.pg.connection() as db:
             gone = db.execute("DELETE FROM knowledge_documents WHERE name = %s", (checked_name(name),))
             return gone.rowcount > 0
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-
-
-class _Using:
-    """A connection for one block: a server that went away mid-query is a NotReadyError with the fix."""
-
-    def __init__(self, db, psycopg):
-        self.db, self.psycopg = db, psycopg
-
-    def __enter__(self):
-        return self.db
-
-    def __exit__(self, typ, exc, tb):
-        if isinstance(exc, self.psycopg.OperationalError):
-            raise NotReadyError(f"the PostgreSQL store failed: {_first_line(exc)}",
-                                fix="check that PostgreSQL is running and reachable") from exc
-        return False
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+        self.pg.close()

@@ -1,0 +1,140 @@
+"""Conversations the server keeps: `"session"` on the seed route, GET/DELETE /sessions/{id}, a history
+that holds what was heard, in SQLite (surviving a restart) or a PostgreSQL shared by two servers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from configs import ProviderConfig, SessionsConfig
+from tests.api_helpers import assert_error, serve_router
+from tests.fake_servers import FakeOpenAIServer
+from tests.postgres import binaries, postgres_server
+
+STORY = "第一句话。第二句话。第三句话。"
+
+
+@pytest.fixture
+def fake():
+    with FakeOpenAIServer(["好的。", "明白了。", STORY]) as server:
+        yield server
+
+
+def serve(fake, folder, **kw):
+    cloud = ProviderConfig("cloud", "openai", "m", base_url=fake.base_url)
+    return serve_router([cloud], default="cloud", sessions=SessionsConfig(folder=str(folder), **kw.pop(
+        "sessions", {})), **kw)
+
+
+def ask(server, **body) -> dict:
+    reply = requests.post(server.url, json=body, timeout=20)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def said_to_upstream(fake) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in fake.requests[-1]["messages"] if m["role"] != "system"]
+
+
+def test_a_session_remembers_its_turns_and_another_does_not(fake, tmp_path):
+    server = serve(fake, tmp_path)
+    try:
+        assert ask(server, prompt="我叫小明。", session="kiosk-1")["session"] == "kiosk-1"
+        ask(server, prompt="我叫什么？", session="kiosk-1")
+        assert said_to_upstream(fake) == [("user", "我叫小明。"), ("assistant", "好的。"), ("user", "我叫什么？")]
+        ask(server, prompt="你好", session="kiosk-2")
+        assert said_to_upstream(fake) == [("user", "你好")]
+        ask(server, prompt="只问这一次", session="kiosk-1", history=[])     # its own history wins
+        assert said_to_upstream(fake) == [("user", "只问这一次")]
+    finally:
+        server.stop()
+    again = serve(fake, tmp_path)      # a restart with the same store
+    try:
+        kept = requests.get(f"{again.url}/sessions/kiosk-1", timeout=10).json()
+        assert [(m["role"], m["content"]) for m in kept["messages"]][:4] == [
+            ("user", "我叫小明。"), ("assistant", "好的。"), ("user", "我叫什么？"), ("assistant", "明白了。")]
+        assert kept["messages"][1]["provider"] == "cloud" and kept["messages"][0]["at"] <= time.time()
+        assert requests.delete(f"{again.url}/sessions/kiosk-1", timeout=10).json() == {
+            "session": "kiosk-1", "deleted": True}
+        assert_error(requests.get(f"{again.url}/sessions/kiosk-1", timeout=10), 404, "not_found")
+    finally:
+        again.stop()
+
+
+def test_bad_and_unknown_ids(fake, tmp_path):
+    server = serve(fake, tmp_path)
+    try:
+        assert_error(requests.get(f"{server.url}/sessions/nobody", timeout=10), 404)
+        assert_error(requests.delete(f"{server.url}/sessions/nobody", timeout=10), 404)
+        assert_error(requests.get(f"{server.url}/sessions/{'x' * 129}", timeout=10), 422)
+        assert_error(requests.get(f"{server.url}/sessions/a%01b", timeout=10), 422)
+        for bad in ("x" * 129, "a\nb", ""):
+            assert_error(requests.post(server.url, json={"prompt": "hi", "session": bad}, timeout=10), 422)
+        assert ask(server, prompt="hi", session="new-one")["response"]     # unknown on POST: a fresh history
+        assert said_to_upstream(fake) == [("user", "hi")]
+    finally:
+        server.stop()
+
+
+def test_max_turns_and_ttl(fake, tmp_path):
+    server = serve(fake, tmp_path / "a", sessions={"max_turns": 1})
+    try:
+        ask(server, prompt="一", session="s")
+        ask(server, prompt="二", session="s")
+        kept = requests.get(f"{server.url}/sessions/s", timeout=10).json()["messages"]
+        assert [m["content"] for m in kept] == ["二", "明白了。"]
+    finally:
+        server.stop()
+    short = serve(fake, tmp_path / "b", sessions={"ttl": 1e-9})    # every session has expired by its next turn
+    try:
+        ask(short, prompt="一", session="s")
+        ask(short, prompt="二", session="s")
+        assert said_to_upstream(fake) == [("user", "二")]
+    finally:
+        short.stop()
+
+
+def test_a_stream_keeps_what_was_heard_and_a_hang_up_keeps_no_more(tmp_path):
+    with FakeOpenAIServer([STORY], chunk_delay=0.05, chunks=30) as slow:
+        server = serve(slow, tmp_path)
+        try:
+            with requests.post(server.url, json={"prompt": "讲吧", "session": "whole", "stream": True},
+                               stream=True, timeout=20) as reply:
+                lines = [line for line in reply.iter_lines(decode_unicode=True) if line]
+            assert '"session": "whole"' in lines[-1]
+            kept = requests.get(f"{server.url}/sessions/whole", timeout=10).json()["messages"]
+            assert kept[-1]["content"] == STORY and "cut" not in kept[-1]
+
+            with requests.post(server.url, json={"prompt": "讲吧", "session": "cut", "stream": True},
+                               stream=True, timeout=20) as reply:
+                for line in reply.iter_lines(decode_unicode=True):
+                    if line.startswith("data: "):
+                        break   # one sentence heard, then the client hangs up
+            deadline = time.monotonic() + 10
+            while (got := requests.get(f"{server.url}/sessions/cut", timeout=10)).status_code == 404:
+                assert time.monotonic() < deadline, "the cut turn was never kept"
+                time.sleep(0.05)
+            last = got.json()["messages"][-1]
+            assert last["content"] == "第一句话。" and last["cut"] == "hung_up"
+        finally:
+            server.stop()
+
+
+@pytest.mark.skipif(binaries() is None, reason="needs PostgreSQL: apt-get install postgresql")
+def test_two_servers_share_sessions_through_postgresql_and_a_store_that_is_down_is_a_503(fake, tmp_path):
+    with postgres_server() as url:
+        one, two = serve(fake, tmp_path / "a", store=url), serve(fake, tmp_path / "b", store=url)
+        try:
+            ask(one, prompt="我叫小明。", session="shared")
+            ask(two, prompt="我叫什么？", session="shared")
+            assert said_to_upstream(fake)[:2] == [("user", "我叫小明。"), ("assistant", "好的。")]
+        finally:
+            one.stop()
+    try:    # the server is gone
+        reply = requests.post(two.url, json={"prompt": "还在吗", "session": "shared"}, timeout=20)
+        error = assert_error(reply, 503)
+        assert "PostgreSQL" in error["message"]
+    finally:
+        two.stop()
