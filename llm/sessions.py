@@ -35,7 +35,8 @@ class Sessions:
 
     def history(self, session: str) -> list[Message]:
         """The session's messages for the model (none once it has expired)."""
-        return [Message(m["role"], m["content"]) for m in self.messages(session) or []]
+        return [Message(m["role"], m["content"]) for m in self.messages(session) or []
+                if m["content"] or m["role"] != "assistant"]     # a reply cut off before a word: no reply
 
     def messages(self, session: str) -> list[dict] | None:
         """The session's messages (role, content, at, provider, and why a reply was cut, if it was);

@@ -3,6 +3,7 @@ that holds what was heard, in SQLite (surviving a restart) or a PostgreSQL share
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -138,3 +139,35 @@ def test_two_servers_share_sessions_through_postgresql_and_a_store_that_is_down_
         assert "PostgreSQL" in error["message"]
     finally:
         two.stop()
+
+
+def test_a_new_prompt_cuts_off_the_reply_still_going_and_the_history_holds_what_was_heard(tmp_path):
+    long_story = "".join(f"第{n}句话。" for n in range(1, 40))
+    with FakeOpenAIServer([long_story, "好的。"], chunk_delay=0.03, chunks=60) as slow:
+        server = serve(slow, tmp_path, short_answer=False)
+        try:
+            first = requests.post(server.url, json={"prompt": "讲个长故事", "session": "b", "stream": True},
+                                  stream=True, timeout=30)
+            lines = first.iter_lines(decode_unicode=True)
+            heard = []
+            for line in lines:      # two sentences heard, then the visitor talks over the avatar
+                if line.startswith("data: ") and '"sentence"' in line:
+                    heard.append(json.loads(line[6:])["sentence"])
+                    if len(heard) == 2:
+                        break
+            second = requests.post(server.url, json={"prompt": "停，换个话题", "session": "b"}, timeout=30)
+            assert second.status_code == 200, second.text
+            rest = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+            first.close()
+            assert rest and "error" in rest[-1] and len(heard) + len(rest) - 1 < 39   # it ended early
+            sent_to_first = slow.chunks_sent
+            # the second request's upstream history: the first turn as far as it was heard, no marker
+            said = [(m["role"], m["content"]) for m in slow.requests[-1]["messages"] if m["role"] != "system"]
+            assert said[:2] == [("user", "讲个长故事"), ("assistant", "".join(heard + [
+                e["sentence"] for e in rest if "sentence" in e]))]
+            assert said[2] == ("user", "停，换个话题")
+            kept = requests.get(f"{server.url}/sessions/b", timeout=10).json()["messages"]
+            assert kept[1]["cut"] == "barged_in" and "cut" not in kept[3]
+            assert slow.chunks_sent == sent_to_first    # the first upstream stream was closed, not drained
+        finally:
+            server.stop()

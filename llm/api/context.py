@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..router import Router
 
@@ -13,6 +14,7 @@ class Context:
     router: Router
     api_key: str | None
     max_body_bytes: int
+    live: dict[str, Any] = field(default_factory=dict)     # session id -> its turn being answered now
 
     def authorized(self, scope: dict) -> bool:
         if not self.api_key or scope["path"] == "/health":     # the only route that needs no API key

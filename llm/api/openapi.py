@@ -89,7 +89,7 @@ class SessionMessage(_Doc):
     content: str = Field(description="a reply as far as it was heard (sentences delivered), never marked")
     at: float = Field(description="when, in Unix time")
     provider: str | None = Field(None, description="the provider of a reply")
-    cut: Literal["stopped", "hung_up", "error"] | None = Field(
+    cut: Literal["stopped", "hung_up", "barged_in", "error"] | None = Field(
         None, description="why a reply ended before its end: its content is what was heard")
 
 

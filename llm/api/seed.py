@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from contextlib import aclosing
 from datetime import datetime
 from typing import AsyncIterator
@@ -13,10 +12,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from ..reply import Reply
-from ..sessions import Sessions
 from ..types import Chunk, GenerationParams, history_pairs
 from .errors import error_event
 from .schemas import SeedRequest, read_body
+from .sessions import Turn, open_turn
 from .turn import SSEResponse, begin, drain, log_done
 
 
@@ -32,41 +31,33 @@ async def seed(request: Request):
     body = await read_body(request, SeedRequest, request.app.state.ctx.max_body_bytes)
     params = GenerationParams(max_new_tokens=body.max_length, temperature=body.temperature, top_p=body.top_p)
     history = [h.model_dump() if isinstance(h, BaseModel) else h for h in body.history or []]  # plain data
-    sessions = None
-    if body.session is not None:
-        router = request.app.state.ctx.router
-        sessions = await asyncio.to_thread(lambda: router.sessions)   # opened on first use: disk, network
-        if body.history is None:
-            history = [m.as_dict() for m in await asyncio.to_thread(sessions.history, body.session)]
-    reply, chunks = await begin(request, prompt=body.prompt, provider=body.provider, system=body.system,
-                                history=history, params=params, emotions=body.emotions,
-                                style={"short": True, "none": False}.get(body.style),
-                                max_seconds=body.max_seconds, max_chars=body.max_chars,
-                                knowledge=body.knowledge,
-                                hold="sentence" if body.stream else "all")
-    if body.stream:
-        return SSEResponse(reply, _seed_events(request, reply, chunks, sessions and Turn(sessions, body)))
-    await drain(request, reply, reply.sentences(chunks))
-    log_done(request, reply)
-    if sessions is not None:    # kept before the reply says so
-        await asyncio.to_thread(sessions.record, body.session, body.prompt, reply.text, reply.provider)
-    events = reply.events if reply.req.emotions else [_unfelt(e) for e in reply.events]
-    # a JSONResponse without FastAPI's jsonable_encoder walk
-    return JSONResponse({**_seed_reply(reply, body.session), "sentences": events})
-
-
-class Turn:
-    """One turn of a kept session, recorded once: as far as its sentences reached the client."""
-
-    def __init__(self, sessions: Sessions, body: SeedRequest):
-        self.sessions, self.session, self.prompt = sessions, body.session, body.prompt
-        self.heard: list[str] = []
-        self.recorded = False
-
-    def record(self, provider: str, cut: str | None = None) -> None:
-        if not self.recorded:
-            self.recorded = True
-            self.sessions.record(self.session, self.prompt, "".join(self.heard), provider, cut)
+    turn = await open_turn(request, body.session, body.prompt)    # a reply still going is cut off first
+    reply = None
+    try:
+        if turn is not None and body.history is None:
+            history = [m.as_dict() for m in await asyncio.to_thread(turn.sessions.history, body.session)]
+        reply, chunks = await begin(request, prompt=body.prompt, provider=body.provider, system=body.system,
+                                    history=history, params=params, emotions=body.emotions,
+                                    style={"short": True, "none": False}.get(body.style),
+                                    max_seconds=body.max_seconds, max_chars=body.max_chars,
+                                    knowledge=body.knowledge, cancel=turn and turn.cancel,
+                                    hold="sentence" if body.stream else "all")
+        if body.stream:
+            events, kept, turn = _seed_events(request, reply, chunks, turn), turn, None  # the stream keeps it
+            return SSEResponse(reply, events, on_close=kept and (lambda: kept.finish_later(reply.provider,
+                                                                                       "hung_up")))
+        await drain(request, reply, reply.sentences(chunks))
+        log_done(request, reply)
+        if turn is not None:    # kept before the reply says so
+            turn.heard = [e["sentence"] for e in reply.events]
+            await turn.finish(reply.provider)
+            turn = None
+        events = reply.events if reply.req.emotions else [_unfelt(e) for e in reply.events]
+        # a JSONResponse without FastAPI's jsonable_encoder walk
+        return JSONResponse({**_seed_reply(reply, body.session), "sentences": events})
+    finally:
+        if turn is not None:    # failed or cut off before the client had any of it
+            await turn.finish(reply and reply.provider, "error")
 
 
 def _seed_reply(reply: Reply, session: str | None = None) -> dict:
@@ -91,12 +82,10 @@ async def _seed_events(request: Request, reply: Reply, chunks: AsyncIterator[Chu
                     turn.heard.append(event["sentence"])
         log_done(request, reply)
         if turn is not None:
-            await asyncio.to_thread(turn.record, reply.provider)
+            await turn.finish(reply.provider)
         yield {"done": True, **_seed_reply(reply, turn and turn.session)}
     except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
-        if turn is not None:
-            await asyncio.to_thread(turn.record, reply.provider, "error")
+        if turn is not None and not turn.done.is_set():
+            await turn.finish(reply.provider, "error")
         yield error_event(request, e)
-    finally:    # the client went away mid-reply: keep what it heard (not awaited: the task is ending)
-        if turn is not None and not turn.recorded:
-            threading.Thread(target=turn.record, args=(reply.provider, "hung_up"), daemon=True).start()
+    # a client that went away mid-reply: SSEResponse's on_close keeps what it heard

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 from typing import Annotated
 
 from fastapi import Path, Request
 
 from ..errors import InvalidRequestError
 from ..sessions import checked_id
+from ..types import CancelToken
 from .schemas import ApiError
+
+log = logging.getLogger("llm.api")
 
 # documented (and checked by FastAPI) as the seed route's `session` field is
 SessionId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -45,3 +50,77 @@ async def _sessions(request: Request, session_id: str):
         raise ApiError(422, "invalid_request_error", e.message, param="session") from e
     router = request.app.state.ctx.router
     return await asyncio.to_thread(lambda: router.sessions)
+
+
+BARGE_WAIT = 2.0    # seconds a new prompt waits for the reply it cut off to be kept
+
+
+class Turn:
+    """One turn of a kept session in this process: recorded once, as far as its sentences reached the
+    client; a new prompt on the same session cuts it off (barge-in) and waits for it to be kept."""
+
+    def __init__(self, ctx, sessions, session: str, prompt: str):
+        self.ctx, self.sessions, self.session, self.prompt = ctx, sessions, session, prompt
+        self.cancel = CancelToken()
+        self.heard: list[str] = []
+        self.cut: str | None = None         # "barged_in" when a new prompt cut it off
+        self.recorded = False
+        self.done = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    async def take_over(self) -> None:
+        """Own the session: a turn still being answered is cancelled (its upstream closed) and kept as
+        heard before this one reads the history; two prompts never generate at once on one session."""
+        before = self.ctx.live.get(self.session)
+        self.ctx.live[self.session] = self
+        if before is not None and not before.done.is_set():
+            before.cut = "barged_in"
+            before.cancel.cancel()
+            try:
+                await asyncio.wait_for(before.done.wait(), BARGE_WAIT)
+            except TimeoutError:    # its client is not reading: go on; it is kept when it ends
+                log.warning("session %r: the reply cut off was not kept within %.0f s", self.session,
+                            BARGE_WAIT)
+
+    def record(self, provider: str, cut: str | None = None) -> None:
+        """Keep the turn (blocking: from a worker thread)."""
+        if not self.recorded:
+            self.recorded = True
+            self.sessions.record(self.session, self.prompt, "".join(self.heard), provider, self.cut or cut)
+
+    async def finish(self, provider: str | None, cut: str | None = None) -> None:
+        """Keep the turn (if a reply began) and give the session up."""
+        try:
+            if provider is not None:
+                await asyncio.to_thread(self.record, provider, cut)
+        finally:
+            self.release()
+
+    def finish_later(self, provider: str, cut: str) -> None:
+        """`finish` from a task that is ending (a client that hung up): in a thread, then the release.
+        Nothing when the turn is finished already."""
+        if self.done.is_set() or self.recorded:
+            return
+
+        def run() -> None:
+            try:
+                self.record(provider, cut)
+            finally:
+                self._loop.call_soon_threadsafe(self.release)
+        threading.Thread(target=run, name="session-record", daemon=True).start()
+
+    def release(self) -> None:
+        self.done.set()
+        if self.ctx.live.get(self.session) is self:
+            del self.ctx.live[self.session]
+
+
+async def open_turn(request: Request, session: str | None, prompt: str) -> Turn | None:
+    """The turn of `session` (None without one), owning the session."""
+    if session is None:
+        return None
+    router = request.app.state.ctx.router
+    sessions = await asyncio.to_thread(lambda: router.sessions)   # opened on first use: disk, network
+    turn = Turn(request.app.state.ctx, sessions, session, prompt)
+    await turn.take_over()
+    return turn

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from ..reply import Reply
 from ..router import Router
-from ..types import Chunk
+from ..types import CancelToken, Chunk
 from .schemas import ApiError
 
 log = logging.getLogger("llm.api")
@@ -30,7 +30,8 @@ def log_done(request: Request, reply: Reply) -> None:
              reply.provider, len(reply.text), t["ttft_ms"], t["first_sentence_ms"], t["total_ms"])
 
 
-async def begin(request: Request, *, hold: str = "none", **kw) -> tuple[Reply, AsyncIterator[Chunk]]:
+async def begin(request: Request, *, hold: str = "none", cancel: CancelToken | None = None,
+                **kw) -> tuple[Reply, AsyncIterator[Chunk]]:
     """Validate the call and wait for its first chunk, so a failure before any text (unknown or unready
     provider, upstream down) is a real HTTP status rather than an error inside a 200 stream; a client that
     hangs up meanwhile cancels the generation. `hold`: what the route holds back (see `Router.stream`)."""
@@ -39,7 +40,7 @@ async def begin(request: Request, *, hold: str = "none", **kw) -> tuple[Reply, A
     prompt = " ".join((req.prompt or "(tool results)").split())    # one short line for the log
     log.info("%s %s provider=%s prompt=%r", rid(request), request.url.path, req.provider,
              prompt if len(prompt) <= LOG_PROMPT_CHARS else prompt[:LOG_PROMPT_CHARS - 1] + "…")
-    reply = Reply(req)
+    reply = Reply(req, cancel)
     chunks = router.astream(req, cancel=reply.cancel, hold=hold)
     if hold == "all":   # a reply sent whole needs no wait: `drain` meets any failure just as well
         return reply, chunks
@@ -101,8 +102,9 @@ class SSEResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, reply: Reply, events: AsyncIterator[dict | str]):
-        self.reply = reply
+    def __init__(self, reply: Reply, events: AsyncIterator[dict | str], on_close=None):
+        """`on_close`: called last, however the response ended (even if the stream never began)."""
+        self.reply, self.on_close = reply, on_close
         # X-Accel-Buffering: a reverse proxy (nginx) must pass each event on at once
         super().__init__(_encode_events(events),
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -113,6 +115,8 @@ class SSEResponse(StreamingResponse):
         finally:
             self.reply.cancel.cancel()
             await self.body_iterator.aclose()
+            if self.on_close is not None:
+                self.on_close()
 
 
 async def _encode_events(events: AsyncIterator[dict | str]) -> AsyncIterator[bytes]:
