@@ -397,7 +397,9 @@ def test_an_faq_reply_folds_its_sources_and_the_knowledge_panel_lists_uploads_an
             page.set_input_files("#knowledge-upload input[type=file]", [str(good)])
             page.wait_for_function("() => document.querySelector('#knowledge-notice').innerText"
                                    ".includes('Added meteorites.md: 1 passage.')")
-            assert "meteorites.md" in page.inner_text("#knowledge-docs")
+            # the notice and the list are two outputs of one event: each is waited for, not assumed
+            page.wait_for_function("() => document.querySelector('#knowledge-docs').innerText"
+                                   ".includes('meteorites.md')")
             page.set_input_files("#knowledge-upload input[type=file]", [str(empty)])
             page.wait_for_function("() => document.querySelector('#knowledge-notice').innerText.includes('empty.md')")
             notice = page.inner_text("#knowledge-notice")
@@ -409,7 +411,8 @@ def test_an_faq_reply_folds_its_sources_and_the_knowledge_panel_lists_uploads_an
             page.click("#knowledge-delete")
             page.wait_for_function("() => document.querySelector('#knowledge-notice').innerText"
                                    ".includes('Deleted meteorites.md.')")
-            assert "meteorites.md" not in page.inner_text("#knowledge-docs")
+            page.wait_for_function("() => !document.querySelector('#knowledge-docs').innerText"
+                                   ".includes('meteorites.md')")
             assert "tickets.md" in page.inner_text("#knowledge-docs")
         finally:
             context.close()
