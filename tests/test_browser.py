@@ -373,7 +373,7 @@ def test_an_faq_reply_folds_its_sources_and_the_knowledge_panel_lists_uploads_an
             summary.click()
             page.wait_for_selector(f"{BOT} details.dh-sources li", state="visible")
             assert item.inner_text().strip() == "faq.csv — 洗手间在哪 (1.00)"
-            page.wait_for_function("() => document.querySelector('#answered-by').innerText.includes('knowledge')")
+            page.wait_for_function("() => document.querySelector('#answered-by')?.innerText.includes('knowledge')")
             page.wait_for_function("() => window.__spoken.length === 1")
             assert page.evaluate("window.__spoken") == [{"text": TOILETS, "lang": "zh-CN"}]
             assert cloud.requests == []
@@ -387,7 +387,7 @@ def test_an_faq_reply_folds_its_sources_and_the_knowledge_panel_lists_uploads_an
 
             # The panel: the documents, an upload, a bad upload and a delete.
             page.click("#knowledge-panel > button")
-            page.wait_for_function("() => document.querySelector('#knowledge-docs').innerText.includes('tickets.md')")
+            page.wait_for_function("() => document.querySelector('#knowledge-docs')?.innerText.includes('tickets.md')")
             listed = page.inner_text("#knowledge-docs")
             assert "faq.csv" in listed and "exhibits/ocean.md" in listed and "meteorites.md" not in listed
             (tmp_path / "up").mkdir()
@@ -395,13 +395,13 @@ def test_an_faq_reply_folds_its_sources_and_the_knowledge_panel_lists_uploads_an
             good.write_text("# 陨石展厅\n\n陨石展厅在二楼北侧，展出一块三百公斤的铁陨石。\n", encoding="utf-8")
             empty.write_bytes(b"")
             page.set_input_files("#knowledge-upload input[type=file]", [str(good)])
-            page.wait_for_function("() => document.querySelector('#knowledge-notice').innerText"
+            page.wait_for_function("() => document.querySelector('#knowledge-notice')?.innerText"
                                    ".includes('Added meteorites.md: 1 passage.')")
             # the notice and the list are two outputs of one event: each is waited for, not assumed
-            page.wait_for_function("() => document.querySelector('#knowledge-docs').innerText"
+            page.wait_for_function("() => document.querySelector('#knowledge-docs')?.innerText"
                                    ".includes('meteorites.md')")
             page.set_input_files("#knowledge-upload input[type=file]", [str(empty)])
-            page.wait_for_function("() => document.querySelector('#knowledge-notice').innerText.includes('empty.md')")
+            page.wait_for_function("() => document.querySelector('#knowledge-notice')?.innerText.includes('empty.md')")
             notice = page.inner_text("#knowledge-notice")
             assert "Not added: empty.md: no text in it. Fix: upload a text document in UTF-8." in notice
             assert "Traceback" not in notice and "empty.md" not in page.inner_text("#knowledge-docs")
@@ -409,9 +409,9 @@ def test_an_faq_reply_folds_its_sources_and_the_knowledge_panel_lists_uploads_an
             page.click("#knowledge-doc input")
             page.get_by_role("option", name="meteorites.md").click()
             page.click("#knowledge-delete")
-            page.wait_for_function("() => document.querySelector('#knowledge-notice').innerText"
+            page.wait_for_function("() => document.querySelector('#knowledge-notice')?.innerText"
                                    ".includes('Deleted meteorites.md.')")
-            page.wait_for_function("() => !document.querySelector('#knowledge-docs').innerText"
+            page.wait_for_function("() => !(document.querySelector('#knowledge-docs')?.innerText ?? 'meteorites.md')"
                                    ".includes('meteorites.md')")
             assert "tickets.md" in page.inner_text("#knowledge-docs")
         finally:
