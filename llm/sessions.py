@@ -55,6 +55,21 @@ class Sessions:
                                              ("assistant", reply, now, provider, cut)],
                        keep=self.config.max_turns * 2, expired=now - self.config.ttl)
 
+    def heard(self, session: str, sentences: int) -> str | None:
+        """The client says only the first `sentences` of the last reply were heard (the avatar was
+        stopped): keep only those, cut "stopped". Returns the reply as kept; None when there is none."""
+        from .speech import SentenceSplitter
+
+        last = self.db.last_reply(checked_id(session), time.time() - self.config.ttl)
+        if last is None:
+            return None
+        splitter = SentenceSplitter()
+        said = splitter.feed(last) + splitter.flush()
+        if sentences < len(said):
+            last = "".join(said[:sentences])
+            self.db.set_last_reply(session, last, "stopped")
+        return last
+
     def forget(self, session: str) -> bool:
         return self.db.delete(checked_id(session))
 
@@ -67,6 +82,8 @@ Row = tuple[str, str, float, str | None, str | None]
 
 class _SQL:
     def rows(self, session: str, since: float) -> list[Row]: ...
+    def last_reply(self, session: str, since: float) -> str | None: ...
+    def set_last_reply(self, session: str, content: str, cut: str) -> None: ...
     def append(self, session: str, rows: list[Row], keep: int, expired: float) -> None: ...
     def delete(self, session: str) -> bool: ...
     def close(self) -> None: ...
@@ -117,6 +134,17 @@ class _SQLiteSQL(_SQL):
                 db.execute("ROLLBACK")
                 raise
 
+    def last_reply(self, session: str, since: float) -> str | None:
+        row = self._db().execute("SELECT content, at FROM session_messages WHERE session=? "
+                                 "AND role='assistant' ORDER BY seq DESC LIMIT 1", (session,)).fetchone()
+        return row[0] if row and row[1] >= since else None
+
+    def set_last_reply(self, session: str, content: str, cut: str) -> None:
+        with self._write:
+            self._db().execute("UPDATE session_messages SET content=?, cut=? WHERE seq=(SELECT max(seq) "
+                               "FROM session_messages WHERE session=? AND role='assistant')",
+                               (content, cut, session))
+
     def delete(self, session: str) -> bool:
         with self._write:
             return self._db().execute("DELETE FROM session_messages WHERE session=?", (session,)).rowcount > 0
@@ -156,6 +184,17 @@ class _PostgresSQL(_SQL):
             db.execute("DELETE FROM session_messages WHERE session=%s AND seq NOT IN (SELECT seq FROM "
                        "session_messages WHERE session=%s ORDER BY seq DESC LIMIT %s)",
                        (session, session, keep))
+
+    def last_reply(self, session: str, since: float) -> str | None:
+        with self.pg.connection() as db:
+            row = db.execute("SELECT content, at FROM session_messages WHERE session=%s AND role='assistant' "
+                             "ORDER BY seq DESC LIMIT 1", (session,)).fetchone()
+        return row[0] if row and row[1] >= since else None
+
+    def set_last_reply(self, session: str, content: str, cut: str) -> None:
+        with self.pg.connection() as db:
+            db.execute("UPDATE session_messages SET content=%s, cut=%s WHERE seq=(SELECT max(seq) FROM "
+                       "session_messages WHERE session=%s AND role='assistant')", (content, cut, session))
 
     def delete(self, session: str) -> bool:
         with self.pg.connection() as db:

@@ -32,7 +32,7 @@ HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 EXAMPLES = os.environ.get("OPENAPI_FUZZ_EXAMPLES", "25")
 SEED = os.environ.get("OPENAPI_FUZZ_SEED", "1")     # "random": a new seed each run (printed on failure)
 PATHS = {"/": "post", "/v1/chat/completions": "post", "/v1/models": "get", "/v1/models/{model_id}": "get",
-         "/health": "get", "/sessions/{session_id}": "get"}
+         "/health": "get", "/sessions/{session_id}": "get", "/sessions/{session_id}/heard": "post"}
 OPERATIONS = len(PATHS) + 1    # and DELETE /sessions/{session_id}
 
 
@@ -150,7 +150,7 @@ def test_document_declares_bodies_errors_and_streams(served, served_with_key):
     assert "HTTPValidationError" not in schemas     # FastAPI's 422 shape, which this API never sends
     error_model = {"/": "SeedError", "/v1/chat/completions": "OpenAIError", "/v1/models": "OpenAIError",
                 "/v1/models/{model_id}": "OpenAIError", "/health": "SeedError",
-                "/sessions/{session_id}": "SeedError"}
+                "/sessions/{session_id}": "SeedError", "/sessions/{session_id}/heard": "SeedError"}
     for path, method in PATHS.items():
         op = doc["paths"][path][method]
         responses = op["responses"]

@@ -171,3 +171,23 @@ def test_a_new_prompt_cuts_off_the_reply_still_going_and_the_history_holds_what_
             assert slow.chunks_sent == sent_to_first    # the first upstream stream was closed, not drained
         finally:
             server.stop()
+
+
+def test_a_client_that_knows_what_was_heard_says_so(tmp_path):
+    with FakeOpenAIServer([STORY, STORY, "好。"]) as fake:
+        server = serve(fake, tmp_path, short_answer=False)
+        try:
+            ask(server, prompt="讲吧", session="h")
+            kept = requests.post(f"{server.url}/sessions/h/heard", json={"sentences": 1}, timeout=10)
+            assert kept.json() == {"session": "h", "reply": "第一句话。"}
+            assert requests.get(f"{server.url}/sessions/h", timeout=10).json()["messages"][1]["cut"] == "stopped"
+            ask(server, prompt="再讲", session="h")
+            ask(server, prompt="然后呢", session="h", heard=2)     # said in the next request instead
+            assert said_to_upstream(fake) == [("user", "讲吧"), ("assistant", "第一句话。"), ("user", "再讲"),
+                                              ("assistant", "第一句话。第二句话。"), ("user", "然后呢")]
+            assert_error(requests.post(f"{server.url}/sessions/none/heard", json={"sentences": 1}, timeout=10),
+                         404)
+            assert_error(requests.post(f"{server.url}/sessions/h/heard", json={"sentences": -1}, timeout=10),
+                         422)
+        finally:
+            server.stop()

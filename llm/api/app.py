@@ -21,7 +21,7 @@ from .openai import chat_completions, get_model, list_models, statuses
 from .openapi import openapi_document
 from .schemas import ApiError
 from .seed import seed
-from .sessions import session
+from .sessions import heard, session
 
 log = logging.getLogger("llm.api")
 
@@ -47,6 +47,8 @@ def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: in
     app.add_api_route("/v1/models/{model_id}", get_model, methods=["GET"], summary="One provider")
     app.add_api_route("/sessions/{session_id}", session, methods=["GET", "DELETE"],
                       summary="GET: a conversation the server keeps; DELETE: forget it")
+    app.add_api_route("/sessions/{session_id}/heard", heard, methods=["POST"],
+                      summary="Only the first N sentences of the last reply were heard")
     app.add_api_route("/health", health, methods=["GET"], summary="Liveness and provider readiness")
     app.openapi = lambda: openapi_document(app)
     # The TTS normaliser takes ~0.7 s to import: load it now, not on a user's first sentence with a number;

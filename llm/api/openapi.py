@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import models_json_schema
 
-from .schemas import ChatCompletionRequest, SeedRequest
+from .schemas import ChatCompletionRequest, HeardRequest, SeedRequest
 
 REF = "#/components/schemas/{model}"
 SCHEME = "bearerAuth"
@@ -98,6 +98,11 @@ class SessionHistory(_Doc):
 
     session: str
     messages: list[SessionMessage]
+
+
+class SessionHeard(_Doc):
+    session: str
+    reply: str = Field(description="the last reply as the history keeps it now")
 
 
 class SessionDeleted(_Doc):
@@ -255,7 +260,8 @@ class Health(_Doc):
     providers: dict[str, ProviderStatus]
 
 
-REQUEST_MODELS = {"/": SeedRequest, "/v1/chat/completions": ChatCompletionRequest}
+REQUEST_MODELS = {"/": SeedRequest, "/v1/chat/completions": ChatCompletionRequest,
+                  "/sessions/{session_id}/heard": HeardRequest}
 
 # Shown in /docs, and sent first by a schema fuzzer: a whole reply and an event stream for each POST route.
 REQUEST_EXAMPLES = {
@@ -270,6 +276,8 @@ REQUEST_EXAMPLES = {
         "stream": {"summary": "Streamed chunks, the usage, then [DONE]", "value": {
             "messages": [{"role": "user", "content": "Count to three. One. Two."}], "stream": True,
             "stream_options": {"include_usage": True}}}},
+    "/sessions/{session_id}/heard": {
+        "heard": {"summary": "Two sentences were heard", "value": {"sentences": 2}}},
 }
 
 UPSTREAM = (429, 499, 502, 503, 504)
@@ -277,7 +285,8 @@ UPSTREAM = (429, 499, 502, 503, 504)
 ROUTES = {"/": (SeedReply, (400, 404, 413, 415, 422, *UPSTREAM)), "/v1/models": (ModelList, ()),
           "/v1/chat/completions": (ChatCompletion, (400, 404, 413, 415, *UPSTREAM)),
           "/v1/models/{model_id}": (Model, (404,)), "/health": (Health, ()),
-          "/sessions/{session_id}": ({"get": SessionHistory, "delete": SessionDeleted}, (404, 422, 503))}
+          "/sessions/{session_id}": ({"get": SessionHistory, "delete": SessionDeleted}, (404, 422, 503)),
+          "/sessions/{session_id}/heard": (SessionHeard, (400, 404, 413, 415, 422, 503))}
 # The POST routes' event streams: their events, and what they hold.
 STREAMS = {"/": ([SentenceEvent, SeedDoneEvent, SeedErrorEvent],
                  "one `SentenceEvent` per speakable sentence, then a `SeedDoneEvent`"),

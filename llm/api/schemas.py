@@ -163,6 +163,8 @@ class SeedRequest(BaseModel):
     knowledge: bool | None = None   # false: answer without the knowledge (documents and FAQ)
     # the server keeps the history: 1 to 128 characters, no control characters
     session: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+    # of the session's last reply, only this many sentences were heard (the avatar was stopped)
+    heard: Whole | None = Field(None, ge=0)
 
     @field_validator("prompt")
     @classmethod
@@ -170,6 +172,13 @@ class SeedRequest(BaseModel):
         if not value.strip():
             raise ValueError("must contain non-whitespace text")
         return value
+
+
+class HeardRequest(BaseModel):
+    """`POST /sessions/{id}/heard`: of the last reply, only this many sentences were heard."""
+
+    model_config = _STRICT
+    sentences: Whole = Field(ge=0)
 
 
 _OPEN = ConfigDict(extra="allow", strict=True)     # passed on as sent: newer keys must survive

@@ -34,6 +34,8 @@ async def seed(request: Request):
     turn = await open_turn(request, body.session, body.prompt)    # a reply still going is cut off first
     reply = None
     try:
+        if turn is not None and body.heard is not None:
+            await asyncio.to_thread(turn.sessions.heard, body.session, body.heard)
         if turn is not None and body.history is None:
             history = [m.as_dict() for m in await asyncio.to_thread(turn.sessions.history, body.session)]
         reply, chunks = await begin(request, prompt=body.prompt, provider=body.provider, system=body.system,

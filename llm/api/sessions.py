@@ -12,7 +12,7 @@ from fastapi import Path, Request
 from ..errors import InvalidRequestError
 from ..sessions import checked_id
 from ..types import CancelToken
-from .schemas import ApiError
+from .schemas import ApiError, HeardRequest, read_body
 
 log = logging.getLogger("llm.api")
 
@@ -23,6 +23,17 @@ SessionId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\x00-
 async def session(request: Request, session_id: SessionId) -> dict:
     """GET: the session's messages; DELETE: forget it (one route, so a 405 lists both methods)."""
     return await (forget_session if request.method == "DELETE" else get_session)(request, session_id)
+
+
+async def heard(request: Request, session_id: SessionId) -> dict:
+    """The client says only the first N sentences of the session's last reply were heard (it stopped the
+    avatar): the history keeps only those, and the reply is marked cut "stopped"."""
+    body = await read_body(request, HeardRequest, request.app.state.ctx.max_body_bytes)
+    sessions = await _sessions(request, session_id)
+    kept = await asyncio.to_thread(sessions.heard, session_id, body.sentences)
+    if kept is None:
+        raise ApiError(404, "not_found", f"no session {session_id!r} with a reply")
+    return {"session": session_id, "reply": kept}
 
 
 async def get_session(request: Request, session_id: str) -> dict:
