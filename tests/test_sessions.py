@@ -191,3 +191,21 @@ def test_a_client_that_knows_what_was_heard_says_so(tmp_path):
                          422)
         finally:
             server.stop()
+
+
+def test_v1_takes_the_session_through_extra_body(fake, tmp_path):
+    import openai
+
+    server = serve(fake, tmp_path)
+    try:
+        sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=20)
+        sdk.chat.completions.create(model="cloud", messages=[{"role": "user", "content": "我叫小明。"}],
+                                    extra_body={"session": "v1"})
+        list(sdk.chat.completions.create(model="cloud", stream=True, extra_body={"session": "v1"},
+                                         messages=[{"role": "system", "content": "Be brief."},
+                                                   {"role": "user", "content": "我叫什么？"}]))
+        assert said_to_upstream(fake) == [("user", "我叫小明。"), ("assistant", "好的。"), ("user", "我叫什么？")]
+        kept = requests.get(f"{server.url}/sessions/v1", timeout=10).json()["messages"]
+        assert [m["content"] for m in kept] == ["我叫小明。", "好的。", "我叫什么？", "明白了。"]
+    finally:
+        server.stop()

@@ -16,6 +16,7 @@ from ..router import Router
 from ..types import Chunk, GenerationParams, ProviderStatus
 from .errors import error_event
 from .schemas import ChatCompletionRequest, read_body
+from .sessions import Turn, open_turn
 from .turn import SSEResponse, begin, drain, log_done, rid
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ async def chat_completions(request: Request):
     request with the extra body field `"style": "none"` (openai SDK: `extra_body={"style": "none"}`).
     A request with tools, a JSON response_format or logprobs is for a program: it is not styled.
     The knowledge (documents and FAQ) answers too unless `"knowledge": false` (extra_body); the reply's
-    `sources` (on the last chunk of a stream) name what it used.
+    `sources` (on the last chunk of a stream) name what it used. `"session": "<id>"` (extra_body): the
+    server keeps the conversation, used when the messages carry no earlier turns.
     """
     body = await read_body(request, ChatCompletionRequest, request.app.state.ctx.max_body_bytes)
     system = "\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
@@ -42,16 +44,30 @@ async def chat_completions(request: Request):
                               presence_penalty=body.presence_penalty, extra=body.passed_on() or None)
     provider = None if body.model == "default" else body.model
     prompt = None if last.role == "tool" else last.text()     # after tool results: no new prompt
-    reply, chunks = await begin(request, prompt=prompt, provider=provider, history=history, system=system,
-                                params=params, style={"short": True, "none": False}.get(body.style),
-                                max_seconds=body.max_seconds, knowledge=body.knowledge,
-                                hold="none" if body.stream else "all")
-    meta = {"id": f"chatcmpl-{rid(request)}", "created": int(time.time())}
-    if body.stream:
-        usage = bool(body.stream_options and body.stream_options.include_usage)
-        return SSEResponse(reply, _openai_events(request, reply, chunks, meta, usage))
-    await drain(request, reply, reply.chunks(chunks))
-    log_done(request, reply)
+    turn = await open_turn(request, body.session, prompt) if prompt is not None else None
+    reply = None
+    try:
+        if turn is not None and not history:    # the messages carry no earlier turns: the session's
+            history = [m.as_dict() for m in await asyncio.to_thread(turn.sessions.history, body.session)]
+        reply, chunks = await begin(request, prompt=prompt, provider=provider, history=history, system=system,
+                                    params=params, style={"short": True, "none": False}.get(body.style),
+                                    max_seconds=body.max_seconds, knowledge=body.knowledge,
+                                    cancel=turn and turn.cancel, hold="none" if body.stream else "all")
+        meta = {"id": f"chatcmpl-{rid(request)}", "created": int(time.time())}
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            events, kept, turn = _openai_events(request, reply, chunks, meta, usage, turn), turn, None
+            return SSEResponse(reply, events, on_close=kept and (lambda: kept.finish_later(reply.provider,
+                                                                                       "hung_up")))
+        await drain(request, reply, reply.chunks(chunks))
+        log_done(request, reply)
+        if turn is not None:    # kept before the reply says so
+            turn.heard = [reply.text]
+            await turn.finish(reply.provider)
+            turn = None
+    finally:
+        if turn is not None:
+            await turn.finish(reply and reply.provider, "error")
     message: dict = {"role": "assistant", "content": reply.text}
     if reply.tool_calls:
         message.update(content=reply.text or None, tool_calls=reply.tool_calls)
@@ -65,7 +81,7 @@ async def chat_completions(request: Request):
 
 
 async def _openai_events(request: Request, reply: Reply, chunks: AsyncIterator[Chunk], meta: dict,
-                         include_usage: bool) -> AsyncIterator[dict | str]:
+                         include_usage: bool, turn: Turn | None = None) -> AsyncIterator[dict | str]:
     """chat.completion.chunk events; with include_usage, every chunk has "usage": null and a last one
     with no choices carries the usage, as OpenAI streams it."""
     usage_field = {"usage": None} if include_usage else {}
@@ -86,16 +102,22 @@ async def _openai_events(request: Request, reply: Reply, chunks: AsyncIterator[C
             async for item in items:
                 if item.text:
                     yield chunk({"content": item.text})
+                    if turn is not None:    # past the yield: the client took it
+                        turn.heard.append(item.text)
                 if item.tool_calls:
                     yield chunk({"tool_calls": [_streamed_call(c) for c in item.tool_calls]})
                 if item.logprobs:
                     yield chunk({}, logprobs=item.logprobs)
         log_done(request, reply)
+        if turn is not None:
+            await turn.finish(reply.provider)
         yield {**chunk({}, reply.finish), "sources": reply.sources}
         if include_usage:
             yield {**chunk({}), "choices": [], "usage": reply.token_usage}
         yield "[DONE]"
     except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
+        if turn is not None and not turn.done.is_set():
+            await turn.finish(reply.provider, "error")
         yield error_event(request, e)
 
 

@@ -353,6 +353,7 @@ class ChatCompletionRequest(BaseModel):
     style: Style | None = None      # not OpenAI's: send these with the SDK's extra_body
     max_seconds: float | None = Field(None, gt=0, le=MAX_SECONDS)
     knowledge: bool | None = None
+    session: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
 
     @model_validator(mode="after")
     def _answerable(self) -> ChatCompletionRequest:
