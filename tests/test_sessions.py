@@ -209,3 +209,29 @@ def test_v1_takes_the_session_through_extra_body(fake, tmp_path):
         assert [m["content"] for m in kept] == ["我叫小明。", "好的。", "我叫什么？", "明白了。"]
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(binaries() is None, reason="needs PostgreSQL: apt-get install postgresql")
+def test_64_sessions_of_10_turns_across_two_servers_lose_mix_or_repeat_nothing(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with postgres_server() as url:
+        servers = [serve_router(sessions=SessionsConfig(folder=str(tmp_path / name)), store=url)
+                   for name in ("a", "b")]
+        try:
+            def talk(n: int) -> None:
+                with requests.Session() as http:
+                    for turn in range(10):      # the turns of one session alternate between the servers
+                        reply = http.post(servers[turn % 2].url, timeout=60,
+                                          json={"prompt": f"s{n}-t{turn}", "session": f"s{n}"})
+                        assert reply.status_code == 200, reply.text
+                        assert reply.json()["history"][0][0] == f"s{n}-t0"     # its own, from the start
+
+            with ThreadPoolExecutor(64) as pool:
+                list(pool.map(talk, range(64)))
+            for n in range(64):
+                kept = requests.get(f"{servers[n % 2].url}/sessions/s{n}", timeout=10).json()["messages"]
+                assert [m["content"] for m in kept] == [f"s{n}-t{t}" for t in range(10) for _ in (0, 1)]
+        finally:
+            for server in servers:
+                server.stop()
