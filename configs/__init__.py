@@ -6,7 +6,6 @@ API keys never live in the file: a provider names the environment variable that 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -15,6 +14,9 @@ from typing import Any, Mapping
 from llm.errors import ConfigError
 from llm.providers import KINDS
 from llm.speech import DEFAULT_EMOTIONS, DEFAULT_MAX_SECONDS, SECONDS_RULE, valid_seconds
+
+from .check import Where, expect, is_number
+from .state import KnowledgeConfig, SessionsConfig, knowledge_from, sessions_from, store_url
 
 log = logging.getLogger(__name__)
 
@@ -79,43 +81,6 @@ class ServerConfig:
     max_body_bytes: int = 1_000_000
 
 
-MISS_REPLY = {"zh": "这个问题我暂时回答不了，请咨询现场工作人员。",
-              "en": "I can't answer that yet. Please ask a member of staff."}
-
-
-@dataclass(frozen=True)
-class KnowledgeConfig:
-    """Where the avatar's knowledge lives (llm/knowledge); off while neither docs nor faq is set."""
-
-    docs: str | None = None           # a folder of .md .txt .html (.pdf .docx with their parser)
-    faq: str | None = None            # a CSV of question,answer; a question's variants split by "|"
-    on_miss: str = "chat"             # nothing good enough found: chat (answer without) | say (miss_reply)
-    miss_reply: Mapping[str, str] = field(default_factory=lambda: dict(MISS_REPLY))   # by language
-    index: str | None = None          # the index file; default: .knowledge.sqlite3 in the docs folder
-    synonyms: str | None = None       # a file of your own synonym groups, one per line
-    passages: int = 3                 # passages given to the model
-    faq_threshold: float = 0.55       # how well a question must match an FAQ question (0..1)
-    doc_threshold: float = 0.4        # how much of a question a passage must cover (0..1)
-    check_every: float = 3.0          # seconds between looks at the folder for changes
-    embedding: str | None = None      # an embedding model (bge-small-zh, ...): search by meaning too
-    questions: str | None = None      # a provider that writes, once per passage, the questions it answers
-    faq_similarity: float = 0.85      # with it: the cosine that makes a question an FAQ entry's
-    doc_similarity: float = 0.6       # with it: the cosine that makes a passage good enough
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.docs or self.faq)
-
-
-@dataclass(frozen=True)
-class SessionsConfig:
-    """Conversations the server keeps (llm/sessions.py)."""
-
-    ttl: float = 86400.0              # seconds after its last turn that a session is forgotten
-    max_turns: int = 50               # turns kept per session (the oldest go first)
-    folder: str = "data"              # the embedded store's folder (sessions.sqlite3), without `store:`
-
-
 @dataclass(frozen=True)
 class Settings:
     default: str = "direct"
@@ -178,34 +143,34 @@ def _apply_file(settings: Settings, path: Path) -> Settings:
         raise ConfigError(f"{path}: not valid YAML: {e}", fix="fix the syntax at the line shown") from e
     if data is None:
         return replace(settings, source=str(path))
-    where = _Where(str(path))
-    _expect(data, dict, where, "the top level")
+    where = Where(str(path))
+    expect(data, dict, where, "the top level")
     where.unknown_keys(data, ("default", "style", "providers", "server", "knowledge", "store", "sessions"),
                        "")
     out = replace(settings, source=str(path))
     if "default" in data:
-        out = replace(out, default=_expect(data["default"], str, where, "default"))
+        out = replace(out, default=expect(data["default"], str, where, "default"))
     if "style" in data:
         out = replace(out, style=_style_from(data["style"], where))
     if "server" in data:
         out = replace(out, server=_dataclass_from(ServerConfig, data["server"], where, "server"))
     if data.get("store") is not None:
-        out = replace(out, store=_store_url(_expect(data["store"], str, where, "store"), where, "store"))
+        out = replace(out, store=store_url(expect(data["store"], str, where, "store"), where, "store"))
     if "knowledge" in data:
-        out = replace(out, knowledge=_knowledge_from(data["knowledge"], where, path.parent))
+        out = replace(out, knowledge=knowledge_from(data["knowledge"], where, path.parent))
     if "sessions" in data:
-        out = replace(out, sessions=_sessions_from(data["sessions"], where, path.parent))
+        out = replace(out, sessions=sessions_from(data["sessions"], where, path.parent))
     providers = dict(out.providers)
-    for name, entry in (_expect(data.get("providers") or {}, dict, where, "providers")).items():
+    for name, entry in (expect(data.get("providers") or {}, dict, where, "providers")).items():
         if not isinstance(name, str) or not name.strip() or "/" in name:
             where.fail(f"providers.{name}", "a provider name must be a non-empty string without '/'")
         providers[name] = _provider_from(name, entry, providers.get(name), where)
     return replace(out, providers=providers)
 
 
-def _provider_from(name: str, entry: Any, base: ProviderConfig | None, where: _Where) -> ProviderConfig:
+def _provider_from(name: str, entry: Any, base: ProviderConfig | None, where: Where) -> ProviderConfig:
     key = f"providers.{name}"
-    entry = _expect(entry, dict, where, key)
+    entry = expect(entry, dict, where, key)
     if "api_key" in entry:      # before the unknown-key check, which would hide the reason
         where.fail(f"{key}.api_key",
                    "keys never live in the file: name the environment variable with api_key_env")
@@ -227,16 +192,16 @@ def _provider_from(name: str, entry: Any, base: ProviderConfig | None, where: _W
     return cfg
 
 
-def _convert_provider_field(name: str, value: Any, where: _Where, key: str) -> Any:
+def _convert_provider_field(name: str, value: Any, where: Where, key: str) -> Any:
     if name in ("api_key_env", "fallback", "aliases"):
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
             where.fail(key, "must be a name or a list of names")
         return tuple(items)
     if name in ("trust_remote_code", "stream_usage"):
-        return _expect(value, bool, where, key)
+        return expect(value, bool, where, key)
     if name == "generation":
-        value = _expect(value, dict, where, key)
+        value = expect(value, dict, where, key)
         where.unknown_keys(value, GENERATION_KEYS, key + ".")
         from llm.errors import InvalidRequestError
         from llm.types import GenerationParams
@@ -248,13 +213,13 @@ def _convert_provider_field(name: str, value: Any, where: _Where, key: str) -> A
     if name == "timeout":
         if value is None:
             return None
-        if not _is_number(value) or value <= 0:
+        if not is_number(value) or value <= 0:
             where.fail(key, "must be a positive number of seconds")
         return float(value)
     if name in ("cooldown", "first_token_timeout", "stall_timeout", "hedge_after"):
         if value is None:
             return None
-        if not _is_number(value) or value < 0:
+        if not is_number(value) or value < 0:
             where.fail(key, "must be a number of seconds, 0 or more (0 turns it off)")
         return float(value)
     if name == "retries":
@@ -279,37 +244,37 @@ def _convert_provider_field(name: str, value: Any, where: _Where, key: str) -> A
         where.fail(key, "must be 8bit, 4bit or null (bitsandbytes; pre-quantized AWQ/GPTQ models need none)")
     if name in ("prompt_template", "style_mode", "base_url", "download", "quantization") and value is None:
         return None
-    return _expect(value, str, where, key)
+    return expect(value, str, where, key)
 
 
-def _dataclass_from(cls, data: Any, where: _Where, key: str):
-    data = _expect(data, dict, where, key)
+def _dataclass_from(cls, data: Any, where: Where, key: str):
+    data = expect(data, dict, where, key)
     names = {f.name: f for f in fields(cls)}
     where.unknown_keys(data, list(names), key + ".")
     values = {}
     for k, v in data.items():
         default = getattr(cls(), k)
         if isinstance(default, bool):
-            values[k] = _expect(v, bool, where, f"{key}.{k}")
+            values[k] = expect(v, bool, where, f"{key}.{k}")
         elif isinstance(default, int):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 where.fail(f"{key}.{k}", "must be a positive integer")
             values[k] = v
         else:
-            values[k] = _expect(v, str, where, f"{key}.{k}")
+            values[k] = expect(v, str, where, f"{key}.{k}")
     return cls(**values)
 
 
-def _style_from(data: Any, where: _Where) -> StyleConfig:
-    data = _expect(data, dict, where, "style")
+def _style_from(data: Any, where: Where) -> StyleConfig:
+    data = expect(data, dict, where, "style")
     where.unknown_keys(data, [f.name for f in fields(StyleConfig)], "style.")
     values: dict[str, Any] = {}
     for k, v in data.items():
         key = f"style.{k}"
         if k in ("short_answer", "emotions"):
-            values[k] = _expect(v, bool, where, key)
+            values[k] = expect(v, bool, where, key)
         elif k == "max_seconds":
-            if not _is_number(v) or not valid_seconds(v):
+            if not is_number(v) or not valid_seconds(v):
                 where.fail(key, SECONDS_RULE)
             values[k] = float(v)
         elif k == "max_chars":
@@ -324,81 +289,11 @@ def _style_from(data: Any, where: _Where) -> StyleConfig:
     return StyleConfig(**values)
 
 
-def _knowledge_from(data: Any, where: _Where, base: Path) -> KnowledgeConfig:
-    """The knowledge section; its paths are relative to the config file's folder."""
-    data = _expect(data or {}, dict, where, "knowledge")
-    where.unknown_keys(data, [f.name for f in fields(KnowledgeConfig)], "knowledge.")
-    values: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"knowledge.{k}"
-        if k in ("docs", "faq", "index", "synonyms"):
-            if v is None:
-                continue
-            path = base / _expect(v, str, where, key)
-            must = {"docs": path.is_dir(), "faq": path.is_file(), "synonyms": path.is_file(), "index": True}
-            if not must[k]:
-                what = "folder" if k == "docs" else "file"
-                where.fail(key, f"{path} is not an existing {what}: create it, or fix the path "
-                                "(relative to the config file's folder)")
-            values[k] = str(path)
-        elif k == "on_miss":
-            if v not in ("chat", "say"):
-                where.fail(key, "must be chat (answer without the knowledge) or say (say miss_reply)")
-            values[k] = v
-        elif k == "miss_reply":
-            replies = {"zh": v, "en": v} if isinstance(v, str) else v
-            if not isinstance(replies, dict) or set(replies) - {"zh", "en"} or not all(
-                    isinstance(r, str) and r.strip() for r in replies.values()):
-                where.fail(key, "must be a sentence, or {zh: ..., en: ...} for each language")
-            values[k] = {**MISS_REPLY, **replies}
-        elif k == "passages":
-            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 20:
-                where.fail(key, "must be a whole number from 1 to 20")
-            values[k] = v
-        elif k in ("embedding", "questions"):
-            values[k] = None if v is None else _expect(v, str, where, key)
-        elif k in ("faq_threshold", "doc_threshold", "faq_similarity", "doc_similarity"):
-            if not _is_number(v) or not 0 <= v <= 1:
-                where.fail(key, "must be a number from 0 to 1 (see python -m llm kb eval)")
-            values[k] = float(v)
-        else:   # check_every
-            if not _is_number(v) or v < 0:
-                where.fail(key, "must be a number of seconds, 0 or more")
-            values[k] = float(v)
-    return KnowledgeConfig(**values)
-
-
-def _sessions_from(data: Any, where: _Where, base: Path) -> SessionsConfig:
-    data = _expect(data or {}, dict, where, "sessions")
-    where.unknown_keys(data, [f.name for f in fields(SessionsConfig)], "sessions.")
-    values: dict[str, Any] = {}
-    if "ttl" in data:
-        if not _is_number(data["ttl"]) or data["ttl"] <= 0:
-            where.fail("sessions.ttl", "must be a positive number of seconds")
-        values["ttl"] = float(data["ttl"])
-    if "max_turns" in data:
-        turns = data["max_turns"]
-        if not isinstance(turns, int) or isinstance(turns, bool) or turns < 1:
-            where.fail("sessions.max_turns", "must be a positive integer")
-        values["max_turns"] = turns
-    if "folder" in data:
-        values["folder"] = str(base / _expect(data["folder"], str, where, "sessions.folder"))
-    return SessionsConfig(**values)
-
-
-def _store_url(value: str, where: _Where, key: str) -> str | None:
-    if value.strip().lower() in ("", "embedded", "sqlite"):
-        return None
-    if not value.startswith(("postgresql://", "postgres://")):
-        where.fail(key, "must be embedded (the default) or a postgresql://user:password@host/database URL")
-    return value
-
-
 def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
-    where = _Where("environment")
+    where = Where("environment")
     out = settings
     if "LLM_STORE" in env:
-        out = replace(out, store=_store_url(env["LLM_STORE"], where, "LLM_STORE"))
+        out = replace(out, store=store_url(env["LLM_STORE"], where, "LLM_STORE"))
     if env.get("LLM_DEFAULT_PROVIDER"):
         out = replace(out, default=env["LLM_DEFAULT_PROVIDER"])
     if "LLM_SHORT_ANSWER" in env:
@@ -424,7 +319,7 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
 
 
 def _check_references(settings: Settings) -> None:
-    where = _Where(settings.source)
+    where = Where(settings.source)
     writer = settings.knowledge.questions
     if writer is not None and (writer not in settings.providers or settings.providers[writer].kind == "echo"):
         known = ", ".join(n for n, c in settings.providers.items() if c.kind != "echo")
@@ -445,29 +340,3 @@ def _check_references(settings: Settings) -> None:
                 where.fail(f"providers.{cfg.name}.aliases", f"{alias!r} is already the name of {clash}")
         if cfg.hedge_after and not cfg.fallback:
             where.fail(f"providers.{cfg.name}.hedge_after", "needs a fallback to start beside the provider")
-
-
-class _Where:
-    """Builds ConfigErrors that name the file, the key and the fix."""
-
-    def __init__(self, source: str):
-        self.source = source
-
-    def fail(self, key: str, problem: str):
-        raise ConfigError(f"{self.source}: {key}: {problem}", fix=f"edit {key} in {self.source}"
-                          if self.source != "environment" else f"fix the environment variable {key}")
-
-    def unknown_keys(self, data: dict, allowed, prefix: str) -> None:
-        for k in data:
-            if k not in allowed:
-                self.fail(f"{prefix}{k}", f"unknown key (allowed: {', '.join(allowed)})")
-
-
-def _expect(value: Any, typ: type, where: _Where, key: str):
-    if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
-        where.fail(key, f"must be a {typ.__name__}, got {type(value).__name__} {value!r:.40}")
-    return value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
