@@ -19,7 +19,8 @@ from typing import Any, Callable
 from ..errors import InvalidRequestError, NotReadyError
 from ..speech import is_chinese
 from .docs import Passage
-from .index import Hit, Index
+from .index import Index
+from .score import Hit
 from .store import FolderStore, PostgresStore, check_document, checked_name
 from .text import Synonyms
 

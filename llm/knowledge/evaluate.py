@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import decide
 from .docs import decode
-from .index import Hit
+from .score import Hit
 
 KINDS = ("doc", "faq", "miss")
 
