@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,6 +37,8 @@ class ProviderConfig:
     model: str = ""
     label: str = ""                       # shown in the dropdown; defaults to the name
     base_url: str | None = None
+    # openai kind: several servers of one model (replicas); base_url is then the first of them
+    base_urls: tuple[str, ...] = ()
     api_key_env: tuple[str, ...] = ()     # env vars tried in order; the first that is set wins
     timeout: float | None = None          # seconds; None = the backend's default
     fallback: tuple[str, ...] = ()
@@ -189,14 +192,32 @@ def _provider_from(name: str, entry: Any, base: ProviderConfig | None, where: Wh
         cfg = ProviderConfig(name=name, **values)
     if cfg.kind != "echo" and not cfg.model:
         where.fail(f"{key}.model", "a model id or path is required for this kind")
+    if "base_urls" in values:
+        cfg = _with_replicas(cfg, "base_url" in values, where, key)
     return cfg
 
 
+def _with_replicas(cfg: ProviderConfig, own_base_url: bool, where: Where, key: str) -> ProviderConfig:
+    """`base_urls`: the openai kind's servers of one model, each an http(s) URL, no repeats; `base_url`
+    becomes the first (a `base_url` given beside them must be one of them)."""
+    urls = cfg.base_urls
+    if cfg.kind != "openai":
+        where.fail(f"{key}.base_urls", "only the openai kind has replicas (several servers of one model)")
+    if not urls or not all(re.match(r"https?://[^/\s]+", u) for u in urls):
+        where.fail(f"{key}.base_urls", "must be a list of http(s):// URLs, such as http://10.0.0.2:8000/v1")
+    if len({u.rstrip("/") for u in urls}) != len(urls):
+        where.fail(f"{key}.base_urls", "lists a server twice")
+    if own_base_url and cfg.base_url not in urls:
+        where.fail(f"{key}.base_url", "give base_urls alone (base_url is then the first of them)")
+    return replace(cfg, base_url=urls[0])
+
+
 def _convert_provider_field(name: str, value: Any, where: Where, key: str) -> Any:
-    if name in ("api_key_env", "fallback", "aliases"):
+    if name in ("api_key_env", "fallback", "aliases", "base_urls"):
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
-            where.fail(key, "must be a name or a list of names")
+            where.fail(key, "must be a list of URLs" if name == "base_urls"
+                       else "must be a name or a list of names")
         return tuple(items)
     if name in ("trust_remote_code", "stream_usage"):
         return expect(value, bool, where, key)

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Iterator, Mapping
 
 from configs import Settings, load_settings
@@ -20,6 +20,7 @@ from .errors import InvalidRequestError, LLMError, NotReadyError, UnknownProvide
 from .knowledge import Grounding, Knowledge
 from .policy import Breaker, FallbackChain, Policy, cooling_fix
 from .providers import Provider, kind_honours, provider_class
+from .replicas import Replicas, replica_key
 from .reply import Reply
 from .sessions import Sessions
 from .threads import in_loop
@@ -50,6 +51,7 @@ class Request:
     budget: speech.Budget = speech.Budget()
     emotions: tuple[str, ...] = ()     # the tags the model is asked for; () = off
     grounding: Grounding | None = None  # what the knowledge found for the prompt; None = not used
+    affinity: str | None = None         # the conversation (session) it belongs to: its replica answers
 
 
 class Router:
@@ -59,6 +61,8 @@ class Router:
         self.settings = settings or load_settings()
         self.env = env
         self._providers: dict[str, Provider] = {}
+        self._replicas: dict[str, Replicas] = {}     # name -> the servers of a provider with base_urls
+        self._member_of: dict[str, str] = {}         # a replica's key -> its provider's name
         self._slots: dict[str, Slots] = {}
         self._breakers: dict[str, Breaker] = {}
         self._secrets: set[str] = set()
@@ -89,9 +93,31 @@ class Router:
                                        fix=f"use one of: {', '.join(self.settings.providers)}")
         with self._lock:
             if name not in self._providers:
-                cfg = self.settings.providers[name]
-                self._add(name, provider_class(cfg.kind)(cfg, self.env))
+                self._build(name, self.settings.providers[name])
             return self._providers[name]
+
+    def _build(self, name: str, cfg) -> None:
+        """The provider; with several `base_urls`, one instance per server (a replica, with its own
+        breaker and slots), the first standing for the provider wherever one instance is asked for."""
+        cls = provider_class(cfg.kind)
+        if len(cfg.base_urls) < 2:
+            self._add(name, cls(cfg, self.env))
+            return
+        keys = [replica_key(name, url) for url in cfg.base_urls]
+        for key, url in zip(keys, cfg.base_urls, strict=True):
+            self._add(key, cls(replace(cfg, base_url=url), self.env))
+            self._member_of[key] = name
+        self._providers[name] = self._providers[keys[0]]
+        self._replicas[name] = Replicas(keys)
+
+    def replicas(self, name: str) -> Replicas | None:
+        """The servers of a provider with several `base_urls` (None for any other)."""
+        self.provider(name)
+        return self._replicas.get(self.resolve(name))
+
+    def _member(self, key: str) -> Provider:
+        """The provider for a chain entry: a provider's name, or one of its replicas' keys."""
+        return self._providers[key] if key in self._member_of else self.provider(key)
 
     def built(self, name: str | None) -> bool:
         """Whether the provider for `name` (and its fallbacks) exist already, so using them costs nothing."""
@@ -110,15 +136,25 @@ class Router:
             status = self.provider(name).status()
         except NotReadyError as e:
             return ProviderStatus(False, e.message, e.fix)
-        breaker = self.breaker(name)
+        replicas = self._replicas.get(self.resolve(name))
+        # a provider with replicas cools down when every one of them does
+        breaker = min((self.breaker(k) for k in (replicas.keys if replicas else [name])),
+                      key=Breaker.seconds_left)
         left = breaker.seconds_left()
         if status.ready and left > 0:
             last = self.redact(breaker.last_error)
             fallback = bool(self.settings.providers[self.resolve(name)].fallback)
-            return ProviderStatus(False, f"cooling down, {left:.0f} s left (last error: {last})",
-                                  f"{cooling_fix(fallback)}; then one request tries it again",
-                                  cooldown_s=round(left, 1), last_error=last)
-        return status
+            status = ProviderStatus(False, f"cooling down, {left:.0f} s left (last error: {last})",
+                                    f"{cooling_fix(fallback)}; then one request tries it again",
+                                    cooldown_s=round(left, 1), last_error=last)
+        return replace(status, replicas=self._replica_states(replicas)) if replicas else status
+
+    def _replica_states(self, replicas: Replicas) -> tuple[dict, ...]:
+        held = replicas.conversations()
+        return tuple({"url": self._providers[key].base_url, "cooldown_s": round(breaker.seconds_left(), 1),
+                      "last_error": self.redact(breaker.last_error), "busy": self._slots[key].busy,
+                      "conversations": held[key]}
+                     for key, breaker in ((k, self.breaker(k)) for k in replicas.keys))
 
     def add_secret(self, secret: str | None) -> None:
         """Mask `secret` too wherever `redact` is used (the API adds its own key)."""
@@ -164,8 +200,10 @@ class Router:
                              params={"temperature": 0.3, "max_new_tokens": 300}).text
         return write
 
-    def policy(self, name: str) -> Policy:
-        return Policy.of(self.provider(name))
+    def policy(self, key: str) -> Policy:
+        """A provider's reliability settings; a replica does not retry itself: its siblings follow it."""
+        policy = Policy.of(self._member(key))
+        return replace(policy, retries=0) if key in self._member_of else policy
 
     def breaker(self, name: str) -> Breaker:
         with self._lock:
@@ -176,7 +214,7 @@ class Router:
 
     def close(self) -> None:
         with self._lock:
-            for p in self._providers.values():
+            for p in self._distinct():
                 p.close()
             self._providers.clear()
             if self._knowledge is not None:
@@ -187,20 +225,25 @@ class Router:
     async def aclose_loop(self) -> None:
         """Close the providers' async clients that belong to the running loop (a server shutting down)."""
         with self._lock:
-            providers = list(self._providers.values())
+            providers = self._distinct()
         for p in providers:
             await p.aclose_loop()
+
+    def _distinct(self) -> list[Provider]:
+        return list({id(p): p for p in self._providers.values()}.values())
 
     def request(self, prompt: str, *, provider: str | None = None, history: Any = None,
                 system: str | None = None, params: GenerationParams | dict | None = None,
                 style: bool | None = None, max_chars: int | None = None, max_seconds: float | None = None,
-                emotions: bool | None = None, knowledge: bool | None = None) -> Request:
+                emotions: bool | None = None, knowledge: bool | None = None,
+                affinity: str | None = None) -> Request:
         """Validate loose arguments into a Request (InvalidRequestError on bad input), with what the
         knowledge found for the prompt unless `knowledge` is False (blocking: see `arequest`).
 
         The answer budget: `max_chars`, else `max_seconds`, else the config's `max_chars` (an explicit
         override), else its `max_seconds`. A request for a program (tools, a JSON reply) is not styled
-        unless `style` says so. A field the provider cannot honour (`Provider.unsupported`) is refused."""
+        unless `style` says so. A field the provider cannot honour (`Provider.unsupported`) is refused.
+        `affinity`: the conversation the call belongs to; a provider's replicas keep one per server."""
         messages = tuple(normalize_history(history))
         tool_turn = prompt is None and bool(messages) and messages[-1].role == "tool"
         if not tool_turn and (not isinstance(prompt, str) or not prompt.strip()):
@@ -219,6 +262,8 @@ class Router:
             budget = speech.Budget(seconds=float(max_seconds))
         else:
             budget = speech.Budget(chars=cfg.max_chars) if cfg.max_chars else speech.Budget(cfg.max_seconds)
+        if affinity is not None and not isinstance(affinity, str):
+            raise InvalidRequestError("affinity must be a string")
         for flag, value in (("emotions", emotions), ("knowledge", knowledge)):
             if value is not None and not isinstance(value, bool):
                 raise InvalidRequestError(f"{flag} must be true or false")
@@ -229,7 +274,7 @@ class Router:
         if self._grounded(name, prompt, params, knowledge):
             grounding = self.knowledge.lookup(prompt)
         return Request(prompt=prompt, provider=name, history=messages, system=system or None, params=params,
-                       style=styled, budget=budget, grounding=grounding,
+                       style=styled, budget=budget, grounding=grounding, affinity=affinity or None,
                        emotions=cfg.emotion_set if (cfg.emotions if emotions is None else emotions) else ())
 
     def _grounded(self, name: str, prompt: str | None, params: GenerationParams,
@@ -283,9 +328,18 @@ class Router:
         return in_loop(lambda: self.astream(prompt, cancel=cancel, hold=hold, **kw), cancel, self.aclose_loop)
 
     def _chain(self, req: Request) -> list[str]:
-        """The provider, then its fallbacks that can honour the request."""
-        return [req.provider] + [n for n in self.settings.providers[req.provider].fallback
-                                 if n != req.provider and self._can_serve(n, req.params, req.history)]
+        """The provider, then its fallbacks that can honour the request; a provider with replicas as its
+        servers in the order to ask them."""
+        names = [req.provider] + [n for n in self.settings.providers[req.provider].fallback
+                                  if n != req.provider and self._can_serve(n, req.params, req.history)]
+        return [key for name in names for key in self._servers(name, req.affinity)]
+
+    def _servers(self, name: str, affinity: str | None) -> list[str]:
+        replicas = self._replicas.get(name)
+        if replicas is None:
+            return [name]
+        return replicas.order(affinity, busy=lambda key: self._slots[key].busy,
+                              cooling=lambda key: self.breaker(key).seconds_left() > 0)
 
     def chat(self, prompt: str | Request, *, cancel: CancelToken | None = None, **kw) -> Reply:
         """`achat` for synchronous callers (see `stream`)."""
@@ -320,6 +374,8 @@ class Router:
                     yield chunk
         finally:
             cancel.cancel()
+            if fallbacks.winner is not None and req.provider in self._replicas:
+                self._replicas[req.provider].answered(req.affinity, fallbacks.winner.name)
 
     async def achat(self, prompt: str | Request, *, cancel: CancelToken | None = None, **kw) -> Reply:
         """The whole reply: its text, the provider that answered, timings in ms, tool calls and usage."""
@@ -330,9 +386,10 @@ class Router:
                 pass
         return reply
 
-    def _prepare(self, name: str, req: Request) -> Try:
-        """One try at one provider, made ready: readiness, the speech style, params, history fitting."""
-        provider = self.provider(name)
+    def _prepare(self, key: str, req: Request) -> Try:
+        """One try at one provider (or replica), made ready: readiness, the speech style, params, history
+        fitting."""
+        provider, name = self._member(key), self._member_of.get(key, key)
         status = provider.status()
         if not status.ready:
             raise NotReadyError(f"{_who(name, provider)} is not ready: {status.reason}", fix=status.fix)
@@ -344,7 +401,7 @@ class Router:
         messages = provider.fit(self._messages(provider, req, styled), reserve=reserve)
         return Try(name, provider, params, messages, req.budget if styled else None,
                     {"emotions": req.emotions if styled else (), "verbatim": provider.verbatim,
-                     "lang": "zh" if speech.is_chinese(req.prompt or "") else "en"}, self._slots[name])
+                     "lang": "zh" if speech.is_chinese(req.prompt or "") else "en"}, self._slots[key])
 
     def _messages(self, provider: Provider, req: Request, styled: bool) -> list[Message]:
         """The system text (the caller's, then the knowledge's passages, then the speech rule), the history

@@ -65,6 +65,7 @@ class Slots:
 
     def __init__(self, limit: int | None):
         self.limit = limit
+        self.busy = 0       # generations holding or awaiting a slot: the load replicas are chosen by
         self._free = limit or 0
         self._lock = threading.Lock()
         self._waiters = collections.deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]]()
@@ -72,6 +73,17 @@ class Slots:
     @contextlib.asynccontextmanager
     async def held(self) -> AsyncIterator[None]:
         """One slot while the block runs (cancelling the task gives up the wait)."""
+        with self._lock:
+            self.busy += 1
+        try:
+            async with self._one():
+                yield
+        finally:
+            with self._lock:
+                self.busy -= 1
+
+    @contextlib.asynccontextmanager
+    async def _one(self) -> AsyncIterator[None]:
         if self.limit is None:
             yield
             return

@@ -174,6 +174,7 @@ class ProviderStatus:
     fix: str = ""
     cooldown_s: float = 0.0     # > 0 while the provider is skipped after failures
     last_error: str = ""        # the failure that started the cooldown
+    replicas: tuple[dict, ...] = ()     # a provider with base_urls: each server's state
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

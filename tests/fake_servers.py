@@ -54,6 +54,11 @@ _MESSAGES = {
 Event = tuple[Any, bool]    # (SSE data payload, whether it carries reply text)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256    # the default backlog of 5 drops the SYNs of a burst: ~1 s waits
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"   # keep-alive and chunked streams, like the real backends
     timeout = 30                    # idle keep-alive connections end on their own
@@ -100,7 +105,7 @@ class _FakeServer:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -114,8 +119,7 @@ class _FakeServer:
 
     def start(self) -> None:
         self._stopping.clear()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.fake = self
         if self.tls:
             self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True)

@@ -31,7 +31,8 @@ async def chat_completions(request: Request):
     A request with tools, a JSON response_format or logprobs is for a program: it is not styled.
     The knowledge (documents and FAQ) answers too unless `"knowledge": false` (extra_body); the reply's
     `sources` (on the last chunk of a stream) name what it used. `"session": "<id>"` (extra_body): the
-    server keeps the conversation, used when the messages carry no earlier turns.
+    server keeps the conversation, used when the messages carry no earlier turns. A provider with
+    replicas keeps a conversation on one server: the session's, else `prompt_cache_key`'s, else `user`'s.
     """
     body = await read_body(request, ChatCompletionRequest, request.app.state.ctx.max_body_bytes)
     system = "\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
@@ -52,7 +53,8 @@ async def chat_completions(request: Request):
         reply, chunks = await begin(request, prompt=prompt, provider=provider, history=history, system=system,
                                     params=params, style={"short": True, "none": False}.get(body.style),
                                     max_seconds=body.max_seconds, knowledge=body.knowledge,
-                                    cancel=turn and turn.cancel, hold="none" if body.stream else "all")
+                                    cancel=turn and turn.cancel, hold="none" if body.stream else "all",
+                                    affinity=body.session or body.prompt_cache_key or body.user)
         meta = {"id": f"chatcmpl-{rid(request)}", "created": int(time.time())}
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)

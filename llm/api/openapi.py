@@ -233,12 +233,22 @@ class ChatCompletionChunk(_Doc):
     sources: Sources | None = Field(None, description="on the chunk with the finish_reason")
 
 
+class ReplicaStatus(_Doc):
+    url: str = Field(description="the server's base_url")
+    cooldown_s: float = Field(ge=0, description="> 0 while it is skipped after failures")
+    last_error: str = Field(description="the failure that started the cooldown")
+    busy: int = Field(ge=0, description="requests it is answering or queueing now")
+    conversations: int = Field(ge=0, description="sessions whose next turn goes to it")
+
+
 class ProviderStatus(_Doc):
     ready: bool = Field(description="whether the provider could answer now")
     reason: str = Field(description="why not, when it is not ready")
     fix: str = Field(description="what makes it ready (a variable to export, a download to run)")
     cooldown_s: float = Field(ge=0, description="> 0 while it is skipped after failures")
     last_error: str = Field(description="the failure that started the cooldown")
+    replicas: list[ReplicaStatus] = Field(default_factory=list,
+                                          description="a provider with several base_urls: each server")
 
 
 class Model(ProviderStatus):

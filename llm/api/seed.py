@@ -43,7 +43,7 @@ async def seed(request: Request):
                                     style={"short": True, "none": False}.get(body.style),
                                     max_seconds=body.max_seconds, max_chars=body.max_chars,
                                     knowledge=body.knowledge, cancel=turn and turn.cancel,
-                                    hold="sentence" if body.stream else "all")
+                                    affinity=body.session, hold="sentence" if body.stream else "all")
         if body.stream:
             events, kept, turn = _seed_events(request, reply, chunks, turn), turn, None  # the stream keeps it
             return SSEResponse(reply, events, on_close=kept and (lambda: kept.finish_later(reply.provider,
