@@ -36,8 +36,18 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 CSS = (ASSETS / "page.css").read_text(encoding="utf-8")
 PAGE_JS = (ASSETS / "page.js").read_text(encoding="utf-8")
 AVATAR_STAGE = (ASSETS / "avatar.html").read_text(encoding="utf-8")
-THINKING_JS = "(m, h, t) => { window.dhSpeech && window.dhSpeech.thinking(m); return [m, h, t]; }"
+# Send and Stop tell the server how many sentences of the last reply the browser began to say (-1: it
+# showed them without a voice), then silence it: the conversation keeps what was heard.
+SEND_JS = ("(m, h, t, n) => { const s = window.dhSpeech;"
+           " if (s && (m || '').trim()) { n = s.spoken(); s.stop(); s.thinking(m); } return [m, h, t, n]; }")
+STOP_JS = "(t, n) => { const s = window.dhSpeech; n = s ? s.spoken() : -1; s && s.stop(); return [t, n]; }"
 STOP_SPEAKING_JS = "(...args) => { window.dhSpeech && window.dhSpeech.stop(); return args; }"
+# The conversation's id lives in the browser (localStorage): a reload finds the conversation again.
+SESSION_KEY = "dh-session"
+READ_SESSION_JS = (f"(id) => {{ try {{ return [localStorage.getItem('{SESSION_KEY}') || '']; }}"
+                   " catch (e) { return ['']; } }")
+SAVE_SESSION_JS = (f"(id) => {{ try {{ localStorage.setItem('{SESSION_KEY}', id); }} catch (e) {{}}"
+                   " return [id]; }")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -219,15 +229,17 @@ def _chat_panel() -> dict:
                          placeholder="Ask me anything — 中文或英文都可以。")
     answered = gr.Markdown("", elem_id="answered-by")
     sayings = gr.HTML(ui.Sayings.NONE, elem_id="sayings")   # what the avatar says (hidden; page.js reads it)
+    session = gr.Textbox("", visible=False, elem_id="session-id")    # the conversation's id (see SESSION_KEY)
+    spoken = gr.Number(-1, visible=False, elem_id="spoken")     # set by SEND_JS / STOP_JS
     with gr.Row():
         msg = gr.Textbox(placeholder="Ask something… 输入问题，按回车发送", show_label=False, scale=5,
                          lines=1, max_lines=6, autofocus=True, elem_id="message")
         send = gr.Button("Send", variant="primary", scale=0, min_width=90, elem_id="send")
         stop = gr.Button("Stop", variant="stop", scale=0, min_width=90, elem_id="stop")
-        clear = gr.Button("Clear", scale=0, min_width=90, elem_id="clear")
+        new = gr.Button("New conversation", scale=0, min_width=90, elem_id="new-conversation")
     gr.Examples(list(ui.EXAMPLES), inputs=[msg], label="Examples 示例")
     return dict(chatbot=chatbot, answered=answered, sayings=sayings, msg=msg, send=send, stop=stop,
-                clear=clear)
+                new=new, session=session, spoken=spoken)
 
 
 def _settings_panel(router: Router, api_port: int, api_key: str | None, api_host: str) -> dict:
@@ -295,18 +307,21 @@ def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
     from llm import ui_handlers as ui
 
     async def respond(history, name, system, short, budget, temperature, top_p, max_new, knowledge, turn,
-                      progress=gr.Progress()):
-        opts = ui.TurnOptions(name, system, short, budget, temperature, top_p, max_new, knowledge)
+                      session, progress=gr.Progress()):
+        opts = ui.TurnOptions(name, system, short, budget, temperature, top_p, max_new, knowledge, session)
         async for update in ui.respond(router, history, opts, turn, progress):
             yield update
 
+    def start(message, history, turn, spoken):
+        return ui.start_turn(message, history, turn, router=router, spoken=spoken)
+
     inputs = [c.chatbot, c.provider, c.system, c.styled, c.budget, c.temperature, c.top_p, c.max_new,
-              c.knowledge, c.turn]
+              c.knowledge, c.turn, c.session]
     # trigger_mode="multiple": a message sent while the last turn is still finishing must start its own
     # turn ("once", the default, silently dropped it); start_turn retires the old turn first.
-    started = gr.on([c.send.click, c.msg.submit], ui.start_turn, [c.msg, c.chatbot, c.turn],
+    started = gr.on([c.send.click, c.msg.submit], start, [c.msg, c.chatbot, c.turn, c.spoken],
                     [c.msg, c.chatbot, c.turn], api_visibility=HIDDEN, concurrency_limit=None,
-                    show_progress="hidden", trigger_mode="multiple", js=THINKING_JS)
+                    show_progress="hidden", trigger_mode="multiple", js=SEND_JS)
     streaming = started.then(respond, inputs, [c.chatbot, c.answered, c.msg, c.sayings],
                              trigger_mode="multiple", api_visibility=HIDDEN,
                              concurrency_limit=CHAT_CONCURRENCY, concurrency_id="chat")
@@ -315,13 +330,18 @@ def _wire_chat(demo: gr.Blocks, router: Router, c: SimpleNamespace) -> None:
                    js="(t) => { window.dhSpeech && window.dhSpeech.flush(); return [t]; }")
     # No cancels= here: the turn's token ends the stream itself, so its last update (the partial
     # reply and "Stopped.") is the last word; a cancelled event's late update could overwrite it.
-    c.stop.click(ui.stop, [c.turn], [c.answered], api_visibility=HIDDEN, concurrency_limit=None,
-                 js=STOP_SPEAKING_JS)
-    # Our Clear button and the chat's own trash icon both stop the turn and the speech.
-    gr.on([c.clear.click, c.chatbot.clear], ui.clear, [c.turn], [c.chatbot, c.answered, c.sayings, c.turn],
-          api_visibility=HIDDEN, concurrency_limit=None, js=STOP_SPEAKING_JS)
+    c.stop.click(lambda turn, spoken: ui.stop(turn, router, spoken), [c.turn, c.spoken], [c.answered],
+                 api_visibility=HIDDEN, concurrency_limit=None, js=STOP_JS)
+    # New conversation, and the chat's own trash icon: stop the turn and the speech, empty the chat, and
+    # keep the new conversation's id in the browser.
+    gr.on([c.new.click, c.chatbot.clear], ui.new_conversation, [c.turn],
+          [c.chatbot, c.answered, c.sayings, c.turn, c.session], api_visibility=HIDDEN,
+          concurrency_limit=None, js=STOP_SPEAKING_JS).then(None, [c.session], None, js=SAVE_SESSION_JS)
     c.speak.change(None, [c.speak], None, js="(on) => { window.dhSpeech && window.dhSpeech.enable(on); }")
     demo.load(None, js=PAGE_JS)
+    demo.load(lambda session: ui.open_conversation(router, session), [c.session],
+              [c.chatbot, c.session, c.answered], api_visibility=HIDDEN, concurrency_limit=None,
+              js=READ_SESSION_JS).then(None, [c.session], None, js=SAVE_SESSION_JS)
 
 
 def _wire_settings(demo: gr.Blocks, router: Router, c: SimpleNamespace, api_port: int,

@@ -6,8 +6,9 @@
   // data-emotion from the router's emotion tags (the status line's "feeling: joy").
   if (window.dhSpeech) return;
   const synth = window.speechSynthesis;
+  // started: the sentences of the latest reply that a voice began to say (what Stop keeps)
   const st = {on: false, muted: false, count: 0, said: 0, seen: "", speaking: 0, thinking: false,
-              streaming: false, quiet: 0};
+              streaming: false, quiet: 0, started: 0};
   const prefs = {voice: "", rate: 1};
   const $ = (id) => document.getElementById(id);
   const bots = () => document.querySelectorAll('#chatbot [data-testid="bot"] .message-content');
@@ -51,7 +52,8 @@
     if (voice) u.voice = voice;
     u.rate = prefs.rate;
     let started = false;
-    u.onstart = () => { started = true; st.speaking += 1; st.thinking = false; stage.emotion(emotion); stage.settle(); };
+    const reply = st.count;
+    u.onstart = () => { started = true; st.speaking += 1; if (reply === st.count) st.started += 1; st.thinking = false; stage.emotion(emotion); stage.settle(); };
     u.onboundary = () => stage.syllable();
     u.onend = u.onerror = () => { if (started) st.speaking = Math.max(0, st.speaking - 1); stage.settle(); };
     synth.speak(u);
@@ -68,7 +70,9 @@
   const check = () => {
     const [count, text] = latest();
     const items = sayings();
-    if (count !== st.count || items.length < st.said) Object.assign(st, {count: count, said: 0, muted: false});
+    if (count !== st.count || items.length < st.said) {
+      Object.assign(st, {count: count, said: 0, muted: false, started: 0});
+    }
     if (text.trim() && text !== st.seen) {     // the reply grew: without a voice, the avatar mouths it
       st.seen = text;
       if (!st.on) st.thinking = false;
@@ -136,6 +140,9 @@
                  if (!on && synth) synth.cancel(); },
     thinking(message) { if ((message || "").trim()) { st.thinking = true; st.streaming = false; stage.settle(); } },
     flush() { check(); st.thinking = false; st.streaming = false; stage.settle(); },
+    // How many sentences of the latest reply were heard: those a voice began to say; -1 when the reply
+    // was only shown (speech off, or a browser without voices), so all of it counts.
+    spoken() { return st.on && synth && synth.getVoices().length ? st.started : -1; },
     stop() { if (synth) synth.cancel(); Object.assign(st, {muted: true, speaking: 0, thinking: false,
                                                           streaming: false}); stage.settle(); },
   };

@@ -7,7 +7,9 @@ import html
 import json
 import logging
 import re
+import secrets
 import shlex
+import threading
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
@@ -15,9 +17,10 @@ from typing import Any, AsyncIterator, Callable
 import gradio as gr
 
 from . import download
-from .errors import CancelledError, LLMError
+from .errors import CancelledError, InvalidRequestError, LLMError
 from .reply import Reply
 from .router import KNOWLEDGE, Router
+from .sessions import checked_id
 from .types import CancelToken, GenerationParams, normalize_history
 
 log = logging.getLogger(__name__)
@@ -39,19 +42,53 @@ COMMANDS = ("export ", "python ", "pip ", "huggingface-cli ", "ollama ")   # fix
 # The sources folded under a reply: the end of the displayed message, never part of what is said or sent.
 SOURCES_FOLD = re.compile(r'\s*<details class="dh-sources">.*?</details>\s*\Z', re.S)
 SOURCE_CHARS = 160      # a source's text is clipped to this under the reply
+KEEP_WAIT = 2.0         # seconds a turn waits for the one it cut off to be kept in the conversation
 
 
 class Turn(CancelToken):
-    """One session's chat turn: its cancel token, whether Stop was pressed, and the error to show after it."""
+    """One chat turn of a browser: its cancel token, whether Stop was pressed, the error to show after it,
+    and its keeping in the conversation (the server's session) as far as the browser said it."""
 
     stopped = False     # not just cancelled: the router also cancels the token when a stream ends
-    cleared = False     # Clear, or a newer turn: this one must not write to the chat again
+    cleared = False     # a new conversation, or a newer turn: this one must not write to the chat again
     done = False
     error: gr.Error | None = None
+    reply: Reply | None = None      # its reply, while and once it is said; None again if it failed
+
+    def __init__(self, previous: Turn | None = None):
+        super().__init__()
+        self.previous = previous    # the turn it cut off: kept before this one reads the conversation
+        self.kept = threading.Event()   # set once its exchange is in the conversation (or never will be)
+        self._lock = threading.Lock()   # keeping and hearing, in either order, from two handlers' threads
+        self._spoken: int | None = None     # the sentences the browser began to say; None: all shown
+        self._kept_in: str | None = None
 
     def stop(self) -> None:
         self.stopped = True
         self.cancel()
+
+    def hear(self, router: Router, spoken: float | None) -> None:
+        """The browser began to say only `spoken` sentences of this turn's reply before Stop or a new
+        message (negative or None: it showed the reply without a voice, so all of it counts)."""
+        if spoken is None or spoken < 0:
+            return
+        with self._lock:
+            self._spoken = int(spoken)
+            if self._kept_in is not None:   # already kept whole: cut it to what was said
+                router.sessions.heard(self._kept_in, self._spoken)
+
+    def keep(self, router: Router, session: str, question: str) -> None:
+        """Keep the answered exchange in the conversation, cut to what the browser said (blocking)."""
+        with self._lock:
+            try:
+                if self.reply is not None and self.reply.text:
+                    router.sessions.record(session, question, self.reply.text, self.reply.provider,
+                                           "stopped" if self.stopped else None)
+                    self._kept_in = session
+                    if self._spoken is not None:
+                        router.sessions.heard(session, self._spoken)
+            finally:
+                self.kept.set()
 
 
 @dataclass(frozen=True)
@@ -66,6 +103,7 @@ class TurnOptions:
     top_p: float | None = None
     max_new_tokens: int | None = None
     knowledge: bool = True      # off: this turn is answered without the knowledge
+    session: str = ""           # the browser's conversation, kept by the server ("": none)
 
     def params(self) -> GenerationParams:
         return GenerationParams(temperature=self.temperature, top_p=self.top_p or None,  # 0: no nucleus cut
@@ -149,22 +187,60 @@ def api_curl(api_port: int, api_key: str | None, provider: str | None = None,
                          f"  -d {shlex.quote(json.dumps(body, ensure_ascii=False))}"])
 
 
-def start_turn(message: str, history: Any, previous: Turn | None = None) -> tuple[Any, History, Turn | None]:
+def start_turn(message: str, history: Any, previous: Turn | None = None, *, router: Router | None = None,
+               spoken: float | None = None) -> tuple[Any, History, Turn | None]:
     """Send: move the typed text into the chat with a fresh cancel token; empty input changes nothing.
-    A running turn is stopped and barred from the chat: its last update would drop this message."""
+    A running turn is stopped and barred from the chat (its last update would drop this message), and
+    kept as far as the browser said it (`spoken`, see `Turn.hear`): the avatar was talked over."""
     history = to_messages(history)
     if not (message or "").strip():
         return gr.skip(), history, previous
+    if previous is not None and router is not None:
+        _hear(router, previous, spoken)
     clear(previous)
-    return "", history + [{"role": "user", "content": message}], Turn()
+    return "", history + [{"role": "user", "content": message}], Turn(previous)
 
 
-def stop(turn: Turn | None) -> Any:
-    """Stop: a local model stops at its next token, a cloud stream is closed. Returns the status line."""
+def stop(turn: Turn | None, router: Router | None = None, spoken: float | None = None) -> Any:
+    """Stop: a local model stops at its next token, a cloud stream is closed, and the conversation keeps
+    the sentences the browser began to say (`spoken`). Returns the status line."""
+    if turn is not None and router is not None:
+        _hear(router, turn, spoken)
     if turn is None or turn.done:
         return gr.skip()
     turn.stop()
     return "Stopped."
+
+
+def _hear(router: Router, turn: Turn, spoken: float | None) -> None:
+    try:
+        turn.hear(router, spoken)
+    except LLMError as e:   # the store is down: the conversation keeps the whole reply
+        log.warning("could not cut the conversation to what was said: %s", e.message)
+
+
+def new_session_id() -> str:
+    return secrets.token_hex(16)
+
+
+def open_conversation(router: Router, session: str | None) -> tuple[History, str, str]:
+    """Page load: the browser's conversation (its id from the browser's storage) as the chat shows it,
+    its id (a new one when the browser had none or a bad one), and a status line."""
+    try:
+        session = checked_id(session)
+    except InvalidRequestError:
+        return [], new_session_id(), ""
+    try:
+        messages = router.sessions.messages(session) or []
+    except LLMError as e:
+        return [], session, f"The conversation could not be read: {e.message}"
+    return [{"role": m["role"], "content": m["content"]} for m in messages if m["content"]], session, ""
+
+
+def new_conversation(turn: Turn | None) -> tuple[History, str, str, None, str]:
+    """New conversation: stop the turn, empty the chat, and a new id for the browser to keep (the old
+    conversation stays on the server until it expires)."""
+    return (*clear(turn), new_session_id())
 
 
 def to_messages(history: Any) -> History:
@@ -202,9 +278,11 @@ async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | 
     if not history or history[-1]["role"] != "user":
         return      # no pending question (an empty Send)
     before, question, turn = history[:-1], history[-1]["content"], turn or Turn()
+    told = without_sources(before)     # what the model is told: the chat, or the conversation as heard
     try:
-        async with aclosing(_stream(router, without_sources(before), question, opts, turn,
-                                    progress)) as updates:
+        if opts.session:
+            told = await _conversation(router, opts.session, turn)
+        async with aclosing(_stream(router, told, question, opts, turn, progress)) as updates:
             async for reply, status, sayings in updates:
                 if turn.cleared:
                     return
@@ -214,16 +292,35 @@ async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | 
         if not turn.cleared:
             yield before, "Stopped.", question, Sayings.NONE
     except LLMError as e:
+        turn.reply = None
         message = with_labels(router, e.message)
         fix = f"<br><b>Fix:</b> <code>{html.escape(e.fix)}</code>" if e.fix else ""   # gr.Error renders HTML
         turn.error = gr.Error(html.escape(message) + fix, title="The assistant could not answer")
         yield before, f"Not answered: {message}", question, Sayings.NONE
     except Exception as e:
+        turn.reply = None
         log.exception("unexpected failure in a chat turn")
         turn.error = gr.Error(html.escape(f"Unexpected error: {type(e).__name__}: {e}"))
         yield before, "Not answered: unexpected error", question, Sayings.NONE
     finally:
         turn.done = True
+        if opts.session:
+            await _keep(router, turn, opts.session, question)
+
+
+async def _conversation(router: Router, session: str, turn: Turn) -> History:
+    """The conversation as the browser said it, once the turn this one cut off is kept (2 s at most)."""
+    if turn.previous is not None:
+        await asyncio.to_thread(turn.previous.kept.wait, KEEP_WAIT)
+        turn.previous = None    # no chain of old turns kept alive
+    return [m.as_dict() for m in await asyncio.to_thread(router.sessions.history, session)]
+
+
+async def _keep(router: Router, turn: Turn, session: str, question: str) -> None:
+    try:
+        await asyncio.to_thread(turn.keep, router, session, question)
+    except LLMError as e:
+        log.warning("the turn was shown but not kept in the conversation: %s", e.message)
 
 
 def with_labels(router: Router, message: str) -> str:
@@ -258,7 +355,7 @@ async def _stream(router: Router, before: History, question: str, opts: TurnOpti
     # arequest: the knowledge lookup (the index on disk) and a provider's first build run off the loop
     req = await router.arequest(question, provider=opts.provider, history=before, system=opts.system or None,
                                 params=opts.params(), style=opts.style, max_seconds=float(opts.max_seconds),
-                                knowledge=bool(opts.knowledge))
+                                knowledge=bool(opts.knowledge), affinity=opts.session or None)
     if router.status(opts.provider).ready and _needs_loading(router, opts.provider):   # before its first turn
 
         def report(fraction: float, message: str = "") -> None:
@@ -270,6 +367,7 @@ async def _stream(router: Router, before: History, question: str, opts: TurnOpti
         # to_thread copies the context, so gr.Progress still finds this event from the worker.
         await asyncio.to_thread(router.provider(opts.provider).load, progress=report)
     reply, feeling, said = Reply(req, turn, speak=True), "", Sayings.NONE
+    turn.reply = reply
     try:
         async with aclosing(reply.chunks(router.astream(req, cancel=turn))) as chunks:
             async for chunk in chunks:
@@ -302,7 +400,7 @@ def answered_by(router: Router, chosen: str, answered: str) -> str:
 
 
 def clear(turn: Turn | None) -> tuple[History, str, str, None]:
-    """Clear: stop any running turn and empty this session's chat (and what the avatar says)."""
+    """Stop any running turn and empty this browser's chat (and what the avatar says)."""
     if turn is not None:
         turn.cleared = True
     stop(turn)

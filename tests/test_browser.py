@@ -6,14 +6,18 @@ CI setup: `apt-get install -y chromium fonts-wqy-microhei` and `pip install play
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
-from configs import PRESETS, ProviderConfig, Settings, load_settings
+from configs import PRESETS, ProviderConfig, SessionsConfig, Settings, load_settings
 from llm.router import Router
 from tests.api_helpers import free_port
 from tests.fake_servers import FakeOpenAIServer, refused_url
@@ -50,6 +54,19 @@ if not shutil.which(CHROMIUM):
                 allow_module_level=True)
 
 
+class Site(NamedTuple):
+    url: str
+    slow: FakeOpenAIServer
+    router: Router
+
+
+def scratch_sessions() -> SessionsConfig:
+    """The page's conversations in a folder of the test's own, removed at exit."""
+    folder = tempfile.mkdtemp(prefix="llm-browser-sessions-")
+    atexit.register(shutil.rmtree, folder, True)
+    return SessionsConfig(folder=folder)
+
+
 @pytest.fixture(scope="module")
 def site():
     """The page on a free port: direct, a slow fake cloud provider, and one that is down."""
@@ -62,13 +79,13 @@ def site():
                      "slow": ProviderConfig("slow", "openai", "fake", label="Slow Cloud", base_url=slow.base_url),
                      "down": ProviderConfig("down", "openai", "fake", label="Down Cloud",
                                             base_url=refused_url("/v1"))}
-        router = Router(Settings(providers=providers, default="direct"), env={})
+        router = Router(Settings(providers=providers, default="direct", sessions=scratch_sessions()), env={})
         port = free_port()
         demo = webui.build_demo(router, api_port=7999, api_key="do-not-show-me")
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                     **webui.launch_options())
         try:
-            yield f"http://127.0.0.1:{port}/", slow
+            yield Site(f"http://127.0.0.1:{port}/", slow, router)
         finally:
             demo.close()
             router.close()
@@ -84,9 +101,9 @@ def browser():
             b.close()
 
 
-def open_page(browser, url: str):
+def open_page(browser, url: str, speech: str = SPEECH_RECORDER):
     context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
-    context.add_init_script(SPEECH_RECORDER)
+    context.add_init_script(speech)
     page = context.new_page()
     page.goto(url)
     page.wait_for_selector("#message textarea")
@@ -124,7 +141,7 @@ def watch_reply(page, index: int, until: str, timeout: float = 15) -> list[str]:
 
 
 def test_the_page_streams_stops_and_keeps_sessions_apart(site, browser, tmp_path):
-    url, slow = site
+    url, slow, _ = site
     context_a, a = open_page(browser, url)
     context_b = None
     try:
@@ -186,8 +203,8 @@ def test_the_page_streams_stops_and_keeps_sessions_apart(site, browser, tmp_path
                 context.close()
 
 
-def test_clear_empties_the_chat_and_silences_speech(site, browser):
-    url, _ = site
+def test_a_new_conversation_empties_the_chat_and_silences_speech(site, browser):
+    url, _, _ = site
     context, page = open_page(browser, url)
     try:
         page.get_by_label("Speak replies").check()
@@ -196,15 +213,64 @@ def test_clear_empties_the_chat_and_silences_speech(site, browser):
         # No sentence end in this reply: the end of the stream flushes it to the speaker.
         page.wait_for_function("() => window.__spoken.length === 1")
         assert page.evaluate("window.__spoken") == [{"text": "清空前的消息", "lang": "zh-CN"}]
-        page.click("#clear")
+        page.click("#new-conversation")
         page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 0")
         assert page.evaluate("window.__cancels") >= 1
     finally:
         context.close()
 
 
+# A voice that begins the first sentence it is given and never gets further (a visitor stops it there).
+# Its language is one the page never picks, so the page leaves the voice to the browser, as it would.
+ONE_SENTENCE_VOICE = """
+window.__queued = 0;
+window.speechSynthesis.getVoices = () => [{name: "Test voice", lang: "xx-XX"}];
+window.speechSynthesis.speak = (u) => {
+  window.__queued += 1;
+  if (window.__queued === 1) setTimeout(() => u.onstart && u.onstart(), 10);
+};
+window.speechSynthesis.cancel = () => {};
+"""
+
+
+def test_the_conversation_survives_a_reload_and_stop_keeps_what_the_avatar_said(site, browser):
+    url, _, router = site
+    context, page = open_page(browser, url, ONE_SENTENCE_VOICE)
+    try:
+        send(page, "我叫小明。")
+        watch_reply(page, 0, until="我叫小明。")
+        page.reload()
+        page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 1")
+        assert bot_texts(page) == ["我叫小明。"] and page.inner_text(USER).strip() == "我叫小明。"
+
+        page.get_by_label("Speak replies").check()
+        send(page, "第一句。第二句。第三句。")
+        watch_reply(page, 1, until="第一句。第二句。第三句。")
+        page.wait_for_function("() => window.__queued === 3 && window.dhSpeech.spoken() === 1")
+        session = page.evaluate("localStorage.getItem('dh-session')")
+        page.click("#stop")     # the avatar was on its first sentence: the conversation keeps that one
+        deadline = time.monotonic() + 10
+        while router.sessions.messages(session)[-1]["content"] != "第一句。" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        kept = router.sessions.messages(session)[-1]
+        assert (kept["content"], kept["cut"]) == ("第一句。", "stopped")
+        page.reload()
+        page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 2")
+        assert bot_texts(page) == ["我叫小明。", "第一句。"]
+
+        page.click("#new-conversation")
+        page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 0")
+        page.wait_for_function(f"() => localStorage.getItem('dh-session') !== '{session}'")
+        page.reload()
+        page.wait_for_selector("#message textarea")
+        page.wait_for_function("() => window.dhSpeech !== undefined")
+        assert page.query_selector_all(BOT) == [] and router.sessions.messages(session) is not None
+    finally:
+        context.close()
+
+
 def test_a_message_sent_right_after_a_cut_reply_is_kept_and_answered(site, browser):
-    url, slow = site
+    url, slow, _ = site
     context, page = open_page(browser, url)
     try:
         choose(page, "Slow Cloud — ready")
@@ -228,7 +294,8 @@ def test_the_default_page_is_what_the_readme_shows(browser, tmp_path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    router = Router(load_settings(env={}), env={})
+    router = Router(replace(load_settings(env={}), sessions=SessionsConfig(folder=str(tmp_path / "sessions"))),
+                    env={})
     demo = webui.build_demo(router)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
@@ -248,7 +315,7 @@ def test_the_default_page_is_what_the_readme_shows(browser, tmp_path, monkeypatc
 
 
 def test_the_avatar_thinks_speaks_and_shows_the_emotion(site, browser):
-    url, slow = site
+    url, slow, _ = site
     context, page = open_page(browser, url)
     try:
         stage = "#avatar-stage"
@@ -272,7 +339,7 @@ def test_the_avatar_thinks_speaks_and_shows_the_emotion(site, browser):
 
 
 def test_no_toasts_pile_up_and_the_microphone_shows_only_where_the_browser_can_listen(site, browser):
-    url, _ = site
+    url, _, _ = site
     context, page = open_page(browser, url)
     try:
         for _ in range(2):
@@ -316,7 +383,8 @@ def test_the_download_button_fetches_a_local_model_and_it_answers_without_a_rest
         providers = {"direct": PRESETS["direct"],
                      "tiny": ProviderConfig("tiny", "local", "fake-org/tiny-chat", label="Tiny Local", device="cpu",
                                             generation={"max_new_tokens": 8})}
-        router = Router(Settings(providers=providers, default="direct"), env={})
+        router = Router(Settings(providers=providers, default="direct",
+                                 sessions=SessionsConfig(folder=str(tmp_path / "sessions"))), env={})
         demo = webui.build_demo(router)
         port = free_port()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
@@ -354,8 +422,8 @@ def test_an_faq_reply_folds_its_sources_and_the_knowledge_panel_lists_uploads_an
     with FakeOpenAIServer(replies=[SHORT_REPLY], chunk_delay=0.01) as cloud:
         providers = {"direct": PRESETS["direct"],
                      "cloud": ProviderConfig("cloud", "openai", "fake", label="Fake Cloud", base_url=cloud.base_url)}
-        router = Router(Settings(providers=providers, default="cloud",
-                                 knowledge=knowledge_folder(tmp_path / "kb")), env={})
+        router = Router(Settings(providers=providers, default="cloud", knowledge=knowledge_folder(tmp_path / "kb"),
+                                 sessions=SessionsConfig(folder=str(tmp_path / "sessions"))), env={})
         demo = webui.build_demo(router)
         port = free_port()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 import webui
-from configs import PRESETS, Settings
+from configs import PRESETS, SessionsConfig, Settings
 from llm.router import Router
 from tests.api_helpers import free_port
 from tests.test_knowledge import knowledge_folder
@@ -27,7 +27,8 @@ def locked_page(monkeypatch_module, tmp_path_factory):
     """The page with a knowledge (its documents panel and upload) behind the login."""
     monkeypatch_module.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     router = Router(Settings(providers={"direct": PRESETS["direct"]}, default="direct",
-                             knowledge=knowledge_folder(tmp_path_factory.mktemp("kb"))), env={})
+                             knowledge=knowledge_folder(tmp_path_factory.mktemp("kb")),
+                             sessions=SessionsConfig(folder=str(tmp_path_factory.mktemp("sessions")))), env={})
     port = free_port()
     demo = webui.build_demo(router, api_port=7999, api_key=KEY)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
