@@ -15,7 +15,7 @@ class Postgres:
         except ImportError as e:
             raise ConfigError("store: a PostgreSQL store needs the psycopg package",
                               fix='pip install "psycopg[binary]"') from e
-        self.dsn, self._psycopg = dsn, psycopg
+        self.dsn, self.psycopg = dsn, psycopg
         self._local = threading.local()
 
     def connection(self) -> _Using:
@@ -24,12 +24,12 @@ class Postgres:
         db = getattr(self._local, "db", None)
         if db is None or db.closed or db.broken:
             try:
-                db = self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
-            except self._psycopg.OperationalError as e:
+                db = self.psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+            except self.psycopg.OperationalError as e:
                 raise NotReadyError(f"the PostgreSQL store is unreachable: {_first_line(e)}",
                                     fix="start PostgreSQL, or fix store in configs.yaml / $LLM_STORE") from e
             self._local.db = db
-        return _Using(db, self._psycopg)
+        return _Using(db, self.psycopg)
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)

@@ -4,17 +4,24 @@ processes share (`store:`). A session ends `ttl` seconds after its last turn; it
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
+from typing import Callable
 
 from .errors import InvalidRequestError
 from .pg import Postgres
 from .types import Message
 
+log = logging.getLogger(__name__)
 MAX_ID = 128
+CHANNEL = "llm_sessions"    # PostgreSQL NOTIFY channel: barge-in between API processes
+STALE_TURN = 600.0          # seconds after which a turn another process claimed counts as dead
 _BAD_ID = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -32,6 +39,42 @@ class Sessions:
     def __init__(self, config, store: str | None = None):
         self.config = config
         self.db: _SQL = _PostgresSQL(store) if store else _SQLiteSQL(Path(config.folder) / "sessions.sqlite3")
+        self.owner = uuid.uuid4().hex     # this process, among those sharing the store
+
+    @property
+    def shared(self) -> bool:
+        """Whether other API processes may answer the same sessions (a PostgreSQL store)."""
+        return isinstance(self.db, _PostgresSQL)
+
+    # Barge-in between API processes (a shared store only): a turn claims its session; a claim that takes
+    # the session from another process's live turn tells that process to cut it off, and waits for "kept".
+
+    def claim(self, session: str) -> bool:
+        """This process answers `session` now; True when another process's turn was live on it (it has
+        been told to cut it off: wait for its `kept` signal)."""
+        if not self.shared:
+            return False
+        before = self.db.claim(checked_id(session), self.owner, time.time())
+        if before is None or before[0] == self.owner or before[1] < time.time() - STALE_TURN:
+            return False
+        self.db.notify({"barge": session, "by": self.owner})
+        return True
+
+    def release(self, session: str, barged_by: str | None = None) -> None:
+        """The turn of `session` here ended and is kept; `barged_by`: the process that cut it off, told so."""
+        if self.shared:
+            self.db.release(session, self.owner)
+            if barged_by:
+                self.db.notify({"kept": session, "for": barged_by})
+
+    def listen(self, on_signal: Callable[[dict], None]) -> None:
+        """Call `on_signal` with each signal of another process for this one (from a thread of its own);
+        returns once listening. Nothing without a shared store."""
+        def mine(signal: dict) -> None:     # not its own barge-in, nor a "kept" meant for another process
+            if signal.get("by") != self.owner and signal.get("for", self.owner) == self.owner:
+                on_signal(signal)
+        if self.shared:
+            self.db.listen(mine)
 
     def history(self, session: str) -> list[Message]:
         """The session's messages for the model (none once it has expired)."""
@@ -159,11 +202,64 @@ class _SQLiteSQL(_SQL):
 class _PostgresSQL(_SQL):
     def __init__(self, dsn: str):
         self.pg = Postgres(dsn)
+        self._listener: threading.Thread | None = None
+        self._closed = threading.Event()
         with self.pg.connection() as db:
             columns = _COLUMNS.format(serial="BIGSERIAL PRIMARY KEY", real="DOUBLE PRECISION")
             db.execute(f"CREATE TABLE IF NOT EXISTS session_messages ({columns})")
             db.execute("CREATE INDEX IF NOT EXISTS session_messages_session ON session_messages "
                        "(session, seq)")
+            # which process answers each session now (barge-in between processes)
+            db.execute("CREATE TABLE IF NOT EXISTS session_live (session TEXT PRIMARY KEY, "
+                       "owner TEXT NOT NULL, since DOUBLE PRECISION NOT NULL)")
+
+    def claim(self, session: str, owner: str, now: float) -> tuple[str, float] | None:
+        """Take the session; the owner and start of the live turn it had, if any."""
+        with self.pg.connection() as db, db.transaction():
+            db.execute("INSERT INTO session_live VALUES (%s, '', 0) ON CONFLICT DO NOTHING", (session,))
+            before = db.execute("SELECT owner, since FROM session_live WHERE session=%s FOR UPDATE",
+                                (session,)).fetchone()
+            db.execute("UPDATE session_live SET owner=%s, since=%s WHERE session=%s", (owner, now, session))
+        return (before[0], before[1]) if before and before[0] else None
+
+    def release(self, session: str, owner: str) -> None:
+        with self.pg.connection() as db:
+            db.execute("DELETE FROM session_live WHERE session=%s AND owner=%s", (session, owner))
+
+    def notify(self, signal: dict) -> None:
+        with self.pg.connection() as db:
+            db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(signal)))
+
+    def listen(self, on_signal: Callable[[dict], None]) -> None:
+        """LISTEN on a connection of its own, in a thread; returns once listening (or having failed to:
+        barge-in between processes then waits for nothing, and the thread keeps trying)."""
+        if self._listener is not None:
+            return
+        ready = threading.Event()
+        self._listener = threading.Thread(target=self._listen, args=(on_signal, ready), daemon=True,
+                                          name="sessions-listen")
+        self._listener.start()
+        ready.wait(10)
+
+    def _listen(self, on_signal: Callable[[dict], None], ready: threading.Event) -> None:
+        psycopg = self.pg.psycopg
+        while not self._closed.is_set():
+            try:
+                with psycopg.connect(self.pg.dsn, autocommit=True, connect_timeout=5) as db:
+                    db.execute(f"LISTEN {CHANNEL}")
+                    ready.set()
+                    while not self._closed.is_set():
+                        for note in db.notifies(timeout=1.0):
+                            try:
+                                on_signal(json.loads(note.payload))
+                            except Exception:   # noqa: BLE001 - one bad signal must not stop the others
+                                log.exception("a session signal failed: %r", note.payload)
+            except psycopg.Error as e:
+                ready.set()
+                if self._closed.is_set():
+                    return
+                log.warning("listening for other API processes' barge-ins failed (%s); retrying", e)
+                self._closed.wait(2.0)
 
     def rows(self, session: str, since: float) -> list[Row]:
         with self.pg.connection() as db:
@@ -201,4 +297,5 @@ class _PostgresSQL(_SQL):
             return db.execute("DELETE FROM session_messages WHERE session=%s", (session,)).rowcount > 0
 
     def close(self) -> None:
+        self._closed.set()
         self.pg.close()

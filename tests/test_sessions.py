@@ -173,6 +173,38 @@ def test_a_new_prompt_cuts_off_the_reply_still_going_and_the_history_holds_what_
             server.stop()
 
 
+@pytest.mark.skipif(binaries() is None, reason="needs PostgreSQL: apt-get install postgresql")
+def test_a_prompt_through_one_server_cuts_off_the_reply_another_server_is_streaming(tmp_path):
+    long_story = "".join(f"第{n}句话。" for n in range(1, 40))
+    with FakeOpenAIServer(["你好。", long_story, "好的。"], chunk_delay=0.03, chunks=60) as slow, \
+            postgres_server() as url:
+        one = serve(slow, tmp_path / "a", store=url, short_answer=False)
+        two = serve(slow, tmp_path / "b", store=url, short_answer=False)
+        try:
+            ask(two, prompt="你好", session="warm")     # each server has listened since its first session turn
+            first = requests.post(one.url, json={"prompt": "讲个长故事", "session": "k", "stream": True},
+                                  stream=True, timeout=30)
+            lines, heard = first.iter_lines(decode_unicode=True), []
+            for line in lines:
+                if line.startswith("data: ") and '"sentence"' in line:
+                    heard.append(json.loads(line[6:])["sentence"])
+                    if len(heard) == 2:
+                        break
+            second = requests.post(two.url, json={"prompt": "停，换个话题", "session": "k"}, timeout=30)
+            assert second.status_code == 200, second.text
+            rest = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+            first.close()
+            assert rest and "error" in rest[-1] and len(heard) + len(rest) - 1 < 39   # cut off early
+            said = [(m["role"], m["content"]) for m in slow.requests[-1]["messages"] if m["role"] != "system"]
+            delivered = "".join(heard + [e["sentence"] for e in rest if "sentence" in e])
+            assert said == [("user", "讲个长故事"), ("assistant", delivered), ("user", "停，换个话题")]
+            kept = requests.get(f"{one.url}/sessions/k", timeout=10).json()["messages"]
+            assert kept[1]["cut"] == "barged_in" and [m["role"] for m in kept] == ["user", "assistant"] * 2
+        finally:
+            one.stop()
+            two.stop()
+
+
 def test_a_client_that_knows_what_was_heard_says_so(tmp_path):
     with FakeOpenAIServer([STORY, STORY, "好。"]) as fake:
         server = serve(fake, tmp_path, short_answer=False)

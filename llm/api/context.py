@@ -15,6 +15,9 @@ class Context:
     api_key: str | None
     max_body_bytes: int
     live: dict[str, Any] = field(default_factory=dict)     # session id -> its turn being answered now
+    # session id -> a turn here waiting for another API process to keep the turn it cut off
+    waiting: dict[str, Any] = field(default_factory=dict)
+    listening: bool = False     # for other processes' barge-ins (a shared store)
 
     def authorized(self, scope: dict) -> bool:
         if not self.api_key or scope["path"] == "/health":     # the only route that needs no API key

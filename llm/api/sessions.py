@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import Path, Request
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, LLMError
 from ..sessions import checked_id
 from ..types import CancelToken
 from .schemas import ApiError, HeardRequest, read_body
@@ -75,6 +75,7 @@ class Turn:
         self.cancel = CancelToken()
         self.heard: list[str] = []
         self.cut: str | None = None         # "barged_in" when a new prompt cut it off
+        self.barged_by: str | None = None   # the API process whose new prompt cut it off, if another
         self.recorded = False
         self.done = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -92,6 +93,17 @@ class Turn:
             except TimeoutError:    # its client is not reading: go on; it is kept when it ends
                 log.warning("session %r: the reply cut off was not kept within %.0f s", self.session,
                             BARGE_WAIT)
+        if self.sessions.shared:    # another API process may be answering it: it is told to stop
+            kept = self.ctx.waiting[self.session] = self._loop.create_future()
+            try:
+                if await asyncio.to_thread(self.sessions.claim, self.session):
+                    await asyncio.wait_for(kept, BARGE_WAIT)
+            except TimeoutError:
+                log.warning("session %r: another API process did not keep the reply cut off within %.0f s",
+                            self.session, BARGE_WAIT)
+            finally:
+                if self.ctx.waiting.get(self.session) is kept:
+                    del self.ctx.waiting[self.session]
 
     def record(self, provider: str, cut: str | None = None) -> None:
         """Keep the turn (blocking: from a worker thread)."""
@@ -99,11 +111,21 @@ class Turn:
             self.recorded = True
             self.sessions.record(self.session, self.prompt, "".join(self.heard), provider, self.cut or cut)
 
+    def keep(self, provider: str | None, cut: str | None = None) -> None:
+        """Keep the turn (if a reply began) and give the session up in the store (blocking)."""
+        try:
+            if provider is not None:
+                self.record(provider, cut)
+        finally:
+            try:
+                self.sessions.release(self.session, self.barged_by)
+            except LLMError as e:   # the store is down: the claim goes stale by itself
+                log.warning("session %r: could not release it in the store: %s", self.session, e.message)
+
     async def finish(self, provider: str | None, cut: str | None = None) -> None:
         """Keep the turn (if a reply began) and give the session up."""
         try:
-            if provider is not None:
-                await asyncio.to_thread(self.record, provider, cut)
+            await asyncio.to_thread(self.keep, provider, cut)
         finally:
             self.release()
 
@@ -115,7 +137,7 @@ class Turn:
 
         def run() -> None:
             try:
-                self.record(provider, cut)
+                self.keep(provider, cut)
             finally:
                 self._loop.call_soon_threadsafe(self.release)
         threading.Thread(target=run, name="session-record", daemon=True).start()
@@ -132,6 +154,29 @@ async def open_turn(request: Request, session: str | None, prompt: str) -> Turn 
         return None
     router = request.app.state.ctx.router
     sessions = await asyncio.to_thread(lambda: router.sessions)   # opened on first use: disk, network
-    turn = Turn(request.app.state.ctx, sessions, session, prompt)
+    ctx = request.app.state.ctx
+    if sessions.shared and not ctx.listening:
+        ctx.listening = True
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(sessions.listen, lambda signal: loop.call_soon_threadsafe(
+            _signal, ctx, sessions, signal))
+    turn = Turn(ctx, sessions, session, prompt)
     await turn.take_over()
     return turn
+
+
+def _signal(ctx, sessions, signal: dict) -> None:
+    """Another API process's word on a session: a new prompt there cuts off the turn live here (which
+    says "kept" once kept; at once when there is none), or the turn it cut off here is kept."""
+    if "barge" in signal:
+        turn = ctx.live.get(signal["barge"])
+        if turn is None or turn.done.is_set():
+            threading.Thread(target=sessions.release, args=(signal["barge"], signal["by"]), daemon=True,
+                             name="session-kept").start()
+        else:
+            turn.barged_by, turn.cut = signal["by"], "barged_in"
+            turn.cancel.cancel()
+    elif "kept" in signal:
+        kept = ctx.waiting.get(signal["kept"])
+        if kept is not None and not kept.done():
+            kept.set_result(None)
