@@ -16,6 +16,7 @@ from .. import speech
 from ..errors import LLMError
 from ..router import Router
 from .context import Context
+from .docs import add_docs
 from .errors import error_response, handle_error
 from .openai import chat_completions, get_model, list_models, statuses
 from .openapi import openapi_document
@@ -34,7 +35,8 @@ def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: in
         await router.aclose_loop()  # upstream connections opened on this server's loop
 
     app = FastAPI(title="Avatar LLM Router API", version="2", lifespan=lifespan,
-                  description="Seed API (`POST /`), OpenAI-compatible `/v1`, and `/health`.")
+                  description="Seed API (`POST /`), OpenAI-compatible `/v1`, and `/health`.",
+                  docs_url=None, redoc_url=None)    # add_docs below: the same pages, without a CDN
     app.state.ctx = ctx = Context(router, api_key or None, max_body_bytes)
     router.add_secret(api_key)
     for exc_type in (ApiError, LLMError, HTTPException, RequestValidationError, Exception):
@@ -51,6 +53,7 @@ def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: in
                       summary="Only the first N sentences of the last reply were heard")
     app.add_api_route("/health", health, methods=["GET"], summary="Liveness and provider readiness")
     app.openapi = lambda: openapi_document(app)
+    add_docs(app)   # /docs and /redoc with their JS and CSS served here, not from a CDN: they work offline
     # The TTS normaliser takes ~0.7 s to import: load it now, not on a user's first sentence with a number;
     # the knowledge's index (and embedding model) too, not on the first question.
     threading.Thread(target=speech.for_tts, args=("1",), name="tts-warm-up", daemon=True).start()
