@@ -35,6 +35,20 @@ def ask(server, **body) -> dict:
     return reply.json()
 
 
+def two_sentences_of_a_story(server, session: str):
+    """A streamed long story on `session`, read as far as its second sentence: (response, the rest of its
+    lines, the two sentences)."""
+    first = requests.post(server.url, json={"prompt": "讲个长故事", "session": session, "stream": True},
+                          stream=True, timeout=30)
+    lines, heard = first.iter_lines(decode_unicode=True), []
+    for line in lines:
+        if line.startswith("data: ") and '"sentence"' in line:
+            heard.append(json.loads(line[6:])["sentence"])
+            if len(heard) == 2:
+                break
+    return first, lines, heard
+
+
 def said_to_upstream(fake) -> list[tuple[str, str]]:
     return [(m["role"], m["content"]) for m in fake.requests[-1]["messages"] if m["role"] != "system"]
 
@@ -146,15 +160,7 @@ def test_a_new_prompt_cuts_off_the_reply_still_going_and_the_history_holds_what_
     with FakeOpenAIServer([long_story, "好的。"], chunk_delay=0.03, chunks=60) as slow:
         server = serve(slow, tmp_path, short_answer=False)
         try:
-            first = requests.post(server.url, json={"prompt": "讲个长故事", "session": "b", "stream": True},
-                                  stream=True, timeout=30)
-            lines = first.iter_lines(decode_unicode=True)
-            heard = []
-            for line in lines:      # two sentences heard, then the visitor talks over the avatar
-                if line.startswith("data: ") and '"sentence"' in line:
-                    heard.append(json.loads(line[6:])["sentence"])
-                    if len(heard) == 2:
-                        break
+            first, lines, heard = two_sentences_of_a_story(server, "b")   # then the visitor talks over it
             second = requests.post(server.url, json={"prompt": "停，换个话题", "session": "b"}, timeout=30)
             assert second.status_code == 200, second.text
             rest = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
@@ -182,14 +188,7 @@ def test_a_prompt_through_one_server_cuts_off_the_reply_another_server_is_stream
         two = serve(slow, tmp_path / "b", store=url, short_answer=False)
         try:
             ask(two, prompt="你好", session="warm")     # each server has listened since its first session turn
-            first = requests.post(one.url, json={"prompt": "讲个长故事", "session": "k", "stream": True},
-                                  stream=True, timeout=30)
-            lines, heard = first.iter_lines(decode_unicode=True), []
-            for line in lines:
-                if line.startswith("data: ") and '"sentence"' in line:
-                    heard.append(json.loads(line[6:])["sentence"])
-                    if len(heard) == 2:
-                        break
+            first, lines, heard = two_sentences_of_a_story(one, "k")
             second = requests.post(two.url, json={"prompt": "停，换个话题", "session": "k"}, timeout=30)
             assert second.status_code == 200, second.text
             rest = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
