@@ -1,39 +1,49 @@
 () => {
-  // The page's speech and its avatar, run once per page load.
-  // "Speak replies": the browser's Web Speech API says each sentence of the reply as soon as the
-  // router has it complete (#sayings: its TTS-ready text), while the text still streams. The avatar stage (#avatar-stage) shows
-  // data-state = idle | thinking | speaking, driven by the speech events (start/boundary/end), and
-  // data-emotion from the router's emotion tags (the status line's "feeling: joy").
+  // The page's avatar, run once per page load. The router hands each speakable sentence of the reply
+  // (#sayings, JSON: sentence, its TTS-ready text, emotion, and `seconds`: how long a voice takes to say it)
+  // as soon as it is complete. A player says them one after another: the sentence as a caption under the
+  // avatar, the stage's data-state "speaking", and a mouth shape (data-viseme) chosen from the text.
+  // With "Speak replies" on, the browser's voice says it and its events lead; without a voice (speech off,
+  // or a browser with none) the avatar still says it silently, for the sentence's estimated length.
   if (window.dhSpeech) return;
   const synth = window.speechSynthesis;
-  // started: the sentences of the latest reply that a voice began to say (what Stop keeps)
-  const st = {on: false, muted: false, count: 0, said: 0, seen: "", speaking: 0, thinking: false,
-              streaming: false, quiet: 0, started: 0};
-  const prefs = {voice: "", rate: 1};
   const $ = (id) => document.getElementById(id);
   const bots = () => document.querySelectorAll('#chatbot [data-testid="bot"] .message-content');
+  const VOICE_WAIT = 900;       // ms a voice may take to start before the sentence is said silently
+  const VISEME_STEP = 120;      // ms per mouth shape
+  // count: bot messages seen; said: sayings of the latest reply taken; started: of those, begun by a voice
+  // muted: Stop (or a new message) silenced the latest reply: its later sentences are not said
+  const st = {on: false, count: 0, said: 0, started: 0, queue: [], current: null, thinking: false, gen: 0,
+              muted: false};
+  const prefs = {voice: "", rate: 1};
 
   const stage = {
-    set(state) {
-      const el = $("avatar-stage");
-      if (el && el.dataset.state !== state) el.dataset.state = state;
-    },
-    settle() {    // what the avatar does when nothing is being said
-      if (st.speaking > 0) return this.set("speaking");
-      if (st.thinking) return this.set("thinking");
-      this.set(st.streaming && !st.on ? "speaking" : "idle");   // silent: it mouths the streaming text
-    },
-    emotion(name) {
-      const el = $("avatar-stage");
-      if (el && name) el.dataset.emotion = name;
-    },
-    syllable() {  // a word boundary: a quicker mouth beat, in time with the voice
-      const el = $("avatar-stage");
-      if (!el) return;
-      el.classList.add("syllable");
-      clearTimeout(el._beat);
-      el._beat = setTimeout(() => el.classList.remove("syllable"), 160);
-    },
+    el: () => $("avatar-stage"),
+    set(state) { const el = this.el(); if (el && el.dataset.state !== state) el.dataset.state = state; },
+    settle() { this.set(st.current ? "speaking" : st.thinking ? "thinking" : "idle"); },
+    emotion(name) { const el = this.el(); if (el && name) el.dataset.emotion = name; },
+    viseme(name) { const el = this.el(); if (el && el.dataset.viseme !== name) el.dataset.viseme = name; },
+    caption(text) { const el = $("avatar-caption"); if (el && el.textContent !== text) el.textContent = text; },
+  };
+
+  // A mouth shape for a character: closed on pauses and lip sounds, round for o/u, wide for e/i, open
+  // for a; a Chinese character by its code (no pinyin here), so the mouth moves with the syllables.
+  const visemeOf = (ch) => {
+    if (!ch || /[\s，。！？、；：,.!?;:…“”"'（）()\-—]/.test(ch)) return "closed";
+    const c = ch.toLowerCase();
+    if (/[mbp]/.test(c)) return "closed";
+    if (/[ouwq]/.test(c)) return "round";
+    if (/[eiyx]/.test(c)) return "wide";
+    if (/[a-z0-9]/.test(c)) return "open";
+    return ["open", "round", "wide", "open"][ch.codePointAt(0) % 4];
+  };
+  let mouthClock = 0;
+  const mouth = (text) => {
+    clearInterval(mouthClock);
+    const chars = Array.from(text || "");
+    let i = 0;
+    if (!chars.length) return stage.viseme("closed");
+    mouthClock = setInterval(() => { stage.viseme(visemeOf(chars[i % chars.length])); i += 1; }, VISEME_STEP);
   };
 
   const isChinese = (text) => /[\u3400-\u9fff]/.test(text);
@@ -43,55 +53,62 @@
     return voices.find((v) => v.name === prefs.voice && v.lang.slice(0, 2) === lang.slice(0, 2))
       || voices.find((v) => v.lang.replace("_", "-") === lang) || null;
   };
-  const say = (text, emotion) => {
-    text = text.trim();
-    if (!text || !synth) return;
-    const u = new SpeechSynthesisUtterance(text);
-    u.lang = isChinese(text) ? "zh-CN" : "en-US";
+
+  // The player: one sentence at a time, each ended by its voice or its clock.
+  const next = () => {
+    const gen = st.gen;
+    const item = st.queue.shift();
+    st.current = item || null;
+    if (!item) { clearInterval(mouthClock); stage.viseme("closed"); stage.caption(""); stage.settle(); return; }
+    st.thinking = false;
+    stage.emotion(item.emotion);
+    stage.caption(item.sentence);
+    stage.settle();
+    let over = false;
+    const done = () => { if (!over && gen === st.gen) { over = true; next(); } };
+    const silently = () => {
+      mouth(item.sentence);
+      setTimeout(done, Math.max(600, (item.seconds || item.sentence.length / 5) * 1000 / prefs.rate));
+    };
+    if (!st.on || !synth) return silently();
+    const u = new SpeechSynthesisUtterance((item.speech || item.sentence).trim());
+    u.lang = isChinese(u.text) ? "zh-CN" : "en-US";
     const voice = voiceFor(u.lang);
     if (voice) u.voice = voice;
     u.rate = prefs.rate;
     let started = false;
-    const reply = st.count;
-    u.onstart = () => { started = true; st.speaking += 1; if (reply === st.count) st.started += 1; st.thinking = false; stage.emotion(emotion); stage.settle(); };
-    u.onboundary = () => stage.syllable();
-    u.onend = u.onerror = () => { if (started) st.speaking = Math.max(0, st.speaking - 1); stage.settle(); };
+    const fallback = setTimeout(() => { if (!started && gen === st.gen) silently(); }, VOICE_WAIT);
+    u.onstart = () => {
+      if (gen !== st.gen) return;
+      started = true; clearTimeout(fallback); st.started += 1; mouth(item.sentence);
+    };
+    u.onend = u.onerror = () => { clearTimeout(fallback); if (started) done(); };
     synth.speak(u);
   };
+
   const latest = () => {
     const all = bots();
     return [all.length, all.length ? all[all.length - 1].innerText : ""];
   };
-  // The router's sentences for the reply (#sayings, JSON): its splitter, TTS-ready text, emotion.
   const sayings = () => {
     const el = $("sayings");
     try { return JSON.parse((el && el.innerText) || "[]"); } catch (e) { return []; }
   };
   const check = () => {
-    const [count, text] = latest();
+    const [count] = latest();
     const items = sayings();
     if (count !== st.count || items.length < st.said) {
-      Object.assign(st, {count: count, said: 0, muted: false, started: 0});
-    }
-    if (text.trim() && text !== st.seen) {     // the reply grew: without a voice, the avatar mouths it
-      st.seen = text;
-      if (!st.on) st.thinking = false;
-      st.streaming = true;
-      clearTimeout(st.quiet);
-      st.quiet = setTimeout(() => { st.streaming = false; stage.settle(); }, 700);
-      stage.settle();
+      Object.assign(st, {count: count, said: 0, started: 0, muted: false});
     }
     const fresh = items.slice(st.said);
     st.said = items.length;
-    if (!st.on || st.muted) {
-      if (fresh.length) stage.emotion(fresh[fresh.length - 1].emotion);
-      return;
-    }
-    for (const item of fresh) say(item.speech || item.sentence, item.emotion);
+    if (!fresh.length || st.muted) return;
+    st.queue.push(...fresh);
+    if (!st.current) next();
   };
   const readEmotion = () => {
     const line = $("answered-by");
-    const m = line && /feeling: (\w+)/.exec(line.innerText);
+    const m = line && /(?:feeling|情绪): (\w+)/.exec(line.innerText);
     if (m) stage.emotion(m[1]);
   };
 
@@ -100,7 +117,7 @@
     if (!queued) { queued = true; setTimeout(() => { queued = false; check(); readEmotion(); }, 30); }
   }).observe(document.body, {childList: true, subtree: true, characterData: true});
 
-  // Voice picker, rate, and a note when the browser has no voices.
+  // Voice picker, rate, and a note when the browser has no voices; the language switch; focus.
   const fillVoices = () => {
     const select = $("dh-voice"), note = $("dh-voice-note");
     if (!select) return;
@@ -108,26 +125,48 @@
     select.innerHTML = "";
     select.hidden = voices.length === 0;
     for (const v of voices) select.add(new Option(`${v.name} (${v.lang})`, v.name));
-    if (note) note.textContent = voices.length ? "" :
-      "This browser offers no speech voices: replies are shown, not spoken. 此浏览器没有可用的语音。";
+    const zh = (document.documentElement.lang || "").startsWith("zh");
+    if (note) note.textContent = voices.length ? "" : zh ? "此浏览器没有可用的语音：数字人会无声地说，并显示字幕。"
+      : "This browser offers no voices: the avatar says replies silently, with captions.";
   };
+  // The page's language is Gradio's own i18n: it follows the browser's, and Gradio's Settings dialog (its
+  // footer) has the menu that switches it; the header's 中文 / EN button opens it there.
+  document.addEventListener("click", (event) => {   // delegated: Gradio may render the header anew
+    if (!event.target.closest || !event.target.closest("#dh-lang")) return;
+    const open = document.querySelector("footer button.settings");
+    if (open) open.click();
+    const focus = (tries) => {
+      const menu = document.querySelector('[role="dialog"] input[aria-label="Language"]');
+      if (menu) { menu.scrollIntoView({block: "center"}); menu.focus({preventScroll: true}); }
+      else if (tries > 0) setTimeout(() => focus(tries - 1), 100);
+    };
+    focus(20);
+  });
   const wire = () => {
     const select = $("dh-voice"), rate = $("dh-rate"), mic = $("dh-mic");
-    if (!select) return setTimeout(wire, 200);     // the stage renders after this script runs
+    if (!select || !$("dh-lang")) return setTimeout(wire, 200);     // the page renders after this script runs
     fillVoices();
     if (synth) synth.addEventListener("voiceschanged", fillVoices);
+    const zh = (document.documentElement.lang || navigator.language || "").startsWith("zh");
+    if (rate.previousSibling) rate.previousSibling.textContent = zh ? "语速 " : "Rate ";
+    mic.textContent = zh ? "语音输入" : "Voice input";
+    mic.title = zh ? "说出你的问题" : "Speak your question";
+    select.title = zh ? "声音" : "Voice";
     select.onchange = () => { prefs.voice = select.value; };
     rate.oninput = () => { prefs.rate = parseFloat(rate.value) || 1; };
+    // A desktop kiosk types at once; a phone keeps its keyboard down and the page at the top.
+    const box = document.querySelector("#message textarea");
+    if (box && window.matchMedia("(pointer: fine)").matches) box.focus({preventScroll: true});
     const Recognition = window.SpeechRecognition || window.webkitSpeechRecognition;
     if (!Recognition || !mic) return;               // no speech recognition here: no microphone button
     mic.hidden = false;
     mic.onclick = () => {
       const rec = new Recognition();
-      rec.lang = navigator.language && navigator.language.startsWith("en") ? "en-US" : "zh-CN";
+      rec.lang = (document.documentElement.lang || "zh").startsWith("en") ? "en-US" : "zh-CN";
       rec.onresult = (event) => {
-        const box = document.querySelector("#message textarea");
-        box.value = event.results[0][0].transcript;
-        box.dispatchEvent(new Event("input", {bubbles: true}));
+        const input = document.querySelector("#message textarea");
+        input.value = event.results[0][0].transcript;
+        input.dispatchEvent(new Event("input", {bubbles: true}));
         setTimeout(() => $("send").click(), 50);
       };
       rec.start();
@@ -138,12 +177,16 @@
   window.dhSpeech = {
     enable(on) { st.on = on; Object.assign(st, {count: latest()[0], said: sayings().length});
                  if (!on && synth) synth.cancel(); },
-    thinking(message) { if ((message || "").trim()) { st.thinking = true; st.streaming = false; stage.settle(); } },
-    flush() { check(); st.thinking = false; st.streaming = false; stage.settle(); },
-    // How many sentences of the latest reply were heard: those a voice began to say; -1 when the reply
-    // was only shown (speech off, or a browser without voices), so all of it counts.
+    thinking(message) { if ((message || "").trim()) { st.thinking = true; stage.settle(); } },
+    flush() { check(); st.thinking = false; stage.settle(); },
+    // How many sentences of the latest reply were heard: those a voice began to say; -1 when speech is
+    // off or there is no voice (the reply was read on the screen: all of it counts).
     spoken() { return st.on && synth && synth.getVoices().length ? st.started : -1; },
-    stop() { if (synth) synth.cancel(); Object.assign(st, {muted: true, speaking: 0, thinking: false,
-                                                          streaming: false}); stage.settle(); },
+    stop() {
+      st.gen += 1;      // what is under way ends without moving on
+      if (synth) synth.cancel();
+      Object.assign(st, {queue: [], current: null, thinking: false, muted: true});
+      clearInterval(mouthClock); stage.viseme("closed"); stage.caption(""); stage.settle();
+    },
   };
 }

@@ -27,6 +27,7 @@ class Plan:
     repo_id: str
     source: str
     local_dir: Path | None
+    endpoint: str | None = None     # a Hugging Face endpoint other than HF_ENDPOINT's (a mirror)
 
 
 def model_is_path(cfg: ProviderConfig) -> bool:
@@ -62,6 +63,14 @@ def plan(cfg: ProviderConfig, source: str = "huggingface", directory: str | None
     return Plan(repo_id, source, local_dir)
 
 
+MIRROR = "https://hf-mirror.com"     # a public mirror of the Hugging Face hub, reachable from China
+
+
+def mirror() -> str:
+    """The other hub the page offers when a download fails: $HF_MIRROR (a company's own), else MIRROR."""
+    return (os.environ.get("HF_MIRROR") or MIRROR).rstrip("/")
+
+
 def hub_location() -> tuple[str, str]:
     """(endpoint, cache dir) of the HF hub from the environment now: huggingface_hub reads it at import."""
     from huggingface_hub import constants
@@ -82,6 +91,7 @@ def _from_huggingface(p: Plan) -> Path:
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     endpoint, cache_dir = hub_location()
+    endpoint = (p.endpoint or endpoint).rstrip("/")
     try:    # one quick request first: it checks the network and lists the files
         info = HfApi(endpoint=endpoint).model_info(p.repo_id, timeout=CHECK_TIMEOUT)
     except GatedRepoError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import html
 import json
 import logging
@@ -21,7 +22,10 @@ from .errors import CancelledError, InvalidRequestError, LLMError
 from .reply import Reply
 from .router import KNOWLEDGE, Router
 from .sessions import checked_id
+from .speech import spoken_seconds
 from .types import CancelToken, GenerationParams, normalize_history
+from .ui_knowledge import sources_html, without_sources
+from .ui_text import say
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +43,6 @@ DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512}
 Progress = Callable[..., Any]
 History = list[dict[str, str]]
 COMMANDS = ("export ", "python ", "pip ", "huggingface-cli ", "ollama ")   # fix hints that are commands
-# The sources folded under a reply: the end of the displayed message, never part of what is said or sent.
-SOURCES_FOLD = re.compile(r'\s*<details class="dh-sources">.*?</details>\s*\Z', re.S)
-SOURCE_CHARS = 160      # a source's text is clipped to this under the reply
 KEEP_WAIT = 2.0         # seconds a turn waits for the one it cut off to be kept in the conversation
 
 
@@ -52,8 +53,9 @@ class Turn(CancelToken):
     stopped = False     # not just cancelled: the router also cancels the token when a stream ends
     cleared = False     # a new conversation, or a newer turn: this one must not write to the chat again
     done = False
-    error: gr.Error | None = None
+    error: str | None = None        # the notice (Markdown) for `report` to show after a failed turn
     reply: Reply | None = None      # its reply, while and once it is said; None again if it failed
+    provider: str | None = None     # the provider chosen for it
 
     def __init__(self, previous: Turn | None = None):
         super().__init__()
@@ -104,42 +106,42 @@ class TurnOptions:
     max_new_tokens: int | None = None
     knowledge: bool = True      # off: this turn is answered without the knowledge
     session: str = ""           # the browser's conversation, kept by the server ("": none)
+    lang: str = "en"            # the page's language (its status lines and notices)
 
     def params(self) -> GenerationParams:
         return GenerationParams(temperature=self.temperature, top_p=self.top_p or None,  # 0: no nucleus cut
                                 max_new_tokens=int(self.max_new_tokens) if self.max_new_tokens else None)
 
 
-def provider_choices(router: Router) -> list[tuple[str, str]]:
+def provider_choices(router: Router, lang: str = "en") -> list[tuple[str, str]]:
     """(label with readiness, name) for every configured provider, for the dropdown."""
     return [(f"{router.settings.providers[name].display_name} — "
-             f"{'ready' if st.ready else 'cooling down' if st.cooldown_s else 'not ready'}", name)
+             f"{say(lang, 'ready' if st.ready else 'cooling' if st.cooldown_s else 'not_ready')}", name)
             for name, st in router.statuses().items()]
 
 
-def provider_note(router: Router, name: str) -> str:
+def provider_note(router: Router, name: str, lang: str = "en") -> str:
     """Markdown saying whether a provider can answer, and if not, why and how to fix it."""
     label = router.settings.providers[name].display_name
     status = router.status(name)
     if status.cooldown_s:
-        return f"**{label}** is {status.reason}. {status.fix.capitalize()}."
+        return say(lang, "note_cooling", label=label, reason=status.reason, fix=status.fix.capitalize())
     if not status.ready:    # the fix hint ("export X=... or set ..."): each command in a code block, to copy
-        out = [f"**{label}** is not ready: {status.reason}."]
+        out = [say(lang, "note_not_ready", label=label, reason=status.reason)]
         for i, p in enumerate(part.strip() for part in (status.fix.split(" or ") if status.fix else [])):
             if p.startswith(COMMANDS):
-                after = " then restart `python webui.py`." if p.startswith("export ") else ""
-                out.append(("To fix it, run:" if i == 0 else "Or run:") + f"\n\n```bash\n{p}\n```\n{after}")
+                after = " " + say(lang, "then_restart") if p.startswith("export ") else ""
+                out.append(say(lang, "fix_run" if i == 0 else "or_run") + f"\n\n```bash\n{p}\n```\n{after}")
             else:
-                out.append(("To fix it: " if i == 0 else "Or ") + p + ".")
+                out.append(say(lang, "fix" if i == 0 else "or") + " " + p + ".")
         return "\n\n".join(out)
-    if _needs_loading(router, name):
-        return f"**{label}** is ready; the model loads on the first message (progress is shown)."
-    return f"**{label}** is ready."
+    return say(lang, "note_loads" if _needs_loading(router, name) else "note_ready", label=label)
 
 
-def choose_provider(router: Router, name: str) -> tuple[str, float, float, int]:
-    """Dropdown change: the readiness note (inline: toasts would pile up) and the sampling defaults."""
-    return (provider_note(router, name), *sampling_defaults(router, name))
+def choose_provider(router: Router, name: str, lang: str = "en") -> tuple[str, float, float, int]:
+    """Dropdown change: the readiness note (the page's one notice: it replaces the last) and the
+    sampling defaults."""
+    return (provider_note(router, name, lang), *sampling_defaults(router, name))
 
 
 def can_download(router: Router, name: str) -> bool:
@@ -153,17 +155,30 @@ def can_download(router: Router, name: str) -> bool:
         return False    # a folder with no hub id: nothing to fetch
 
 
-async def download_model(router: Router, name: str) -> tuple[str, Any, Any]:
-    """Download button: fetch the model, then show it ready without a restart (note, dropdown, button)."""
+async def download_model(router: Router, name: str, lang: str = "en",
+                         other: bool = False) -> tuple[str, Any, Any, Any]:
+    """Download, or with `other` from the other hub (hf-mirror.com or $HF_MIRROR, or huggingface.co when
+    HF_ENDPOINT is the mirror): the model, then shown ready without a restart (notice, dropdown, Download,
+    Other).
+    A failure keeps Download (to try again), offers the other hub, and names the commands for the rest."""
     cfg = router.settings.providers[name]
+    endpoint, mirror = download.hub_location()[0], download.mirror()
+    elsewhere = "https://huggingface.co" if endpoint == mirror else mirror
+    plan = download.plan(cfg)
+    if other:
+        plan = dataclasses.replace(plan, endpoint=elsewhere)
     try:    # to_thread keeps gr.Progress's context, for the tqdm bars
-        await asyncio.to_thread(download.download, download.plan(cfg))
+        await asyncio.to_thread(download.download, plan)
     except download.DownloadError as e:
         log.warning("downloading %s failed: %s", name, e)
-        return (f"**{cfg.display_name}**: the download did not finish: {e}", gr.skip(),
-                gr.update(visible=True))
-    return (provider_note(router, name), gr.update(choices=provider_choices(router)),
-            gr.update(visible=can_download(router, name)))
+        commands = (f"```bash\nHF_ENDPOINT={mirror} python -m llm download {name}\n"
+                    f"python -m llm download {name} --source modelscope\n```")
+        note = "\n\n".join([say(lang, "download_failed", label=cfg.display_name, message=_escaped(str(e))),
+                             say(lang, "download_choices"), say(lang, "download_commands"), commands])
+        host = elsewhere.split("://", 1)[-1]
+        return note, gr.skip(), gr.update(visible=True), gr.update(visible=True, value=f"⬇ {host}")
+    return (provider_note(router, name, lang), gr.update(choices=provider_choices(router, lang)),
+            gr.update(visible=can_download(router, name)), gr.update(visible=False))
 
 
 def sampling_defaults(router: Router, name: str) -> tuple[float, float, int]:
@@ -201,7 +216,8 @@ def start_turn(message: str, history: Any, previous: Turn | None = None, *, rout
     return "", history + [{"role": "user", "content": message}], Turn(previous)
 
 
-def stop(turn: Turn | None, router: Router | None = None, spoken: float | None = None) -> Any:
+def stop(turn: Turn | None, router: Router | None = None, spoken: float | None = None,
+         lang: str = "en") -> Any:
     """Stop: a local model stops at its next token, a cloud stream is closed, and the conversation keeps
     the sentences the browser began to say (`spoken`). Returns the status line."""
     if turn is not None and router is not None:
@@ -209,7 +225,7 @@ def stop(turn: Turn | None, router: Router | None = None, spoken: float | None =
     if turn is None or turn.done:
         return gr.skip()
     turn.stop()
-    return "Stopped."
+    return say(lang, "stopped")
 
 
 def _hear(router: Router, turn: Turn, spoken: float | None) -> None:
@@ -223,7 +239,7 @@ def new_session_id() -> str:
     return secrets.token_hex(16)
 
 
-def open_conversation(router: Router, session: str | None) -> tuple[History, str, str]:
+def open_conversation(router: Router, session: str | None, lang: str = "en") -> tuple[History, str, str]:
     """Page load: the browser's conversation (its id from the browser's storage) as the chat shows it,
     its id (a new one when the browser had none or a bad one), and a status line."""
     try:
@@ -233,7 +249,7 @@ def open_conversation(router: Router, session: str | None) -> tuple[History, str
     try:
         messages = router.sessions.messages(session) or []
     except LLMError as e:
-        return [], session, f"The conversation could not be read: {e.message}"
+        return [], session, say(lang, "unread", message=e.message)
     return [{"role": m["role"], "content": m["content"]} for m in messages if m["content"]], session, ""
 
 
@@ -248,27 +264,6 @@ def to_messages(history: Any) -> History:
     return [m.as_dict() for m in normalize_history(history or [])]
 
 
-def without_sources(history: History) -> History:
-    """The chat as the model reads it: each reply without the sources folded under it."""
-    return [{**m, "content": SOURCES_FOLD.sub("", m["content"])}
-            if m["role"] == "assistant" and isinstance(m.get("content"), str) else m for m in history]
-
-
-def sources_html(sources: list[dict]) -> str:
-    """The sources a reply used, folded under it ("file — text (score)", best first); "" when none.
-    Everything in it is escaped, on one line: a blank line would end Markdown's HTML block."""
-    if not sources:
-        return ""
-    items = []
-    for s in sources:
-        text = " ".join(str(s.get("text", "")).split())
-        text = text if len(text) <= SOURCE_CHARS else text[:SOURCE_CHARS - 1] + "…"
-        items.append(f"<li><b>{html.escape(str(s.get('source', '')))}</b> — {html.escape(text)} "
-                     f"({float(s.get('score') or 0):.2f})</li>")
-    return (f'\n\n<details class="dh-sources"><summary>Sources ({len(sources)})</summary>'
-            f"<ul>{''.join(items)}</ul></details>")
-
-
 async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | None,
                   progress: Progress | None = None) -> AsyncIterator[tuple[History, str, Any, str]]:
     """Stream the answer to the pending question as (history, status line, input box, sayings) updates.
@@ -278,6 +273,7 @@ async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | 
     if not history or history[-1]["role"] != "user":
         return      # no pending question (an empty Send)
     before, question, turn = history[:-1], history[-1]["content"], turn or Turn()
+    turn.provider = opts.provider
     told = without_sources(before)     # what the model is told: the chat, or the conversation as heard
     try:
         if opts.session:
@@ -290,18 +286,18 @@ async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | 
     except CancelledError:
         # Stopped before any text: nothing to keep, so hand the question back (unless cleared).
         if not turn.cleared:
-            yield before, "Stopped.", question, Sayings.NONE
+            yield before, say(opts.lang, "stopped"), question, Sayings.NONE
     except LLMError as e:
         turn.reply = None
-        message = with_labels(router, e.message)
-        fix = f"<br><b>Fix:</b> <code>{html.escape(e.fix)}</code>" if e.fix else ""   # gr.Error renders HTML
-        turn.error = gr.Error(html.escape(message) + fix, title="The assistant could not answer")
-        yield before, f"Not answered: {message}", question, Sayings.NONE
+        fix = f"\n\n{say(opts.lang, 'fix_label')}: `{e.fix}`" if e.fix else ""
+        turn.error = say(opts.lang, "not_answered", message=_escaped(with_labels(router, e.message))) + fix
+        yield before, "", question, Sayings.NONE
     except Exception as e:
         turn.reply = None
         log.exception("unexpected failure in a chat turn")
-        turn.error = gr.Error(html.escape(f"Unexpected error: {type(e).__name__}: {e}"))
-        yield before, "Not answered: unexpected error", question, Sayings.NONE
+        message = f"{say(opts.lang, 'unexpected')}: {type(e).__name__}: {e}"
+        turn.error = say(opts.lang, "not_answered", message=_escaped(message))
+        yield before, "", question, Sayings.NONE
     finally:
         turn.done = True
         if opts.session:
@@ -331,10 +327,21 @@ def with_labels(router: Router, message: str) -> str:
     return message
 
 
-def report(turn: Turn | None) -> None:
-    """After a turn: raise its error, so Gradio shows it as an error toast."""
-    if turn is not None and turn.error is not None:
-        raise turn.error
+def report(turn: Turn | None, router: Router | None = None, provider: str | None = None,
+           lang: str = "en") -> Any:
+    """After a turn, the page's one notice (no toasts: they pile up over the conversation): the turn's
+    error while its provider is still the one chosen; else what the chosen provider's readiness is now
+    (a failure may have started its cooldown). Nothing for a turn of an earlier choice."""
+    if turn is None or router is None or provider is None:
+        return gr.skip()
+    if turn.error is not None:
+        return turn.error if turn.provider in (None, provider) else gr.skip()
+    return provider_note(router, provider, lang)
+
+
+def _escaped(text: str) -> str:
+    """Text shown as itself in Markdown: no markup, no HTML."""
+    return re.sub(r"([\\`*_{}\[\]<>#|~])", r"\\\1", text)
 
 
 class Sayings:
@@ -344,7 +351,10 @@ class Sayings:
 
     @staticmethod
     def html(events: list[dict]) -> str:
-        return f"<pre>{html.escape(json.dumps(events, ensure_ascii=False))}</pre>"
+        """With each sentence's `seconds`: how long a voice takes to say it (the router's own rates), so
+        that without a voice the avatar still mouths it for as long."""
+        timed = [{**e, "seconds": round(spoken_seconds(e.get("speech") or e["sentence"]), 2)} for e in events]
+        return f"<pre>{html.escape(json.dumps(timed, ensure_ascii=False))}</pre>"
 
 
 async def _stream(router: Router, before: History, question: str, opts: TurnOptions,
@@ -361,7 +371,7 @@ async def _stream(router: Router, before: History, question: str, opts: TurnOpti
         def report(fraction: float, message: str = "") -> None:
             if progress is not None:
                 label = router.settings.providers[opts.provider].display_name
-                progress(fraction, desc=message or f"Loading {label}")
+                progress(fraction, desc=message or say(opts.lang, "loading", label=label))
 
         report(0.0)
         # to_thread copies the context, so gr.Progress still finds this event from the worker.
@@ -371,32 +381,33 @@ async def _stream(router: Router, before: History, question: str, opts: TurnOpti
     try:
         async with aclosing(reply.chunks(router.astream(req, cancel=turn))) as chunks:
             async for chunk in chunks:
-                feeling = f" · feeling: {chunk.emotion}" if chunk.emotion else feeling
+                feeling = f" · {say(opts.lang, 'feeling')}: {chunk.emotion}" if chunk.emotion else feeling
                 said = Sayings.html(reply.events)
-                yield reply.text, f"{answered_by(router, opts.provider, reply.provider)}{feeling} …", said
+                who = answered_by(router, opts.provider, reply.provider, opts.lang)
+                yield reply.text, f"{who}{feeling} …", said
     except CancelledError:
         if not reply.text:
             raise
-    answered = answered_by(router, opts.provider, reply.provider)
+    answered = answered_by(router, opts.provider, reply.provider, opts.lang)
     if turn.stopped:   # a provider may also end quietly when cancelled: say no more
         if not reply.text:
             raise CancelledError("generation cancelled")
-        yield reply.text + sources_html(reply.sources), f"Stopped. {answered}", said
+        yield reply.text + sources_html(reply.sources), f"{say(opts.lang, 'stopped')} {answered}", said
     elif not reply.text:
-        raise LLMError(f"{opts.provider} returned an empty reply", fix="try again or choose another provider")
+        raise LLMError(say(opts.lang, "empty_reply", label=opts.provider), fix=say(opts.lang, "empty_fix"))
     else:
         yield reply.text + sources_html(reply.sources), answered + feeling, Sayings.html(reply.events)
 
 
-def answered_by(router: Router, chosen: str, answered: str) -> str:
+def answered_by(router: Router, chosen: str, answered: str, lang: str = "en") -> str:
     """The status line naming the provider that actually answered, and the fallback if any."""
     if answered == KNOWLEDGE:   # an FAQ answer (or the miss reply), said as written: no model was asked
-        return "Answered from the **knowledge** (no model was asked)"
+        return say(lang, "from_knowledge")
     names = router.settings.providers
     label = names[answered].display_name if answered in names else answered
     if answered and answered != chosen:
-        return f"Answered by **{label}** (fallback: {names[chosen].display_name} was unavailable)"
-    return f"Answered by **{label}**"
+        return say(lang, "fallback", label=label, chosen=names[chosen].display_name)
+    return say(lang, "answered", label=label)
 
 
 def clear(turn: Turn | None) -> tuple[History, str, str, None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from .router import Router
 log = logging.getLogger(__name__)
 
 UPLOAD_TYPES = [*TEXT_KINDS, *PARSED_KINDS]     # what the knowledge reads (.pdf .docx with their parser)
+# The sources folded under a reply: the end of the displayed message, never part of what is said or sent.
+SOURCES_FOLD = re.compile(r'\s*<details class="dh-sources">.*?</details>\s*\Z', re.S)
+SOURCE_CHARS = 160      # a source's text is clipped to this under the reply
 
 
 def knowledge_on(router: Router) -> bool:
@@ -128,3 +132,24 @@ async def delete_document(router: Router, name: str | None) -> tuple[str, str, A
     done, failed = await asyncio.to_thread(_delete, router, name)
     table, choices = await asyncio.to_thread(_listing, router)
     return Documents.notice(done, failed), table, choices
+
+
+def without_sources(history: list[dict]) -> list[dict]:
+    """The chat as the model reads it: each reply without the sources folded under it."""
+    return [{**m, "content": SOURCES_FOLD.sub("", m["content"])}
+            if m["role"] == "assistant" and isinstance(m.get("content"), str) else m for m in history]
+
+
+def sources_html(sources: list[dict]) -> str:
+    """The sources a reply used, folded under it ("file — text (score)", best first); "" when none.
+    Everything in it is escaped, on one line: a blank line would end Markdown's HTML block."""
+    if not sources:
+        return ""
+    items = []
+    for s in sources:
+        text = " ".join(str(s.get("text", "")).split())
+        text = text if len(text) <= SOURCE_CHARS else text[:SOURCE_CHARS - 1] + "…"
+        items.append(f"<li><b>{html.escape(str(s.get('source', '')))}</b> — {html.escape(text)} "
+                     f"({float(s.get('score') or 0):.2f})</li>")
+    return (f'\n\n<details class="dh-sources"><summary>Sources ({len(sources)})</summary>'
+            f"<ul>{''.join(items)}</ul></details>")

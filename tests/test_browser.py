@@ -20,14 +20,13 @@ import pytest
 from configs import PRESETS, ProviderConfig, SessionsConfig, Settings, load_settings
 from llm.router import Router
 from tests.api_helpers import free_port
+from tests.conftest import CHROMIUM
 from tests.fake_servers import FakeOpenAIServer, refused_url
 from tests.test_knowledge import TOILETS, knowledge_folder
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 # The README's picture is the default page, refreshed only on purpose: make screenshot
 SCREENSHOT = Path(__file__).resolve().parent.parent / "assets" / "screenshot.png"
+SCREENSHOT_PHONE = SCREENSHOT.with_name("screenshot-phone.png")
 SHORT_REPLY = "你好！我是数字人助手。很高兴认识你，有什么可以帮你？"
 LONG_REPLY = "从前有一座山，山里有一座庙，庙里有个老和尚在给小和尚讲故事。" * 8
 BOT = '#chatbot [data-testid="bot"] .message-content'
@@ -91,24 +90,21 @@ def site():
             router.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def open_page(browser, url: str, speech: str = SPEECH_RECORDER):
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+def open_page(browser, url: str, speech: str = SPEECH_RECORDER, locale: str = "en-US"):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale=locale)
     context.add_init_script(speech)
     page = context.new_page()
     page.goto(url)
     page.wait_for_selector("#message textarea")
     page.wait_for_function("() => window.dhSpeech !== undefined")
     return context, page
+
+
+def open_settings(page) -> None:
+    """Open the Settings drawer (closed on load: the developer's controls are out of sight)."""
+    page.click("#settings .toggle-button")
+    page.wait_for_function("() => { const s = document.querySelector('#settings'); const b = s.getBoundingClientRect();"
+                           " return s.classList.contains('open') && b.right <= innerWidth + 1; }")
 
 
 def choose(page, label: str) -> None:
@@ -147,6 +143,7 @@ def test_the_page_streams_stops_and_keeps_sessions_apart(site, browser, tmp_path
     try:
         # A: a slow cloud provider, full answers, speech on, a Chinese question; the reply streams in.
         choose(a, "Slow Cloud — ready")
+        open_settings(a)
         a.get_by_label("Short spoken answers").uncheck()
         a.get_by_label("Speak replies").check()
         send(a, "你好，请介绍一下你自己。")
@@ -195,8 +192,8 @@ def test_the_page_streams_stops_and_keeps_sessions_apart(site, browser, tmp_path
 
         # B: a provider that is not ready says why and how to fix it as soon as it is chosen.
         choose(b, "OpenAI ChatGPT — not ready")
-        b.wait_for_function("() => document.querySelector('#provider-note').innerText.includes('OPENAI_API_KEY')")
-        assert "export OPENAI_API_KEY=" in b.inner_text("#provider-note")
+        b.wait_for_function("() => document.querySelector('#notice').innerText.includes('OPENAI_API_KEY')")
+        assert "export OPENAI_API_KEY=" in b.inner_text("#notice")
     finally:
         for context in (context_a, context_b):
             if context is not None:
@@ -246,7 +243,8 @@ def test_the_conversation_survives_a_reload_and_stop_keeps_what_the_avatar_said(
         page.get_by_label("Speak replies").check()
         send(page, "第一句。第二句。第三句。")
         watch_reply(page, 1, until="第一句。第二句。第三句。")
-        page.wait_for_function("() => window.__queued === 3 && window.dhSpeech.spoken() === 1")
+        # the voice is on its first sentence; the other two wait their turn
+        page.wait_for_function("() => window.__queued === 1 && window.dhSpeech.spoken() === 1")
         session = page.evaluate("localStorage.getItem('dh-session')")
         page.click("#stop")     # the avatar was on its first sentence: the conversation keeps that one
         deadline = time.monotonic() + 10
@@ -300,16 +298,27 @@ def test_the_default_page_is_what_the_readme_shows(browser, tmp_path, monkeypatc
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **webui.launch_options())
-    context, page = open_page(browser, f"http://127.0.0.1:{port}/")
     try:
-        assert page.input_value("#provider input") == "Direct Reply — ready"
-        send(page, "你好，请介绍一下你自己。")
-        watch_reply(page, 0, until="你好，请介绍一下你自己。")
-        page.wait_for_function("() => !document.querySelector('#answered-by').innerText.includes('…')")
-        page.wait_for_function("() => document.querySelector('#avatar-stage').dataset.state === 'idle'")
-        page.screenshot(path=str(SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "page.png"))
+        for shot, viewport, locale, question in (
+                (SCREENSHOT, {"width": 1366, "height": 768}, "en-US", "Hello! What can you do for visitors?"),
+                (SCREENSHOT_PHONE, {"width": 390, "height": 844}, "zh-CN", "你好，请介绍一下你自己。")):
+            phone = viewport["width"] < 500
+            context = browser.new_context(viewport=viewport, locale=locale, is_mobile=phone, has_touch=phone)
+            page = context.new_page()
+            try:
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function("() => document.querySelector('#provider input')?.value.includes('—')")
+                assert page.input_value("#provider input").startswith("Direct Reply")
+                send(page, question)
+                watch_reply(page, 0, until=question)
+                # the avatar saying it (no voice here: silently), its caption under it
+                page.wait_for_function("() => document.querySelector('#avatar-stage').dataset.state === 'speaking'"
+                                       " && document.querySelector('#avatar-caption').textContent !== ''")
+                page.evaluate("() => { document.activeElement?.blur(); window.scrollTo(0, 0); }")
+                page.screenshot(path=str(shot if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / shot.name))
+            finally:
+                context.close()
     finally:
-        context.close()
         demo.close()
         router.close()
 
@@ -344,7 +353,7 @@ def test_no_toasts_pile_up_and_the_microphone_shows_only_where_the_browser_can_l
     try:
         for _ in range(2):
             choose(page, "OpenAI ChatGPT — not ready")
-            page.wait_for_function("() => document.querySelector('#provider-note').innerText.includes('restart')")
+            page.wait_for_function("() => document.querySelector('#notice').innerText.includes('restart')")
             choose(page, "Direct Reply — ready")
         time.sleep(0.5)
         assert page.query_selector_all(".toast-body, [data-testid='toast-body']") == []
@@ -398,7 +407,7 @@ def test_the_download_button_fetches_a_local_model_and_it_answers_without_a_rest
             # the download's own progress (huggingface_hub's bars, tracked by Gradio) shows while it runs
             page.wait_for_function("() => [...document.querySelectorAll('.progress-level')]"
                                    ".some(e => /Fetching \\d+ files - \\d/.test(e.innerText))", timeout=10000)
-            page.wait_for_function("() => document.querySelector('#provider-note').innerText.includes('is ready')",
+            page.wait_for_function("() => document.querySelector('#notice').innerText.includes('is ready')",
                                    timeout=60000)
             page.wait_for_selector("#download", state="hidden")
             assert router.status("tiny").ready
@@ -430,6 +439,7 @@ def test_an_faq_reply_folds_its_sources_and_the_knowledge_panel_lists_uploads_an
                     **webui.launch_options())
         context, page = open_page(browser, f"http://127.0.0.1:{port}/")
         try:
+            open_settings(page)
             assert page.get_by_label("Answer from the knowledge").is_checked()
             page.get_by_label("Speak replies").check()
             send(page, "洗手间在哪")

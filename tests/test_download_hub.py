@@ -134,3 +134,30 @@ def test_a_failing_hub_exits_1_with_a_clear_message(tiny_repo, hub_env, tmp_path
     err = capsys.readouterr().err
     assert words in err and endpoint in err and "Traceback" not in err
     assert len(hub.requests) == 1 and hub.bytes_served == 0 and not hub_env.exists()
+
+
+def test_the_page_offers_the_other_hub_when_a_download_fails_and_it_works_without_a_restart(
+        tiny_repo, hub_env, tmp_path, monkeypatch):
+    import asyncio
+
+    import gradio as gr
+
+    from llm import ui_handlers as ui
+    from tests.fake_servers import refused_url
+
+    cfg = config(tmp_path)
+    router = Router(load_settings(cfg, env={}))
+    monkeypatch.setenv("HF_ENDPOINT", refused_url())
+    with FakeHub({REPO: tiny_repo}) as hub:
+        monkeypatch.setenv("HF_MIRROR", hub.endpoint)     # a company's own mirror
+        note, _, retry, other = asyncio.run(ui.download_model(router, "tiny", "en"))
+        assert "the download did not finish" in note and "cannot reach" in note
+        assert f"HF_ENDPOINT={hub.endpoint} python -m llm download tiny" in note     # the commands, to copy
+        assert "--source modelscope" in note
+        assert retry == gr.update(visible=True)
+        assert other["visible"] and other["value"].endswith(hub.endpoint.split("://", 1)[1])
+        note, choices, retry, other = asyncio.run(ui.download_model(router, "tiny", "en", other=True))
+    assert note == "**tiny** is ready; the model loads on the first message (progress is shown)."
+    assert ("tiny — ready", "tiny") in choices["choices"] and not retry["visible"] and not other["visible"]
+    assert router.status("tiny").ready
+    router.close()

@@ -16,6 +16,7 @@ import pytest
 from configs import PRESETS, ProviderConfig, Settings
 from llm import ui_handlers as ui
 from llm import ui_knowledge as kb_ui
+from llm import ui_page
 from llm.knowledge import INDEX_NAME
 from llm.router import Router
 from tests.fake_servers import FakeOpenAIServer, refused_url
@@ -98,7 +99,7 @@ def test_stop_cancels_generation_and_keeps_the_partial_reply():
         router.close()
 
 
-def test_upstream_error_raises_gr_error_and_keeps_history_without_a_fake_reply(router):
+def test_an_upstream_error_is_the_notice_and_keeps_history_without_a_fake_reply(router):
     before = [{"role": "user", "content": "早上好"}, {"role": "assistant", "content": "早上好！"}]
     _, history, turn = ui.start_turn("still there?", before)
     opts = ui.TurnOptions("down", style=False)
@@ -109,13 +110,13 @@ def test_upstream_error_raises_gr_error_and_keeps_history_without_a_fake_reply(r
             updates.append(update)
 
     asyncio.run(collect())
-    with pytest.raises(gr.Error) as err:
-        ui.report(turn)
-    assert "cannot reach" in err.value.message and "check base_url" in err.value.message
+    notice = ui.report(turn, router, "down")
+    assert notice.startswith("**Not answered:**") and "cannot reach" in notice and "check base_url" in notice
+    assert ui.report(turn, router, "direct") == gr.skip()    # another provider was chosen since: not its notice
     chat, status, textbox, _ = updates[-1]
     assert chat == before, "the failed turn leaves no assistant message and loses no history"
     assert textbox == "still there?", "the question goes back into the input box for a retry"
-    assert status.startswith("Not answered")
+    assert status == "", "the error is said once, in the notice"
 
 
 def test_fallback_names_the_provider_that_answered(server):
@@ -209,9 +210,8 @@ def test_not_ready_provider_fails_the_turn_with_the_fix(router):
     turns = []
     updates, history = run_turn(router, "hello", "chatgpt", on_update=lambda _, turn: turns.append(turn))
     assert history == [] and updates[-1][2] == "hello"
-    ui.report(None)     # an empty Send has no turn, hence nothing to report
-    with pytest.raises(gr.Error, match="export OPENAI_API_KEY"):
-        ui.report(turns[-1])
+    assert ui.report(None, router, "chatgpt") == gr.skip()     # an empty Send has no turn: nothing to report
+    assert "export OPENAI_API_KEY" in ui.report(turns[-1], router, "chatgpt")
 
 
 def test_choosing_a_provider_sets_its_sampling_defaults(router):
@@ -281,7 +281,7 @@ def test_build_demo_wires_the_page(router):
     demo = webui.build_demo(router, api_port=7999, api_key="k")
     assert isinstance(demo, gr.Blocks)
     chat = [fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "respond"]
-    assert chat and chat[0].concurrency_limit == webui.CHAT_CONCURRENCY
+    assert chat and chat[0].concurrency_limit == ui_page.CHAT_CONCURRENCY
 
 
 def test_a_provider_cooling_down_says_so_and_its_fallback_answers():
@@ -314,8 +314,9 @@ def test_a_new_message_retires_the_turn_still_running():
 def test_the_avatar_is_given_each_sentence_as_the_tts_should_say_it(router):
     updates, _ = run_turn(router, "今天气温25℃。明天下雨", "direct")
     sayings = json.loads(re.sub("<[^>]+>", "", html.unescape(updates[-1][3])))
-    assert sayings == [{"sentence": "今天气温25℃。", "speech": "今天气温二十五摄氏度。", "emotion": None},
-                       {"sentence": "明天下雨", "speech": "明天下雨", "emotion": None}]   # the unfinished one at the end
+    # with how long each takes to say: the avatar mouths it that long where there is no voice
+    assert sayings == [{"sentence": "今天气温25℃。", "speech": "今天气温二十五摄氏度。", "emotion": None, "seconds": 2.0},
+                       {"sentence": "明天下雨", "speech": "明天下雨", "emotion": None, "seconds": 0.8}]   # the unfinished one at the end
 
 
 def test_errors_on_the_page_name_providers_by_their_labels(router):
@@ -384,16 +385,16 @@ def test_sources_are_escaped_clipped_and_kept_on_one_line():
     evil = [{"source": "<img src=x onerror=alert(1)>.md", "kind": "doc", "score": 0.5,
              "text": "a & b </details><script>x()</script>\n\n" + "长" * 300},
             {"source": "faq.csv", "kind": "faq", "text": "洗手间在哪", "score": 1}]
-    folded = ui.sources_html(evil)
+    folded = kb_ui.sources_html(evil)
     assert "<img" not in folded and "<script" not in folded and folded.count("</details>") == 1
     assert "&lt;img src=x onerror=alert(1)&gt;.md" in folded and "a &amp; b &lt;/details&gt;" in folded
     assert "\n" not in folded.strip()
     _, count, lines = fold("answer" + folded)
     clipped = lines[0].removeprefix("<img src=x onerror=alert(1)>.md — ").removesuffix(" (0.50)")
-    assert len(clipped) == ui.SOURCE_CHARS and clipped.endswith("长长…") and clipped.startswith("a & b </details>")
+    assert len(clipped) == kb_ui.SOURCE_CHARS and clipped.endswith("长长…") and clipped.startswith("a & b </details>")
     assert count == 2 and lines[1] == "faq.csv — 洗手间在哪 (1.00)"
-    assert ui.sources_html([]) == ""
-    assert ui.without_sources([{"role": "assistant", "content": "answer" + folded}]) == \
+    assert kb_ui.sources_html([]) == ""
+    assert kb_ui.without_sources([{"role": "assistant", "content": "answer" + folded}]) == \
         [{"role": "assistant", "content": "answer"}]
 
 
