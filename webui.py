@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     router = Router(settings)
+    from llm import ollama
+
+    discovery = ollama.discover(router)     # a running Ollama's models, found in the background
     app = api.create_app(router, api_key=api_key, max_body_bytes=settings.server.max_body_bytes)
     api_port = args.api_port or settings.server.api_port
     ui_port = args.port or settings.server.port
@@ -65,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     if args.api_only:
-        api.serve(app, host, api_port)
+        try:
+            api.serve(app, host, api_port)
+        finally:
+            if discovery is not None:
+                discovery.stop()
         return 0
     starting = Starting(host, ui_port)    # the page's port answers while Gradio imports (seconds)
     server = api.start_in_thread(app, host, api_port)
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         starting.close()
         server.stop()
+        if discovery is not None:
+            discovery.stop()
         router.close()
     return 0
 

@@ -110,9 +110,12 @@ def _status(settings, args) -> int:
     if isinstance(statuses, dict) and statuses:
         print(f"(live, from the API on port {settings.server.api_port})")
     else:
+        from . import ollama
         from .router import Router
 
-        statuses = {name: st.as_dict() for name, st in Router(settings).statuses().items()}
+        router = Router(settings)
+        ollama.discover(router, background=False)     # one probe of a running Ollama, now
+        statuses = {name: st.as_dict() for name, st in router.statuses().items()}
     width = max(map(len, statuses))
     for name, st in statuses.items():
         fix = f" -> {st['fix']}" if st.get("fix") else ""

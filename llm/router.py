@@ -130,6 +130,20 @@ class Router:
         self._slots[name] = Slots(limit or None)
         self._providers[name] = p
 
+    def add_providers(self, providers: Mapping[str, Provider]) -> list[str]:
+        """Providers found at run time (llm/ollama.py), listed after the others; a name already taken (by a
+        provider or an alias) keeps its own. The settings are replaced whole, never changed in place."""
+        with self._lock:
+            known = self.settings.providers
+            taken = set(known) | {alias for cfg in known.values() for alias in cfg.aliases}
+            new = {name: p for name, p in providers.items() if name not in taken}
+            for name, p in new.items():
+                self._add(name, p)
+            if new:
+                self.settings = replace(self.settings,
+                                        providers={**known, **{name: p.config for name, p in new.items()}})
+        return list(new)
+
     def status(self, name: str) -> ProviderStatus:
         """Whether `name` could answer now: its own readiness, then whether it is cooling down."""
         try:

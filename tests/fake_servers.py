@@ -4,6 +4,7 @@ The providers talk to them through the real SDKs (only `base_url` changes), so a
 the same bytes a cloud backend would send: JSON replies, SSE streams, error bodies, disconnects.
 
     with FakeOpenAIServer(["你好"], chunk_delay=0.01) as fake:   # or FakeGeminiServer, FakeZhipuAIServer
+    with FakeOllamaServer(models=["qwen2.5:0.5b"]) as fake:     # /api/tags and /api/version too
         ...  # point ProviderConfig.base_url at fake.base_url; then inspect fake.requests, fake.chunks_sent
 
 Replies: a string is a text answer (one stream event per character, or `chunks` pieces; cut to `max_tokens`
@@ -89,6 +90,8 @@ class _FakeServer:
 
     prefix = ""             # path part of base_url
     sse_end = "\n\n"        # event terminator
+    handler_class = _Handler
+    bind_port = 0           # the port to bind; 0: any free one
 
     def __init__(self, replies: list[str] | None = None, *, chunk_delay: float = 0.0,
                  chunks: int | None = None, fail_status: int | None = None, fail_body: dict | None = None,
@@ -119,7 +122,7 @@ class _FakeServer:
 
     def start(self) -> None:
         self._stopping.clear()
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
+        self._httpd = _Server(("127.0.0.1", self.bind_port), self.handler_class)
         self._httpd.fake = self
         if self.tls:
             self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True)
@@ -428,6 +431,49 @@ class FakeLlamaCppServer(FakeOpenAIServer):
         return ("".join(words[:limit]), "length") if limit is not None and len(words) > limit else (reply, "stop")
 
 
+class _OllamaHandler(_Handler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.server.fake._serve_get(self)
+
+
+class FakeOllamaServer(FakeOpenAIServer):
+    """Ollama: GET /api/tags (the pulled models) and /api/version, POST /v1/chat/completions as
+    FakeOpenAIServer answers it.
+
+        with FakeOllamaServer(models=["qwen2.5:0.5b"]) as fake:    # fake.host: a value for $OLLAMA_HOST
+
+    `models` (names, or whole /api/tags entries) may change while it runs: a pull, an `ollama rm`.
+    `port` binds that port (a server started later where a router already looks); `gate`: an Event
+    that /api/tags waits for (30 s at most), to hold a probe mid-way. `gets` lists the GET paths asked."""
+
+    handler_class = _OllamaHandler
+    version = "0.6.8"
+
+    def __init__(self, replies: list[str] | None = None, *, models: list[str | dict] | tuple = ("qwen2.5:0.5b",),
+                 port: int = 0, gate: threading.Event | None = None, **kw: Any):
+        super().__init__(replies, **kw)
+        self.models = list(models)
+        self.bind_port, self.gate = port, gate
+        self.gets: list[str] = []
+
+    @property
+    def host(self) -> str:
+        """Where it listens, as $OLLAMA_HOST says it (host:port, no scheme)."""
+        return self.base_url.removeprefix("http://").removesuffix(self.prefix)
+
+    def _serve_get(self, handler: _Handler) -> None:
+        path = urlsplit(handler.path).path
+        with self._lock:
+            self.gets.append(path)
+        if path == "/api/version":
+            return self._send_json(handler, 200, {"version": self.version})
+        if path == "/api/tags":
+            if self.gate is not None:
+                self.gate.wait(30)
+            return self._send_json(handler, 200, {"models": [_ollama_tag(m) for m in list(self.models)]})
+        return self._send_json(handler, 404, {"error": "404 page not found"})
+
+
 class FakeZhipuAIServer(FakeOpenAIServer):
     """POST /api/paas/v4/chat/completions: OpenAI-shaped JSON and SSE, ZhipuAI-shaped errors."""
 
@@ -538,6 +584,17 @@ def _client_gone(sock: socket.socket) -> bool:
 
 def _write_chunk(handler: _Handler, data: bytes) -> None:
     handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+
+def _ollama_tag(model: str | dict) -> dict:
+    """One entry of Ollama's /api/tags, as a real server lists a pulled model."""
+    if isinstance(model, dict):
+        return model
+    family = model.split(":")[0].rstrip("0123456789.") or "llama"
+    return {"name": model, "model": model, "modified_at": "2025-01-01T00:00:00Z", "size": 397821319,
+            "digest": "a8b0c5157701" + "0" * 52,
+            "details": {"parent_model": "", "format": "gguf", "family": family, "families": [family],
+                        "parameter_size": "494.03M", "quantization_level": "Q4_K_M"}}
 
 
 def _usage(text: str) -> dict:

@@ -46,7 +46,7 @@ def create_app(router: Router, *, api_key: str | None = None, max_body_bytes: in
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"],
                       summary="OpenAI chat completions")
     app.add_api_route("/v1/models", list_models, methods=["GET"], summary="Providers, OpenAI list shape")
-    app.add_api_route("/v1/models/{model_id}", get_model, methods=["GET"], summary="One provider")
+    app.add_api_route("/v1/models/{model_id:path}", get_model, methods=["GET"], summary="One provider")
     app.add_api_route("/sessions/{session_id}", session, methods=["GET", "DELETE"],
                       summary="GET: a conversation the server keeps; DELETE: forget it")
     app.add_api_route("/sessions/{session_id}/heard", heard, methods=["POST"],
