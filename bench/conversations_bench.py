@@ -30,6 +30,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ from llm.router import Router  # noqa: E402
 from tests.api_helpers import serve_router  # noqa: E402
 from tests.fake_servers import FakeOpenAIServer  # noqa: E402
 
+FIXED_REPLY = {"max_new_tokens": 8, "temperature": 0, "extra": {"logit_bias": {"98": 100}}}
 STORY = "".join(f"这是故事的第{n}句话。" for n in range(1, 60))
 
 
@@ -92,11 +94,13 @@ def _free_port() -> int:
 def _start_llama(python: str, model: str, port: int, extra: list[str]) -> subprocess.Popen:
     command = [python, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1", "--port", str(port),
                *extra]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # its log goes to a file: a pipe nobody reads fills up with the model loader's lines and stalls it
+    log = tempfile.NamedTemporaryFile("w+", prefix="llama-server-", suffix=".log", delete=False)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"llama.cpp server exited: {process.stderr.read()[-2000:]}")
+            raise SystemExit(f"llama.cpp server exited: {Path(log.name).read_text()[-2000:]}")
         try:
             if requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).ok:
                 return process
@@ -121,8 +125,7 @@ def replicas(python: str, model: str, sessions: int, turns: int, context: int, e
         out = {}
         for mode in ("affinity", "round robin"):
             cfg = ProviderConfig("farm", "openai", "m", base_url=urls[0], base_urls=urls, retries=0,
-                                 first_token_timeout=300, stall_timeout=300, timeout=300,
-                                 generation={"max_new_tokens": 8, "temperature": 0})
+                                 first_token_timeout=300, stall_timeout=300, timeout=300)
             router = Router(Settings(providers={"farm": cfg}, default="farm"), env={})
             histories = {i: [] for i in range(sessions)}
             ttft = {t: [] for t in range(1, turns + 1)}
@@ -132,7 +135,9 @@ def replicas(python: str, model: str, sessions: int, turns: int, context: int, e
                         prompt = (_opening(i + 1000 * len(out), context) if t == 1
                                   else f"Question {t}: one word?")
                         start, first, text = time.perf_counter(), None, []
+                        # a random-weight model may say nothing: "b" raised above all keeps a reply
                         for chunk in router.stream(prompt, provider="farm", history=histories[i], style=False,
+                                                   params=FIXED_REPLY,
                                                    affinity=f"s{i}" if mode == "affinity" else None):
                             first = first or time.perf_counter()
                             text.append(chunk.text)
@@ -160,7 +165,8 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=20, help="barge-in trials (20)")
     p.add_argument("--llama-python", help="a Python with llama-cpp-python[server] installed")
     p.add_argument("--model", help="the .gguf file both llama.cpp servers serve")
-    p.add_argument("--sessions", type=int, default=8)
+    # odd: with an even number, taking turns would send each conversation back to the same server
+    p.add_argument("--sessions", type=int, default=5)
     p.add_argument("--turns", type=int, default=3)
     p.add_argument("--context", type=int, default=600, help="words in each conversation's opening text")
     p.add_argument("--server-args", default="--n_ctx 4096 --cache true --cache_type ram",
