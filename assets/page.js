@@ -24,6 +24,13 @@
     emotion(name) { const el = this.el(); if (el && name) el.dataset.emotion = name; },
     viseme(name) { const el = this.el(); if (el && el.dataset.viseme !== name) el.dataset.viseme = name; },
     caption(text) { const el = $("avatar-caption"); if (el && el.textContent !== text) el.textContent = text; },
+    syllable() {  // a voice's word boundary: a quick nod, in time with the voice
+      const el = this.el();
+      if (!el) return;
+      el.classList.add("syllable");
+      clearTimeout(el._beat);
+      el._beat = setTimeout(() => el.classList.remove("syllable"), 160);
+    },
   };
 
   // A mouth shape for a character: closed on pauses and lip sounds, round for o/u, wide for e/i, open
@@ -81,6 +88,11 @@
     u.onstart = () => {
       if (gen !== st.gen) return;
       started = true; clearTimeout(fallback); st.started += 1; mouth(item.sentence);
+    };
+    u.onboundary = (event) => {   // the voice's own word boundaries lead the mouth
+      if (gen !== st.gen) return;
+      stage.viseme(visemeOf(u.text[(event && event.charIndex) || 0]));
+      stage.syllable();
     };
     u.onend = u.onerror = () => { clearTimeout(fallback); if (started) done(); };
     synth.speak(u);

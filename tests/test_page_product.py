@@ -167,3 +167,27 @@ def test_one_notice_at_a_time_for_the_current_choice(browser, page_url):
         assert note["bottom"] <= chat["top"] or note["right"] <= chat["left"] or note["top"] >= chat["bottom"]
     finally:
         context.close()
+
+
+# A voice that says each sentence with one word boundary (at its first character), then ends.
+BOUNDARY_VOICE = """
+window.__nods = 0;
+window.speechSynthesis.getVoices = () => [{name: "Test voice", lang: "xx-XX"}];
+window.speechSynthesis.speak = (u) => {
+  setTimeout(() => u.onstart && u.onstart(), 10);
+  setTimeout(() => { u.onboundary && u.onboundary({charIndex: 0, name: "word"});
+                     const el = document.getElementById("avatar-stage");
+                     if (el.classList.contains("syllable") && el.dataset.viseme === "open") window.__nods += 1; }, 60);
+  setTimeout(() => u.onend && u.onend(), 400);
+};
+"""
+
+
+def test_where_a_voice_speaks_its_word_boundaries_lead_the_mouth(browser, page_url):
+    context, page = visit(browser, page_url, script=BOUNDARY_VOICE)
+    try:
+        page.get_by_label("Speak replies").check()
+        send(page, "Ah, hello there.")     # "A": an open mouth at the boundary on its first character
+        page.wait_for_function("() => window.__nods >= 1")
+    finally:
+        context.close()
