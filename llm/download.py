@@ -28,6 +28,7 @@ class Plan:
     source: str
     local_dir: Path | None
     endpoint: str | None = None     # a Hugging Face endpoint other than HF_ENDPOINT's (a mirror)
+    pattern: str | None = None      # a GGUF model: the repo's files to fetch (a name or glob), not all of it
 
 
 def model_is_path(cfg: ProviderConfig) -> bool:
@@ -37,7 +38,7 @@ def model_is_path(cfg: ProviderConfig) -> bool:
 
 def nothing_to_download(cfg: ProviderConfig) -> str | None:
     """Why a provider needs no download (remote API, echo), or None for local models."""
-    if cfg.kind == "local":
+    if cfg.kind in ("local", "gguf"):
         return None
     if cfg.kind == "echo":
         return f"{cfg.name} needs no download: it repeats the user's text and needs no model."
@@ -48,7 +49,19 @@ def nothing_to_download(cfg: ProviderConfig) -> str | None:
 
 def plan(cfg: ProviderConfig, source: str = "huggingface", directory: str | None = None,
          repo: str | None = None) -> Plan:
-    """Decide repo and target folder: `download:` names the hub id when `model:` is a folder."""
+    """Decide repo and target folder: `download:` names the hub id when `model:` is a folder. A GGUF model
+    (`repo:file-or-glob`, or a repo and its `quantization`) fetches only its file(s) into the HF cache."""
+    if cfg.kind == "gguf" and not repo and not directory:
+        from .providers.gguf_files import source as gguf_source
+
+        where = gguf_source(cfg.download or cfg.model, cfg.quantization)
+        if where.repo is None:
+            raise DownloadError(f"{cfg.name} loads the file {where.path} and names no hub repo: set "
+                                f"download: <repo>:<file> for provider {cfg.name} in configs.yaml, or put "
+                                "the file there")
+        if source == "modelscope":
+            return Plan(where.repo, source, Path("models", where.repo), pattern=where.pattern)
+        return Plan(where.repo, source, None, pattern=where.pattern)
     is_path = model_is_path(cfg)
     repo_id = repo or cfg.download or (None if is_path else cfg.model)
     if repo_id is None:
@@ -105,8 +118,19 @@ def _from_huggingface(p: Plan) -> Path:
         raise DownloadError(_unreachable(endpoint, e)) from e
     files = [s.rfilename for s in info.siblings or []]
     ignore = _DUPLICATE_FORMATS if any(f.endswith(".safetensors") for f in files) else None
+    allow = None
+    if p.pattern is not None:     # a GGUF repo holds a file per quantization: only the one asked for
+        from .providers.gguf_files import matching
+
+        allow = matching(files, p.pattern)
+        if not allow:
+            ggufs = ", ".join(f for f in files if f.lower().endswith(".gguf")) or "none"
+            raise DownloadError(f"{p.repo_id} on {endpoint} has no file matching {p.pattern!r} (its .gguf "
+                                f"files: {ggufs}): set quantization or model: <repo>:<file> in configs.yaml")
+        ignore = None
     try:
         path = snapshot_download(p.repo_id, local_dir=p.local_dir, ignore_patterns=ignore, endpoint=endpoint,
+                                 allow_patterns=allow,
                                  cache_dir=cache_dir if p.local_dir is None else None,
                                  etag_timeout=min(constants.HF_HUB_ETAG_TIMEOUT, 30))
     except HfHubHTTPError as e:

@@ -147,7 +147,7 @@ def choose_provider(router: Router, name: str, lang: str = "en") -> tuple[str, f
 def can_download(router: Router, name: str) -> bool:
     """Whether the page should offer a Download button: a local model whose files are not here."""
     cfg = router.settings.providers[name]
-    if cfg.kind != "local" or router.status(name).ready:
+    if cfg.kind not in ("local", "gguf") or router.status(name).ready:
         return False
     try:
         return bool(download.plan(cfg))

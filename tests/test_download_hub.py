@@ -161,3 +161,26 @@ def test_the_page_offers_the_other_hub_when_a_download_fails_and_it_works_withou
     assert ("tiny — ready", "tiny") in choices["choices"] and not retry["visible"] and not other["visible"]
     assert router.status("tiny").ready
     router.close()
+
+
+def test_a_gguf_model_downloads_only_its_quantization_and_is_ready(hub_env, tmp_path, monkeypatch, capsys):
+    from tests.tiny_gguf import build_gguf
+
+    repo = tmp_path / "tiny-GGUF"
+    repo.mkdir()
+    for quant in ("q4_k_m", "q8_0"):
+        build_gguf(repo / f"tiny-{quant}.gguf")
+    (repo / "README.md").write_text("two quantizations of one tiny model\n")
+    cfg = tmp_path / "configs.yaml"
+    cfg.write_text("providers:\n  tiny: {kind: gguf, model: fake-org/tiny-GGUF, quantization: Q4_K_M}\n")
+    router = Router(load_settings(str(cfg), env={}))
+    status = router.status("tiny")
+    assert not status.ready and "python -m llm download tiny" in status.fix
+    with FakeHub({"fake-org/tiny-GGUF": repo}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        assert main(["--config", str(cfg), "download", "tiny"]) == 0
+    fetched = {r["path"].rsplit("/", 1)[-1] for r in hub.requests if r["server"] == "cdn"} | {
+        r["path"].rsplit("/", 1)[-1] for r in hub.requests if r["method"] == "HEAD"}
+    assert "tiny-q4_k_m.gguf" in fetched and "tiny-q8_0.gguf" not in fetched     # the one asked for only
+    assert router.status("tiny").ready
+    router.close()

@@ -34,6 +34,9 @@ KINDS: dict[str, Kind] = {
     # Direct Reply: sampling cannot change a reply that is the typed text; stop strings, tools or JSON would.
     "echo": Kind("llm.providers.echo", "EchoProvider", None,
                  frozenset({"seed", "frequency_penalty", "presence_penalty"})),
+    # GGUF files on the CPU through llama.cpp; its sampler has the OpenAI penalties and a logit bias.
+    "gguf": Kind("llm.providers.gguf", "GGUFProvider", "llama-cpp-python",
+                 frozenset({"stop", "seed", "frequency_penalty", "presence_penalty", "logit_bias"})),
 }
 
 
