@@ -1,12 +1,32 @@
-"""LocalProvider on a random-weight Qwen1.5-1.8B (real shapes, bf16, CUDA), both engines: plain generate
-and continuous batching at 1, 4, 8 and 16 streams at once (TTFT, tokens/s per stream and in total, the
-ratios the issue's goals name, peak GPU memory, load + warm-up time); plus the incremental detokenizer
-vs. TextIteratorStreamer re-decoding a long Chinese line.
+"""Local model speed, two benches.
+
+GPU (the default): LocalProvider on a random-weight Qwen1.5-1.8B (real shapes, bf16, CUDA), both engines:
+plain generate and continuous batching at 1, 4, 8 and 16 streams at once (TTFT, tokens/s per stream and in
+total, the ratios the issue's goals name, peak GPU memory, load + warm-up time); plus the incremental
+detokenizer vs. TextIteratorStreamer re-decoding a long Chinese line.
 
     python bench/local_bench.py            # GPU: the real Qwen1.5-1.8B architecture
     python bench/local_bench.py --tiny     # CPU smoke run, well under a minute
 
-Offline: the model and a byte-level BPE tokenizer are built locally; nothing is downloaded.
+CPU (`--cpu`, issue 22): the same model, a random-weight Qwen2.5-0.5B-Instruct (hidden 896, 24 layers, 14
+heads / 2 KV heads, intermediate 4864, tied embeddings, rope theta 1e6, vocab 151,936; fp32, built by
+bench/cpu_models.py), three ways through the Router (router.stream with the speech style, as the seed
+route streams): `kind: local` (transformers, fp32, one reply at a time on the CPU), `kind: gguf` (llama.cpp
+in-process, the Q4_K_M file llama.cpp's own quantizer made from the same tensors; 1 slot alone, 4 slots for
+the concurrent runs) and, with --llama-python, llama-cpp-python's own server on that file behind `kind:
+openai`. 12 short prompts (6 Chinese, 6 English) at 1, 2 and 4 at once; greedy, exactly --max-new-tokens
+tokens a reply in every engine (each a one-character sentence, see bench/cpu_models.py). Printed: median
+and p90 time to the first sentence and to the end, tokens per reply, tokens/s per stream and in total,
+memory (peak RSS, and PSS, which counts the GGUF that each llama.cpp slot maps only once; of each engine's
+own child process, of the server's process for llama.cpp), load times, the build times
+(first run only: the models are cached under --out, default bench_out/), the load average, and the goals:
+in-process gguf within 1.2x of the llama.cpp server, >= 3x faster than transformers fp32, 4 at once within
+2.5x of one alone. A benchmark, not a test: it exits 0 whether the goals are met or not.
+
+    python bench/local_bench.py --cpu --llama-python /work/llamacpp/venv/bin/python
+    python bench/local_bench.py --cpu --tiny     # the same on a 2-layer Qwen2 in seconds (a smoke run)
+
+Offline: the models and byte-level BPE tokenizers are built locally; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -156,13 +176,27 @@ def bench_detokenizer(directory: Path, n_tokens: int) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny Qwen2 on the CPU (smoke run)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 256 (32 with --tiny)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="default 256 (32 with --tiny, 48 with --cpu)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 16],
                         help="concurrent stream counts for the batching engine")
     parser.add_argument("--detok-tokens", type=int, default=None, help="default 4000 (1500 with --tiny)")
     parser.add_argument("--dir", help="where to save the model (default: a temporary folder)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="issue 22's CPU comparison: transformers, in-process gguf, llama.cpp server")
+    parser.add_argument("--llama-python", help="--cpu: a Python with llama-cpp-python[server], to run "
+                        "llama.cpp's server (skipped without it)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "bench_out"),
+                        help="--cpu: where the built models are cached (default: bench_out/)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4],
+                        help="--cpu: requests at once")
     args = parser.parse_args(argv)
+    if args.cpu:
+        from bench.cpu_models import cpu_bench
+
+        cpu_bench(Path(args.out), args.tiny, args.llama_python, args.max_new_tokens or 48, args.concurrency)
+        return
     cuda = torch.cuda.is_available() and not args.tiny
     args.device, args.dtype = ("cuda", "bfloat16") if cuda else ("cpu", "float32")
     args.max_new_tokens = args.max_new_tokens or (32 if args.tiny else 256)

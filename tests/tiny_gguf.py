@@ -6,6 +6,9 @@ vocabulary is the 256 byte tokens, a few merges of ASCII letter pairs, and the C
 
     python tests/tiny_gguf.py OUT.gguf                      # TINY: hidden 64, 2 layers, loads in milliseconds
     python tests/tiny_gguf.py OUT.gguf --bench              # BENCH: ~110M params f16, 2k-token prefill takes seconds
+
+`gguf_from_tensors` writes given tensors (a real model's shapes and weights, "llama" or "qwen2") with a
+vocabulary of any size from `padded_vocabulary` (bench/cpu_models.py: Qwen2.5-0.5B's 151,936).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import argparse
 import string
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -164,6 +167,100 @@ def build_gguf(path: str | Path, *, vocab_size: int = 512, hidden: int = 64, lay
     norm("output_norm.weight")
     matrix("output.weight", len(tokens), hidden)
 
+    w.write(path)
+    return path
+
+
+def byte_level(text: str) -> str:
+    """`text` as a byte-level BPE spells it: each UTF-8 byte as its `byte_tokens()` character."""
+    table = byte_tokens()
+    return "".join(table[b] for b in text.encode("utf-8"))
+
+
+def padded_vocabulary(vocab_size: int, words: Iterable[str] = (),
+                      extra: Iterable[str] = ()) -> tuple[list[str], list[str], list[int]]:
+    """(tokens, merges, token types) of exactly `vocab_size` entries, for vocabularies of a real model's
+    size (Qwen2's 151,936): the 256 byte tokens; merge chains that spell each of `words` (each character
+    from its bytes first, then the word from its characters, so text made of them tokenizes into few
+    tokens; a leading space is part of a word, as the "qwen2" pre-tokenizer splits); `extra` tokens (plain
+    text in the vocabulary that no merge reaches: what a model may generate, never what text reads as);
+    unreachable filler tokens ("¤" and a number: bytes no text has) up to the size; the ChatML specials
+    last. The same layout as `vocabulary()`, with room for any size."""
+    tokens, merges = byte_tokens(), []
+    known = set(tokens)
+
+    def chain(units: list[str]) -> None:
+        head = units[0]
+        for unit in units[1:]:
+            if head + unit not in known:
+                merges.append(f"{head} {unit}")
+                tokens.append(head + unit)
+                known.add(head + unit)
+            head += unit
+
+    words = list(dict.fromkeys(w for w in words if w))
+    for word in words:                          # characters first: their merges rank before words'
+        for ch in word:
+            chain(list(byte_level(ch)))
+    for word in words:
+        chain([byte_level(ch) for ch in word])
+    for text in dict.fromkeys(byte_level(t) for t in extra):
+        if text not in known:
+            tokens.append(text)
+            known.add(text)
+    filler = iter(range(vocab_size))
+    room = vocab_size - len(SPECIALS)
+    if len(tokens) > room:
+        raise ValueError(f"{len(tokens)} tokens and {len(SPECIALS)} specials do not fit in {vocab_size}")
+    while len(tokens) < room:
+        tokens.append(byte_tokens()[0xA4] + str(next(filler)))     # "¤N": a lone continuation byte
+    normal, control = 1, 3
+    return tokens + SPECIALS, merges, [normal] * len(tokens) + [control] * len(SPECIALS)
+
+
+def gguf_from_tensors(path: str | Path, tensors: dict[str, Any], *, arch: str = "llama", heads: int,
+                      kv_heads: int, context: int = 4096, rope_theta: float = 10000.0, eps: float = 1e-5,
+                      words: Iterable[str] = (), extra_tokens: Iterable[str] = (),
+                      chat_template: str | None = CHATML) -> Path:
+    """Write `tensors` (GGUF names -> numpy arrays in PyTorch's (out, in) layout, f16 or f32 as given) as a
+    GGUF of `arch` ("llama" or "qwen2"; no `output.weight` means tied embeddings) with the byte-level
+    tokenizer of `padded_vocabulary(rows of token_embd.weight, words, extra_tokens)`; returns the path.
+
+    hidden, layers and feed-forward size are read from the tensors. For "llama", q and k must already be
+    in llama.cpp's rotary layout; "qwen2" uses the NeoX rotation, PyTorch's own, so Hugging Face weights
+    go in as they are. Numpy only."""
+    import numpy as np
+
+    path = Path(path)
+    vocab_size, hidden = tensors["token_embd.weight"].shape
+    layers = sum(1 for name in tensors if name.endswith(".attn_norm.weight"))
+    ff = tensors["blk.0.ffn_gate.weight"].shape[0]
+    if hidden % heads or heads % kv_heads:
+        raise ValueError("need hidden % heads == 0 and heads % kv_heads == 0")
+    tokens, merges, types = padded_vocabulary(vocab_size, words, extra_tokens)
+    w = GGUFFile(arch)
+    for key, value in (("context_length", context), ("embedding_length", hidden), ("block_count", layers),
+                       ("feed_forward_length", ff), ("attention.head_count", heads),
+                       ("attention.head_count_kv", kv_heads), ("rope.dimension_count", hidden // heads)):
+        w.add(f"{arch}.{key}", _U32, value)
+    w.add(f"{arch}.rope.freq_base", _F32, float(rope_theta))
+    w.add(f"{arch}.attention.layer_norm_rms_epsilon", _F32, float(eps))
+    w.add(f"{arch}.vocab_size", _U32, len(tokens))
+    f16 = any(array.dtype == np.float16 for array in tensors.values())
+    w.add("general.file_type", _U32, 1 if f16 else 0)
+    w.add("tokenizer.ggml.model", _STR, "gpt2")
+    w.add("tokenizer.ggml.pre", _STR, "qwen2")
+    w.add_array("tokenizer.ggml.tokens", _STR, tokens)
+    w.add_array("tokenizer.ggml.token_type", _I32, types)
+    w.add_array("tokenizer.ggml.merges", _STR, merges)
+    w.add("tokenizer.ggml.bos_token_id", _U32, tokens.index("<|endoftext|>"))
+    w.add("tokenizer.ggml.eos_token_id", _U32, tokens.index("<|im_end|>"))
+    w.add("tokenizer.ggml.padding_token_id", _U32, tokens.index("<|endoftext|>"))
+    w.add("tokenizer.ggml.add_bos_token", _BOOL, False)
+    if chat_template:
+        w.add("tokenizer.chat_template", _STR, chat_template)
+    for name, array in tensors.items():
+        w.add_tensor(name, array)
     w.write(path)
     return path
 
