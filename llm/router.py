@@ -10,18 +10,20 @@ import logging
 import os
 import threading
 from contextlib import aclosing
-from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator, Iterator, Mapping
+from dataclasses import replace
+from typing import AsyncIterator, Iterator, Mapping
 
 from configs import Settings, load_settings
 
 from . import speech
-from .errors import InvalidRequestError, LLMError, NotReadyError, UnknownProviderError
-from .knowledge import Grounding, Knowledge
+from .errors import NotReadyError, UnknownProviderError
+from .knowledge import Knowledge
 from .policy import Breaker, FallbackChain, Policy, cooling_fix
-from .providers import Provider, kind_honours, provider_class
+from .providers import Provider, provider_class
 from .replicas import Replicas, replica_key
 from .reply import Reply
+from .request import Request, can_serve, who
+from .request import build as build_request
 from .sessions import Sessions
 from .threads import in_loop
 from .tries import Slots, Try
@@ -29,29 +31,11 @@ from .types import (
     DEFAULT_MAX_NEW_TOKENS,
     CancelToken,
     Chunk,
-    GenerationParams,
     Message,
     ProviderStatus,
-    normalize_history,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Request:
-    """Everything one call needs; built by `Router.request` from loose arguments."""
-
-    prompt: str | None      # None: the history ends with tool results the model answers
-    provider: str
-    history: tuple[Message, ...] = ()
-    system: str | None = None
-    params: GenerationParams = GenerationParams()
-    style: bool = True
-    budget: speech.Budget = speech.Budget()
-    emotions: tuple[str, ...] = ()     # the tags the model is asked for; () = off
-    grounding: Grounding | None = None  # what the knowledge found for the prompt; None = not used
-    affinity: str | None = None         # the conversation (session) it belongs to: its replica answers
 
 
 class Router:
@@ -246,57 +230,10 @@ class Router:
     def _distinct(self) -> list[Provider]:
         return list({id(p): p for p in self._providers.values()}.values())
 
-    def request(self, prompt: str, *, provider: str | None = None, history: Any = None,
-                system: str | None = None, params: GenerationParams | dict | None = None,
-                style: bool | None = None, max_chars: int | None = None, max_seconds: float | None = None,
-                emotions: bool | None = None, knowledge: bool | None = None,
-                affinity: str | None = None) -> Request:
-        """Validate loose arguments into a Request (InvalidRequestError on bad input), with what the
-        knowledge found for the prompt unless `knowledge` is False (blocking: see `arequest`).
-
-        The answer budget: `max_chars`, else `max_seconds`, else the config's `max_chars` (an explicit
-        override), else its `max_seconds`. A request for a program (tools, a JSON reply) is not styled
-        unless `style` says so. A field the provider cannot honour (`Provider.unsupported`) is refused.
-        `affinity`: the conversation the call belongs to; a provider's replicas keep one per server."""
-        messages = tuple(normalize_history(history))
-        tool_turn = prompt is None and bool(messages) and messages[-1].role == "tool"
-        if not tool_turn and (not isinstance(prompt, str) or not prompt.strip()):
-            raise InvalidRequestError("prompt must be a non-empty string")
-        if system is not None and not isinstance(system, str):
-            raise InvalidRequestError("system must be a string")
-        params = GenerationParams(**params) if isinstance(params, dict) else params or GenerationParams()
-        cfg = self.settings.style
-        if max_chars is not None:
-            if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
-                raise InvalidRequestError("max_chars must be a positive integer")
-            budget = speech.Budget(chars=max_chars)
-        elif max_seconds is not None:
-            if not speech.valid_seconds(max_seconds):
-                raise InvalidRequestError(f"max_seconds {speech.SECONDS_RULE}")
-            budget = speech.Budget(seconds=float(max_seconds))
-        else:
-            budget = speech.Budget(chars=cfg.max_chars) if cfg.max_chars else speech.Budget(cfg.max_seconds)
-        if affinity is not None and not isinstance(affinity, str):
-            raise InvalidRequestError("affinity must be a string")
-        for flag, value in (("emotions", emotions), ("knowledge", knowledge)):
-            if value is not None and not isinstance(value, bool):
-                raise InvalidRequestError(f"{flag} must be true or false")
-        name = self.resolve(provider)
-        self._refuse_unsupported(name, params, messages)    # unknown names fail here too, before any work
-        styled = (cfg.short_answer and not params.for_program) if style is None else bool(style)
-        grounding = None
-        if self._grounded(name, prompt, params, knowledge):
-            grounding = self.knowledge.lookup(prompt)
-        return Request(prompt=prompt, provider=name, history=messages, system=system or None, params=params,
-                       style=styled, budget=budget, grounding=grounding, affinity=affinity or None,
-                       emotions=cfg.emotion_set if (cfg.emotions if emotions is None else emotions) else ())
-
-    def _grounded(self, name: str, prompt: str | None, params: GenerationParams,
-                  knowledge: bool | None) -> bool:
-        """Whether the knowledge answers this call: it is on, not turned off for the call, there is a
-        question, the answer is for speech (not tools or JSON), and the provider is not Direct Reply."""
-        return (self.settings.knowledge.enabled and knowledge is not False and prompt is not None
-                and not params.for_program and self.settings.providers[name].kind != "echo")
+    def request(self, prompt: str, **kw) -> Request:
+        """Validate loose arguments into a Request, with what the knowledge found for the prompt
+        (`llm.request.build`: the arguments, the answer budget; blocking: see `arequest`)."""
+        return build_request(self, prompt, **kw)
 
     async def arequest(self, prompt: str | None, **kw) -> Request:
         """`request` without blocking the loop: in a worker thread when it must build a provider (an SDK
@@ -305,34 +242,6 @@ class Router:
                                                    and kw.get("knowledge") is not False):
             return self.request(prompt, **kw)
         return await asyncio.to_thread(self.request, prompt, **kw)
-
-    def _refuse_unsupported(self, name: str, params: GenerationParams, messages: tuple[Message, ...]) -> None:
-        provider = self.provider(name)
-        field = self._unsupported(provider, params, messages)
-        if field is not None:
-            needs = params.asked() + (["tools"] if any(m.for_tools for m in messages) else [])
-            able = [n for n, cfg in self.settings.providers.items()
-                    if n != name and kind_honours(cfg.kind, needs)]
-            what = "the tool calls in messages" if field == "messages" else repr(field)
-            raise InvalidRequestError(
-                f"{_who(name, provider)} cannot honour {what}: the {provider.kind} backend has no "
-                "equivalent, and leaving it out would change the answer", param=field,
-                fix=f"remove {field!r}, or use a provider that honours it"
-                    + (f": {', '.join(able)}" if able else ""))
-
-    @staticmethod
-    def _unsupported(provider: Provider, params: GenerationParams,
-                     messages: tuple[Message, ...]) -> str | None:
-        if any(m.for_tools for m in messages) and provider.unsupported(_WITH_TOOLS) is not None:
-            return "messages"   # tool calls and tool results in the history
-        return provider.unsupported(params)
-
-    def _can_serve(self, name: str, params: GenerationParams, messages: tuple[Message, ...]) -> bool:
-        """Whether `name` honours every field of the call (a fallback that cannot is skipped)."""
-        try:
-            return self._unsupported(self.provider(name), params, messages) is None
-        except LLMError:    # its SDK is missing: it could not answer anyway
-            return False
 
     def stream(self, prompt: str | Request, *, cancel: CancelToken | None = None, hold: str = "none",
                **kw) -> Iterator[Chunk]:
@@ -345,7 +254,7 @@ class Router:
         """The provider, then its fallbacks that can honour the request; a provider with replicas as its
         servers in the order to ask them."""
         names = [req.provider] + [n for n in self.settings.providers[req.provider].fallback
-                                  if n != req.provider and self._can_serve(n, req.params, req.history)]
+                                  if n != req.provider and can_serve(self, n, req.params, req.history)]
         return [key for name in names for key in self._servers(name, req.affinity)]
 
     def _servers(self, name: str, affinity: str | None) -> list[str]:
@@ -406,7 +315,7 @@ class Router:
         provider, name = self._member(key), self._member_of.get(key, key)
         status = provider.status()
         if not status.ready:
-            raise NotReadyError(f"{_who(name, provider)} is not ready: {status.reason}", fix=status.fix)
+            raise NotReadyError(f"{who(name, provider)} is not ready: {status.reason}", fix=status.fix)
         styled = req.style and provider.styled
         # No max_tokens is sent that the client (or the config) did not ask for: a cloud or vLLM server
         # has its own limit, and the speech budget closes a styled stream; a local model bounds itself.
@@ -436,15 +345,8 @@ class Router:
         return messages
 
 
-def _who(name: str, provider: Provider) -> str:
-    """A provider as errors name it: its label, and its name when that differs."""
-    label = provider.config.display_name
-    return name if label == name else f"{label} ({name})"
-
-
 KNOWLEDGE = "knowledge"     # the provider named by a reply the knowledge gave word for word
 _NO_TOKENS = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-_WITH_TOOLS = GenerationParams(extra={"tools": [{"type": "function"}]})
 
 
 def _after_first_sentence():

@@ -8,7 +8,6 @@ import html
 import json
 import logging
 import re
-import secrets
 import shlex
 import threading
 from contextlib import aclosing
@@ -18,13 +17,14 @@ from typing import Any, AsyncIterator, Callable
 import gradio as gr
 
 from . import download
-from .errors import CancelledError, InvalidRequestError, LLMError
+from .errors import CancelledError, LLMError
 from .reply import Reply
 from .router import KNOWLEDGE, Router
-from .sessions import checked_id
 from .speech import spoken_seconds
 from .types import CancelToken, GenerationParams, normalize_history
 from .ui_knowledge import sources_html, without_sources
+from .ui_session import conversation, hear, keep, new_session_id
+from .ui_session import open_conversation as open_conversation  # a page handler, as ui_page calls it
 from .ui_text import say
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512}
 Progress = Callable[..., Any]
 History = list[dict[str, str]]
 COMMANDS = ("export ", "python ", "pip ", "huggingface-cli ", "ollama ")   # fix hints that are commands
-KEEP_WAIT = 2.0         # seconds a turn waits for the one it cut off to be kept in the conversation
 
 
 class Turn(CancelToken):
@@ -211,7 +210,7 @@ def start_turn(message: str, history: Any, previous: Turn | None = None, *, rout
     if not (message or "").strip():
         return gr.skip(), history, previous
     if previous is not None and router is not None:
-        _hear(router, previous, spoken)
+        hear(router, previous, spoken)
     clear(previous)
     return "", history + [{"role": "user", "content": message}], Turn(previous)
 
@@ -221,36 +220,11 @@ def stop(turn: Turn | None, router: Router | None = None, spoken: float | None =
     """Stop: a local model stops at its next token, a cloud stream is closed, and the conversation keeps
     the sentences the browser began to say (`spoken`). Returns the status line."""
     if turn is not None and router is not None:
-        _hear(router, turn, spoken)
+        hear(router, turn, spoken)
     if turn is None or turn.done:
         return gr.skip()
     turn.stop()
     return say(lang, "stopped")
-
-
-def _hear(router: Router, turn: Turn, spoken: float | None) -> None:
-    try:
-        turn.hear(router, spoken)
-    except LLMError as e:   # the store is down: the conversation keeps the whole reply
-        log.warning("could not cut the conversation to what was said: %s", e.message)
-
-
-def new_session_id() -> str:
-    return secrets.token_hex(16)
-
-
-def open_conversation(router: Router, session: str | None, lang: str = "en") -> tuple[History, str, str]:
-    """Page load: the browser's conversation (its id from the browser's storage) as the chat shows it,
-    its id (a new one when the browser had none or a bad one), and a status line."""
-    try:
-        session = checked_id(session)
-    except InvalidRequestError:
-        return [], new_session_id(), ""
-    try:
-        messages = router.sessions.messages(session) or []
-    except LLMError as e:
-        return [], session, say(lang, "unread", message=e.message)
-    return [{"role": m["role"], "content": m["content"]} for m in messages if m["content"]], session, ""
 
 
 def new_conversation(turn: Turn | None) -> tuple[History, str, str, None, str]:
@@ -277,7 +251,7 @@ async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | 
     told = without_sources(before)     # what the model is told: the chat, or the conversation as heard
     try:
         if opts.session:
-            told = await _conversation(router, opts.session, turn)
+            told = await conversation(router, opts.session, turn)
         async with aclosing(_stream(router, told, question, opts, turn, progress)) as updates:
             async for reply, status, sayings in updates:
                 if turn.cleared:
@@ -301,22 +275,7 @@ async def respond(router: Router, history: Any, opts: TurnOptions, turn: Turn | 
     finally:
         turn.done = True
         if opts.session:
-            await _keep(router, turn, opts.session, question)
-
-
-async def _conversation(router: Router, session: str, turn: Turn) -> History:
-    """The conversation as the browser said it, once the turn this one cut off is kept (2 s at most)."""
-    if turn.previous is not None:
-        await asyncio.to_thread(turn.previous.kept.wait, KEEP_WAIT)
-        turn.previous = None    # no chain of old turns kept alive
-    return [m.as_dict() for m in await asyncio.to_thread(router.sessions.history, session)]
-
-
-async def _keep(router: Router, turn: Turn, session: str, question: str) -> None:
-    try:
-        await asyncio.to_thread(turn.keep, router, session, question)
-    except LLMError as e:
-        log.warning("the turn was shown but not kept in the conversation: %s", e.message)
+            await keep(router, turn, opts.session, question)
 
 
 def with_labels(router: Router, message: str) -> str:

@@ -1,8 +1,9 @@
 """The page's layout and wiring: the avatar at the centre, the conversation beside it (under it on a
 phone), the developer's controls in a Settings drawer, every label in the browser's language.
 
-The handlers live in ui_handlers (turns, notices) and ui_knowledge (the documents panel); the words in
-ui_text; the drawing, its CSS and the page's JavaScript in assets/."""
+The handlers live in ui_handlers (turns, notices), ui_session (the conversation kept on the server) and
+ui_knowledge (the documents panel); the words in ui_text; the drawing, its CSS and the page's JavaScript
+in assets/."""
 
 from __future__ import annotations
 

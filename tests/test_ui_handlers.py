@@ -59,6 +59,15 @@ def server():
         yield s
 
 
+def let_go(fake: FakeOpenAIServer, seconds: float = 5.0) -> bool:
+    """Whether the fake server ended every connection within `seconds`: it does once a client closes
+    its stream (a stream left open goes on, then idles in the client's pool)."""
+    deadline = time.monotonic() + seconds
+    while fake._connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not fake._connections
+
+
 @pytest.fixture
 def router(server):
     r = Router(make_router(server.base_url).settings, env={})
@@ -91,7 +100,7 @@ def test_stop_cancels_generation_and_keeps_the_partial_reply():
                 ui.stop(turn)
 
         updates, history = run_turn(router, "讲个故事", "fast", on_update=stop_early)
-        time.sleep(0.3)     # give the server time to notice the closed stream
+        assert let_go(slow), "the stopped stream was left open"
         partial = history[-1]["content"]
         assert 0 < len(partial) < len(LONG_REPLY) and LONG_REPLY.startswith(partial)
         assert slow.chunks_sent < len(LONG_REPLY) // 3, slow.chunks_sent
@@ -244,7 +253,7 @@ def test_clear_mid_stream_stops_generation_and_never_writes_to_the_chat_again():
                 cleared_at.append(count)
 
         updates, _ = run_turn(router, "讲个故事", "fast", on_update=clear_early)
-        time.sleep(0.3)
+        assert let_go(slow), "the cleared stream was left open"
         assert cleared_at == [5] and len(updates) == 5     # nothing after the Clear
         assert slow.chunks_sent < len(LONG_REPLY) // 3, slow.chunks_sent
         router.close()

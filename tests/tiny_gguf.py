@@ -107,6 +107,36 @@ class GGUFFile:
                 f.write(raw)
 
 
+def _add_hyperparameters(w: GGUFFile, arch: str, *, context: int, hidden: int, layers: int, ff: int,
+                         heads: int, kv_heads: int, rope_theta: float, eps: float, vocab_size: int,
+                         f16: bool) -> None:
+    """The `arch.*` shape keys llama.cpp builds the graph from, and the file type."""
+    for key, value in (("context_length", context), ("embedding_length", hidden), ("block_count", layers),
+                       ("feed_forward_length", ff), ("attention.head_count", heads),
+                       ("attention.head_count_kv", kv_heads), ("rope.dimension_count", hidden // heads)):
+        w.add(f"{arch}.{key}", _U32, value)
+    w.add(f"{arch}.rope.freq_base", _F32, float(rope_theta))
+    w.add(f"{arch}.attention.layer_norm_rms_epsilon", _F32, float(eps))
+    w.add(f"{arch}.vocab_size", _U32, vocab_size)
+    w.add("general.file_type", _U32, 1 if f16 else 0)    # LlamaFileType MOSTLY_F16 / ALL_F32
+
+
+def _add_tokenizer(w: GGUFFile, tokens: list[str], merges: list[str], types: list[int],
+                   chat_template: str | None) -> None:
+    """The byte-level BPE tokenizer (`vocabulary()` or `padded_vocabulary()`'s layout) and chat template."""
+    w.add("tokenizer.ggml.model", _STR, "gpt2")
+    w.add("tokenizer.ggml.pre", _STR, "qwen2")           # Qwen2's split regex: CJK runs, digits one by one
+    w.add_array("tokenizer.ggml.tokens", _STR, tokens)
+    w.add_array("tokenizer.ggml.token_type", _I32, types)
+    w.add_array("tokenizer.ggml.merges", _STR, merges)
+    w.add("tokenizer.ggml.bos_token_id", _U32, tokens.index("<|endoftext|>"))
+    w.add("tokenizer.ggml.eos_token_id", _U32, tokens.index("<|im_end|>"))
+    w.add("tokenizer.ggml.padding_token_id", _U32, tokens.index("<|endoftext|>"))
+    w.add("tokenizer.ggml.add_bos_token", _BOOL, False)
+    if chat_template:
+        w.add("tokenizer.chat_template", _STR, chat_template)
+
+
 def build_gguf(path: str | Path, *, vocab_size: int = 512, hidden: int = 64, layers: int = 2, heads: int = 4,
                kv_heads: int = 2, ff: int = 128, context: int = 4096, seed: int = 0, f16: bool = False,
                chat_template: str | None = CHATML) -> Path:
@@ -125,25 +155,9 @@ def build_gguf(path: str | Path, *, vocab_size: int = 512, hidden: int = 64, lay
     wtype = np.float16 if f16 else np.float32
 
     w = GGUFFile("llama")
-    for key, value in (("context_length", context), ("embedding_length", hidden), ("block_count", layers),
-                       ("feed_forward_length", ff), ("attention.head_count", heads),
-                       ("attention.head_count_kv", kv_heads), ("rope.dimension_count", head_dim)):
-        w.add(f"llama.{key}", _U32, value)
-    w.add("llama.rope.freq_base", _F32, 10000.0)
-    w.add("llama.attention.layer_norm_rms_epsilon", _F32, 1e-5)
-    w.add("llama.vocab_size", _U32, len(tokens))
-    w.add("general.file_type", _U32, 1 if f16 else 0)    # LlamaFileType MOSTLY_F16 / ALL_F32
-    w.add("tokenizer.ggml.model", _STR, "gpt2")
-    w.add("tokenizer.ggml.pre", _STR, "qwen2")           # Qwen2's split regex: CJK runs, digits one by one
-    w.add_array("tokenizer.ggml.tokens", _STR, tokens)
-    w.add_array("tokenizer.ggml.token_type", _I32, types)
-    w.add_array("tokenizer.ggml.merges", _STR, merges)
-    w.add("tokenizer.ggml.bos_token_id", _U32, tokens.index("<|endoftext|>"))
-    w.add("tokenizer.ggml.eos_token_id", _U32, tokens.index("<|im_end|>"))
-    w.add("tokenizer.ggml.padding_token_id", _U32, tokens.index("<|endoftext|>"))
-    w.add("tokenizer.ggml.add_bos_token", _BOOL, False)
-    if chat_template:
-        w.add("tokenizer.chat_template", _STR, chat_template)
+    _add_hyperparameters(w, "llama", context=context, hidden=hidden, layers=layers, ff=ff, heads=heads,
+                         kv_heads=kv_heads, rope_theta=10000.0, eps=1e-5, vocab_size=len(tokens), f16=f16)
+    _add_tokenizer(w, tokens, merges, types, chat_template)
 
     def matrix(name: str, out_features: int, in_features: int) -> None:
         """A (out, in) matrix as PyTorch lays it out; GGUF stores the dims reversed."""
@@ -239,26 +253,10 @@ def gguf_from_tensors(path: str | Path, tensors: dict[str, Any], *, arch: str = 
         raise ValueError("need hidden % heads == 0 and heads % kv_heads == 0")
     tokens, merges, types = padded_vocabulary(vocab_size, words, extra_tokens)
     w = GGUFFile(arch)
-    for key, value in (("context_length", context), ("embedding_length", hidden), ("block_count", layers),
-                       ("feed_forward_length", ff), ("attention.head_count", heads),
-                       ("attention.head_count_kv", kv_heads), ("rope.dimension_count", hidden // heads)):
-        w.add(f"{arch}.{key}", _U32, value)
-    w.add(f"{arch}.rope.freq_base", _F32, float(rope_theta))
-    w.add(f"{arch}.attention.layer_norm_rms_epsilon", _F32, float(eps))
-    w.add(f"{arch}.vocab_size", _U32, len(tokens))
     f16 = any(array.dtype == np.float16 for array in tensors.values())
-    w.add("general.file_type", _U32, 1 if f16 else 0)
-    w.add("tokenizer.ggml.model", _STR, "gpt2")
-    w.add("tokenizer.ggml.pre", _STR, "qwen2")
-    w.add_array("tokenizer.ggml.tokens", _STR, tokens)
-    w.add_array("tokenizer.ggml.token_type", _I32, types)
-    w.add_array("tokenizer.ggml.merges", _STR, merges)
-    w.add("tokenizer.ggml.bos_token_id", _U32, tokens.index("<|endoftext|>"))
-    w.add("tokenizer.ggml.eos_token_id", _U32, tokens.index("<|im_end|>"))
-    w.add("tokenizer.ggml.padding_token_id", _U32, tokens.index("<|endoftext|>"))
-    w.add("tokenizer.ggml.add_bos_token", _BOOL, False)
-    if chat_template:
-        w.add("tokenizer.chat_template", _STR, chat_template)
+    _add_hyperparameters(w, arch, context=context, hidden=hidden, layers=layers, ff=ff, heads=heads,
+                         kv_heads=kv_heads, rope_theta=rope_theta, eps=eps, vocab_size=len(tokens), f16=f16)
+    _add_tokenizer(w, tokens, merges, types, chat_template)
     for name, array in tensors.items():
         w.add_tensor(name, array)
     w.write(path)
